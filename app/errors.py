@@ -1,0 +1,39 @@
+"""The error tree: every failure the service raises on purpose is one of these."""
+
+from __future__ import annotations
+
+
+class RagError(Exception):
+    """Root of the tree; adapters translate library errors into a subclass with `raise ... from`."""
+
+
+class SettingsError(RagError):
+    """A setting is missing or malformed; start-up stops with this message."""
+
+
+class InvalidRequest(RagError):
+    """The client sent something we cannot accept (HTTP 4xx)."""
+
+    def __init__(self, message: str, *, field: str | None = None, status: int = 422,
+                 code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.status = status
+        self.code = code
+
+
+class NotFound(RagError):
+    """The named resource does not exist (HTTP 404)."""
+
+
+class DependencyUnavailable(RagError):
+    """A dependency (index, embedder, event log) cannot serve now; retry later (HTTP 503)."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ModelIntegrityError(RagError):
+    """A model or tokenizer file does not match its published checksum."""

@@ -1,0 +1,1 @@
+"""Pure retrieval math: chunking, fusion, MMR, late interaction and ranking metrics (no I/O)."""

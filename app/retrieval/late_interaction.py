@@ -1,0 +1,46 @@
+"""Late interaction over 1-bit token signatures: pack token vectors, score by MaxSim."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+
+def pack_signs(token_vectors: npt.NDArray[np.float32]) -> bytes:
+    """Keep the sign of each dimension of each token vector: dim/8 bytes a token."""
+    if token_vectors.ndim != 2 or token_vectors.shape[1] % 8:
+        raise ValueError("token vectors must be (n_tokens, dim) with dim a multiple of 8")
+    return np.packbits(token_vectors > 0, axis=1).tobytes()
+
+
+def unpack_signs(signature: bytes, dim: int) -> npt.NDArray[np.float32]:
+    """(n_tokens, dim) matrix of +1/-1 from a packed signature."""
+    bits = np.unpackbits(np.frombuffer(signature, dtype=np.uint8).reshape(-1, dim // 8), axis=1)
+    return bits.astype(np.float32) * 2.0 - 1.0
+
+
+def maxsim(
+    query_tokens: npt.NDArray[np.float32], signatures: Sequence[bytes], dim: int
+) -> npt.NDArray[np.float32]:
+    """Mean over query tokens of the best match among each document's tokens.
+
+    Query tokens stay full precision and documents keep only signs (asymmetric, as in
+    binary ColBERT variants); dividing by sqrt(dim) puts a +/-1 vector on the unit sphere,
+    so each score reads as an average cosine in [-1, 1].
+    """
+    if not signatures:
+        return np.zeros(0, dtype=np.float32)
+    lengths = [len(sig) // (dim // 8) for sig in signatures]
+    docs = unpack_signs(b"".join(signatures), dim)  # (sum tokens, dim)
+    sims = query_tokens @ docs.T  # (m, sum tokens)
+    out = np.empty(len(signatures), dtype=np.float32)
+    start = 0
+    for i, n in enumerate(lengths):
+        if n == 0:
+            out[i] = 0.0
+        else:
+            out[i] = sims[:, start : start + n].max(axis=1).mean()
+        start += n
+    return out / np.float32(np.sqrt(dim))

@@ -1,0 +1,148 @@
+"""The one frozen Settings object, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from app.errors import SettingsError
+
+# Each field's wire name is its environment variable, so msgspec's error path names the
+# variable an operator has to fix, and the README table is generated from this one place.
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only=True):
+    """Every setting of the service; see `SETTINGS_DOC` for what each one does."""
+
+    host: str = msgspec.field(default="127.0.0.1", name="RAG_HOST")
+    port: Annotated[int, Meta(ge=0, le=65535)] = msgspec.field(default=8000, name="RAG_PORT")
+    data_dir: str = msgspec.field(default="./rag-data", name="RAG_DATA_DIR")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = msgspec.field(
+        default="INFO", name="LOG_LEVEL"
+    )
+    graceful_timeout_seconds: Annotated[float, Meta(gt=0, le=600)] = msgspec.field(
+        default=20.0, name="RAG_GRACEFUL_TIMEOUT_SECONDS"
+    )
+    max_body_bytes: Annotated[int, Meta(ge=1024, le=1 << 30)] = msgspec.field(
+        default=8 * 1024 * 1024, name="RAG_MAX_BODY_BYTES"
+    )
+    max_documents_per_request: Annotated[int, Meta(ge=1, le=10_000)] = msgspec.field(
+        default=1000, name="RAG_MAX_DOCUMENTS_PER_REQUEST"
+    )
+    batch_size: Annotated[int, Meta(ge=1, le=1024)] = msgspec.field(
+        default=32, name="RAG_BATCH_SIZE"
+    )
+    max_concurrent_batches: Annotated[int, Meta(ge=1, le=64)] = msgspec.field(
+        default=1, name="MAX_CONCURRENT_BATCHES"
+    )
+    embedder_threads: Annotated[int, Meta(ge=0, le=256)] = msgspec.field(
+        default=0, name="RAG_EMBEDDER_THREADS"
+    )
+    chunk_size: Annotated[int, Meta(ge=16, le=256)] = msgspec.field(
+        default=256, name="RAG_CHUNK_SIZE"
+    )
+    chunk_overlap: Annotated[int, Meta(ge=0, le=128)] = msgspec.field(
+        default=32, name="RAG_CHUNK_OVERLAP"
+    )
+    top_k: Annotated[int, Meta(ge=1, le=100)] = msgspec.field(default=10, name="RAG_TOP_K")
+    rerank: bool = msgspec.field(default=True, name="RAG_RERANK")
+    rerank_top_k: Annotated[int, Meta(ge=1, le=1000)] = msgspec.field(
+        default=50, name="RAG_RERANK_TOP_K"
+    )
+    min_score: Annotated[float, Meta(ge=-1.0, le=1.0)] = msgspec.field(
+        default=-1.0, name="RAG_MIN_SCORE"
+    )
+    mmr_max_candidates: Annotated[int, Meta(ge=1, le=1000)] = msgspec.field(
+        default=100, name="MMR_MAX_CANDIDATES"
+    )
+    metadata_indexes: str = msgspec.field(default="", name="RAG_METADATA_INDEXES")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    def metadata_index_fields(self) -> dict[str, str]:
+        """`RAG_METADATA_INDEXES` parsed: metadata field -> keyword | integer | float | bool."""
+        return _parse_metadata_indexes(self.metadata_indexes)
+
+    def replace(self, **changes: object) -> Settings:
+        return msgspec.structs.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every variable; a bad one raises SettingsError naming it."""
+        env = os.environ if environ is None else environ
+        raw = {name: env[name] for name in ENV_NAMES if env.get(name, "").strip() != ""}
+        try:
+            settings = msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(_name_the_variable(str(exc))) from exc
+        _parse_metadata_indexes(settings.metadata_indexes)
+        if settings.chunk_overlap >= settings.chunk_size:
+            raise SettingsError(
+                f"RAG_CHUNK_OVERLAP ({settings.chunk_overlap}) must be smaller than "
+                f"RAG_CHUNK_SIZE ({settings.chunk_size})"
+            )
+        return settings
+
+
+_INDEX_TYPES = ("keyword", "integer", "float", "bool")
+
+
+def _parse_metadata_indexes(spec: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, kind = item.partition(":")
+        if not sep or not name.strip() or kind.strip() not in _INDEX_TYPES:
+            raise SettingsError(
+                f"RAG_METADATA_INDEXES: expected 'field:type' items with type one of "
+                f"{', '.join(_INDEX_TYPES)}, got {item!r}"
+            )
+        fields[name.strip()] = kind.strip()
+    return fields
+
+
+def _name_the_variable(message: str) -> str:
+    # msgspec says "Expected `int` >= 1 - at `$.RAG_BATCH_SIZE`"; lead with the variable.
+    head, sep, path = message.rpartition(" - at `$.")
+    if sep:
+        return f"{path.rstrip('`')}: {head}"
+    return message
+
+
+ENV_NAMES: tuple[str, ...] = tuple(
+    field.encode_name for field in msgspec.structs.fields(Settings)
+)
+
+SETTINGS_DOC: dict[str, str] = {
+    "RAG_HOST": "Address `serve` listens on.",
+    "RAG_PORT": "Port `serve` listens on.",
+    "RAG_DATA_DIR": "Directory for the embedded index (one Qdrant Edge shard per embedding model).",
+    "LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR.",
+    "RAG_GRACEFUL_TIMEOUT_SECONDS": "On SIGTERM, how long in-flight requests may take before the "
+    "server closes; keep it below the pod's terminationGracePeriodSeconds.",
+    "RAG_MAX_BODY_BYTES": "Largest request body accepted; larger ones get 413.",
+    "RAG_MAX_DOCUMENTS_PER_REQUEST": "Most documents in one ingest request; more get 422.",
+    "RAG_BATCH_SIZE": "Texts per embedding batch (texts are length-sorted before batching).",
+    "MAX_CONCURRENT_BATCHES": "Embedding batches in flight at once during ingest.",
+    "RAG_EMBEDDER_THREADS": "onnxruntime intra-op threads for the local embedder; 0 = one per core.",
+    "RAG_CHUNK_SIZE": "Default chunk size in embedder tokens (the model reads at most 256).",
+    "RAG_CHUNK_OVERLAP": "Default overlap between consecutive chunks, in tokens.",
+    "RAG_TOP_K": "Results returned when a search names no top_k.",
+    "RAG_RERANK": "Whether searches rerank by late interaction unless they say otherwise.",
+    "RAG_RERANK_TOP_K": "How many fused candidates the late-interaction reranker rescores.",
+    "RAG_MIN_SCORE": "Default minimum dense cosine similarity (-1..1) a result must reach; "
+    "-1 keeps everything.",
+    "MMR_MAX_CANDIDATES": "Candidate pool MMR selects from when a search asks for diversity.",
+    "RAG_METADATA_INDEXES": "Metadata fields to index for filtering, as `field:type` items "
+    "separated by commas (type: keyword, integer, float, bool), e.g. `source:keyword,year:integer`. "
+    "Unindexed fields can still be filtered on, by a slower scan.",
+}
+
+if set(SETTINGS_DOC) != set(ENV_NAMES):  # pragma: no cover - caught at import in every test run
+    raise RuntimeError(f"settings without docs: {set(ENV_NAMES) ^ set(SETTINGS_DOC)}")
