@@ -1,0 +1,97 @@
+"""Score fusion: normalise each retriever's scores, combine them, and order the result."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+
+def minmax(scores: Sequence[float | None]) -> list[float]:
+    """Scale present scores to [0, 1]; missing ones (None) get 0.0, the worst present score.
+
+    When every present score is equal there is no spread to scale, and they all get 1.0: a
+    retriever that found candidates and cannot tell them apart still found them.
+    """
+    present = [s for s in scores if s is not None]
+    if not present:
+        return [0.0] * len(scores)
+    lo, hi = min(present), max(present)
+    if hi == lo:
+        return [0.0 if s is None else 1.0 for s in scores]
+    span = hi - lo
+    return [0.0 if s is None else (s - lo) / span for s in scores]
+
+
+def zscore(scores: Sequence[float | None]) -> list[float]:
+    """Standard scores (population deviation); missing ones get the lowest present z.
+
+    An alternative to minmax for experiments: less swayed by a single outlier at the top.
+    """
+    present = [s for s in scores if s is not None]
+    if not present:
+        return [0.0] * len(scores)
+    mean = math.fsum(present) / len(present)
+    std = math.sqrt(math.fsum((s - mean) ** 2 for s in present) / len(present))
+    if std == 0.0:
+        return [0.0] * len(scores)
+    z = [None if s is None else (s - mean) / std for s in scores]
+    worst = min(v for v in z if v is not None)
+    return [worst if v is None else v for v in z]
+
+
+def weighted_sum(
+    components: Mapping[str, Sequence[float]], weights: Mapping[str, float]
+) -> list[float]:
+    """Per candidate, the sum of weight * component score.
+
+    A non-zero weight needs its component (a typo must not silently drop a signal);
+    components without a weight do not count. fsum rounds the exact sum once, so the result,
+    and with it any tie-breaking, does not depend on the order of the names.
+    """
+    lengths = {len(values) for values in components.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"components differ in length: {sorted(lengths)}")
+    missing = sorted(name for name, w in weights.items() if w != 0.0 and name not in components)
+    if missing:
+        raise ValueError(f"weighted components missing: {missing}")
+    n = lengths.pop() if lengths else 0
+    used = [(weights[name], components[name]) for name in sorted(weights) if weights[name] != 0.0]
+    return [math.fsum(w * values[i] for w, values in used) for i in range(n)]
+
+
+def rrf(
+    rankings: Sequence[Sequence[str]], k: int = 60, weights: Sequence[float] | None = None
+) -> dict[str, float]:
+    """Reciprocal rank fusion: each key scores sum(weight / (k + rank)), ranks from 1.
+
+    A key repeated within one ranking counts at its first (best) rank only. Keys come out in
+    order of first appearance, so iteration order is deterministic too.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if weights is None:
+        weights = [1.0] * len(rankings)
+    elif len(weights) != len(rankings):
+        raise ValueError(f"{len(weights)} weights for {len(rankings)} rankings")
+    fused: dict[str, float] = {}
+    for ranking, weight in zip(rankings, weights, strict=True):
+        seen: set[str] = set()
+        for rank, key in enumerate(ranking, start=1):
+            if key in seen:
+                continue
+            seen.add(key)
+            fused[key] = fused.get(key, 0.0) + weight / (k + rank)
+    return fused
+
+
+def stable_order(scores: Sequence[float], keys: Sequence[str]) -> list[int]:
+    """Indices by score descending, ties by key ascending: the same order on every run.
+
+    NaN compares false both ways and would leave the order to the input, so it sorts last.
+    """
+    if len(scores) != len(keys):
+        raise ValueError(f"{len(scores)} scores for {len(keys)} keys")
+    return sorted(
+        range(len(scores)),
+        key=lambda i: (1, 0.0, keys[i]) if math.isnan(scores[i]) else (0, -scores[i], keys[i]),
+    )
