@@ -17,6 +17,8 @@ def pack_signs(token_vectors: npt.NDArray[np.float32]) -> bytes:
 
 def unpack_signs(signature: bytes, dim: int) -> npt.NDArray[np.float32]:
     """(n_tokens, dim) matrix of +1/-1 from a packed signature."""
+    if dim <= 0 or dim % 8 or len(signature) % (dim // 8):
+        raise ValueError(f"a signature of {len(signature)} bytes is not whole tokens of dim {dim}")
     bits = np.unpackbits(np.frombuffer(signature, dtype=np.uint8).reshape(-1, dim // 8), axis=1)
     return bits.astype(np.float32) * 2.0 - 1.0
 
@@ -32,7 +34,15 @@ def maxsim(
     """
     if not signatures:
         return np.zeros(0, dtype=np.float32)
-    lengths = [len(sig) // (dim // 8) for sig in signatures]
+    if query_tokens.shape[0] == 0:
+        # No query tokens: nothing to match (and the mean of nothing would be NaN).
+        return np.zeros(len(signatures), dtype=np.float32)
+    row = dim // 8
+    if dim <= 0 or dim % 8 or any(len(sig) % row for sig in signatures):
+        # Checked per signature: a ragged one could still make the joined bytes divide evenly
+        # and misalign every document after it.
+        raise ValueError(f"every signature must be whole tokens of dim {dim}")
+    lengths = [len(sig) // row for sig in signatures]
     docs = unpack_signs(b"".join(signatures), dim)  # (sum tokens, dim)
     sims = query_tokens @ docs.T  # (m, sum tokens)
     out = np.empty(len(signatures), dtype=np.float32)
