@@ -47,6 +47,8 @@ def chunk_document(
 ) -> list[ChunkText]:
     """Chunks of at most `size` tokens of embed_text, `overlap` tokens carried between them.
 
+    The title and section lines of embed_text count against `size`, but leave the text at
+    least size // 2 tokens, so only a very long title or heading path can exceed `size`.
     Headings start a new chunk and give its section path. Within a section, paragraphs are
     packed greedily; one that does not fit is cut into sentences, then words, then (for
     whitespace-free runs longer than a chunk) character slices. Token counts of pieces are
@@ -192,9 +194,11 @@ class _Packer:
         return slices
 
     def tail(self, pieces: list[_Piece], limit: int, words: bool = True) -> list[_Piece]:
-        """The overlap to carry: the longest run of whole pieces, then sentences, ending
-        `pieces` within `limit` tokens; the last words of a sentence only when no whole
-        sentence fits, since a stray fragment in front of whole sentences reads badly."""
+        """The overlap to carry: whole pieces, then sentences, ending `pieces` within `limit`.
+
+        The last words of a sentence are taken only when no whole sentence fits: a stray
+        fragment in front of whole sentences reads badly.
+        """
         taken: list[_Piece] = []
         for piece in reversed(pieces):
             if piece.tokens <= limit:

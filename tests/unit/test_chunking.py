@@ -16,7 +16,6 @@ from tokenizers import Tokenizer
 from app.retrieval.chunking import ChunkText, chunk_document
 
 ROOT = Path(__file__).resolve().parents[2]
-SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact-train" / "corpus.jsonl"
 
 
 def words(text: str) -> int:
@@ -352,9 +351,10 @@ def test_real_tokenizer_respects_size_and_covers_the_document(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SCIFACT.exists(), reason=f"SciFact corpus not found at {SCIFACT}")
-def test_scifact_corpus_chunks_fast_and_within_size(minilm: Callable[[str], int]) -> None:
-    docs = [json.loads(line) for line in SCIFACT.read_text().splitlines()]
+def test_scifact_corpus_chunks_fast_and_within_size(
+    scifact: Path, minilm: Callable[[str], int]
+) -> None:
+    docs = [json.loads(line) for line in (scifact / "corpus.jsonl").read_text().splitlines()]
     # Tokenizing is most of the work and its speed depends on the machine, so the bound is
     # relative: chunking may cost at most twice one tokenizer pass over the corpus.
     started = time.perf_counter()
