@@ -13,7 +13,10 @@ DIM = 64
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int = DIM) -> npt.NDArray[np.float32]:
     v = rng.standard_normal((n, dim)).astype(np.float32)
-    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    rows: npt.NDArray[np.float32] = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(
+        np.float32
+    )
+    return rows
 
 
 def test_pack_layout_is_dim_over_8_bytes_a_token_most_significant_bit_first() -> None:

@@ -30,7 +30,10 @@ def reference(relevance: list[float], vectors: list[list[float]], k: int, d: flo
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> npt.NDArray[np.float32]:
     v = rng.standard_normal((n, dim)).astype(np.float32)
-    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    rows: npt.NDArray[np.float32] = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(
+        np.float32
+    )
+    return rows
 
 
 @pytest.mark.parametrize("seed", range(60))
