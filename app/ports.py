@@ -46,7 +46,9 @@ class VectorIndex(Protocol):
         """Write chunks; durable when this returns."""
         ...
 
-    async def delete_document(self, tenant: str, doc_id: str, *, keep_version: str | None = None) -> int:
+    async def delete_document(
+        self, tenant: str, doc_id: str, *, keep_version: str | None = None
+    ) -> int:
         """Delete a document's chunks, except those of `keep_version`; returns points removed."""
         ...
 
@@ -54,6 +56,10 @@ class VectorIndex(Protocol):
 
     async def retrieve(self, query: IndexQuery) -> list[Hit]:
         """Union of the dense and BM25 candidates, each with its exact cosine and BM25 score."""
+        ...
+
+    async def token_signatures(self, chunk_ids: Sequence[str]) -> dict[str, bytes]:
+        """Packed token signatures of these chunks, for late-interaction rerank."""
         ...
 
     async def stats(self, tenant: str | None = None) -> IndexStats: ...

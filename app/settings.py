@@ -130,7 +130,7 @@ SETTINGS_DOC: dict[str, str] = {
     "RAG_MAX_DOCUMENTS_PER_REQUEST": "Most documents in one ingest request; more get 422.",
     "RAG_BATCH_SIZE": "Texts per embedding batch (texts are length-sorted before batching).",
     "MAX_CONCURRENT_BATCHES": "Embedding batches in flight at once during ingest.",
-    "RAG_EMBEDDER_THREADS": "onnxruntime intra-op threads for the local embedder; 0 = one per core.",
+    "RAG_EMBEDDER_THREADS": "onnxruntime intra-op threads of the local embedder; 0 = one a core.",
     "RAG_CHUNK_SIZE": "Default chunk size in embedder tokens (the model reads at most 256).",
     "RAG_CHUNK_OVERLAP": "Default overlap between consecutive chunks, in tokens.",
     "RAG_TOP_K": "Results returned when a search names no top_k.",
@@ -140,7 +140,8 @@ SETTINGS_DOC: dict[str, str] = {
     "-1 keeps everything.",
     "MMR_MAX_CANDIDATES": "Candidate pool MMR selects from when a search asks for diversity.",
     "RAG_METADATA_INDEXES": "Metadata fields to index for filtering, as `field:type` items "
-    "separated by commas (type: keyword, integer, float, bool), e.g. `source:keyword,year:integer`. "
+    "separated by commas (type: keyword, integer, float, bool), e.g. "
+    "`source:keyword,year:integer`. "
     "Unindexed fields can still be filtered on, by a slower scan.",
 }
 

@@ -1,0 +1,158 @@
+"""The `rag-pipeline` command: serve | ingest | eval."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import msgspec
+
+from app.errors import RagError, SettingsError
+from app.settings import Settings
+
+log = logging.getLogger("rag_pipeline")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"rag-pipeline: bad setting: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        result: int = args.run(args, settings)
+        return result
+    except RagError as exc:
+        print(f"rag-pipeline: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rag-pipeline", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve", help="serve the HTTP API (embedded defaults: nothing to configure)"
+    )
+    serve.add_argument("--host", help="listen address (default RAG_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default RAG_PORT, 8000)")
+    serve.add_argument("--data-dir", help="data directory (default RAG_DATA_DIR, ./rag-data)")
+    serve.set_defaults(run=_serve)
+
+    ingest = sub.add_parser("ingest", help="send .txt/.md files or a BEIR corpus.jsonl to a server")
+    ingest.add_argument("paths", nargs="+", type=Path)
+    ingest.add_argument("--url", default=None, help="server URL (default http://RAG_HOST:RAG_PORT)")
+    ingest.add_argument("--batch", type=int, default=64, help="documents per request")
+    ingest.set_defaults(run=_ingest)
+
+    ev = sub.add_parser("eval", help="score a BEIR dataset through the HTTP API")
+    ev.add_argument("dataset", type=Path, help="folder with corpus.jsonl, queries.jsonl, qrels/")
+    ev.add_argument("--url", default=None, help="server URL (default http://RAG_HOST:RAG_PORT)")
+    ev.add_argument("--split", default="train", help="qrels file name without .tsv")
+    ev.add_argument("--limit", type=int, default=None, help="only the first N judged queries")
+    ev.add_argument("--json", action="store_true", help="print the scores as JSON")
+    ev.set_defaults(run=_eval)
+    return parser
+
+
+def _url(args: argparse.Namespace, settings: Settings) -> str:
+    if args.url:
+        return str(args.url)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    from app.asgi import create_app
+
+    changes = {
+        name: value
+        for name, value in (("host", args.host), ("port", args.port), ("data_dir", args.data_dir))
+        if value is not None
+    }
+    settings = settings.replace(**changes)
+    config = Config()
+    config.bind = [
+        f"[{settings.host}]:{settings.port}"
+        if ":" in settings.host
+        else f"{settings.host}:{settings.port}"
+    ]
+    config.graceful_timeout = settings.graceful_timeout_seconds
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("serving on http://%s (data in %s)", config.bind[0], settings.data_path)
+        await serve(create_app(settings), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    return 0
+
+
+def _ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from app.client import Client
+    from app.corpus import read_documents
+
+    docs = list(read_documents(args.paths))
+    if not docs:
+        print("rag-pipeline: no .txt, .md or .jsonl documents found", file=sys.stderr)
+        return 1
+
+    async def run() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        async with Client(_url(args, settings)) as client:
+            with tqdm(total=len(docs), desc="ingest", unit="doc") as bar:
+                for start in range(0, len(docs), args.batch):
+                    part = docs[start : start + args.batch]
+                    response = await client.ingest(part)
+                    for doc in response.documents:
+                        counts[doc.status] = counts.get(doc.status, 0) + 1
+                    bar.update(len(part))
+        return counts
+
+    counts = asyncio.run(run())
+    print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    return 0
+
+
+def _eval(args: argparse.Namespace, settings: Settings) -> int:
+    from app.client import Client
+    from app.evaluation import ensure_corpus, evaluate, format_table
+
+    async def run() -> int:
+        async with Client(_url(args, settings)) as client:
+            loaded = await ensure_corpus(client, args.dataset)
+            if loaded:
+                log.info("ingested %d documents", loaded)
+            scores = await evaluate(client, args.dataset, split=args.split, limit=args.limit)
+        if args.json:
+            print(msgspec.json.encode(scores).decode())
+        else:
+            print(format_table(scores))
+        return 0
+
+    return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,414 @@
+"""VectorIndex on Qdrant Edge: the Qdrant engine in process, one shard per embedding model."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import qdrant_edge as qe
+
+from app.domain import (
+    DocumentState,
+    FieldFilter,
+    Hit,
+    IndexedChunk,
+    IndexQuery,
+    IndexStats,
+)
+from app.errors import DependencyUnavailable, RagError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DENSE = "dense"
+# BM25 reads the same text the embedder reads (title, section path, chunk text).
+SEARCH_TEXT = "search_text"
+SIGNATURE = "sig"
+# Payload that retrieval never needs back; signatures are fetched only for rerank candidates.
+_HEAVY_FIELDS = [SEARCH_TEXT, SIGNATURE]
+
+_KEYWORD_FIELDS = ("tenant", "doc_id", "version")
+_INDEX_KINDS: dict[str, Callable[[], Any]] = {
+    "keyword": lambda: qe.KeywordIndexParams(),
+    "integer": lambda: qe.IntegerIndexParams(lookup=True, range=True),
+    "float": lambda: qe.FloatIndexParams(),
+    "bool": lambda: qe.BoolIndexParams(),
+}
+# Points not yet in the HNSW graph that make the background optimizer run.
+_OPTIMIZE_AFTER_UNINDEXED = 2000
+_BM25_K = 1.2
+_BM25_B = 0.75
+
+
+def text_index_params() -> qe.TextIndexParams:
+    """English word tokenizer with Snowball stemming and stop words, scored by BM25.
+
+    Chosen on SciFact (docs/benchmarks.md): stemming and stop-word removal each add to
+    BM25's nDCG@10 over a plain lowercase word tokenizer.
+    """
+    return qe.TextIndexParams(
+        tokenizer=qe.TokenizerType.Word,
+        lowercase=True,
+        ascii_folding=True,
+        stemmer=qe.SnowballParams(qe.SnowballLanguage.English),
+        stopwords=qe.Language.English,
+        min_token_len=1,
+        max_token_len=40,
+        scoring=True,
+    )
+
+
+class EdgeIndex:
+    """Chunks of every tenant in one Edge shard under `<data_dir>/index/<model_id>`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        model_id: str,
+        dim: int,
+        metadata_indexes: dict[str, str] | None = None,
+        search_threads: int | None = None,
+    ) -> None:
+        self.path = data_dir / "index" / model_id
+        self.dim = dim
+        self._write_lock = threading.Lock()
+        self._optimizing = threading.Lock()
+        self._unindexed = 0
+        self._closed = False
+        try:
+            self._shard = self._open(metadata_indexes or {}, search_threads)
+        except RagError:
+            raise
+        except Exception as exc:  # the binding raises plain exceptions for engine errors
+            raise DependencyUnavailable(f"cannot open the index at {self.path}: {exc}") from exc
+
+    def _open(self, metadata_indexes: dict[str, str], search_threads: int | None) -> qe.EdgeShard:
+        config = qe.EdgeConfig(
+            vectors={DENSE: qe.EdgeVectorParams(size=self.dim, distance=qe.Distance.Cosine)},
+            hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=1_000),
+            # Qdrant's default waits for 10 MB of vectors per segment before building HNSW,
+            # which a corpus of SciFact's size never reaches; index once ~2,000 vectors wait.
+            optimizers=qe.EdgeOptimizersConfig(
+                indexing_threshold=max(1, _OPTIMIZE_AFTER_UNINDEXED * self.dim * 4 // 1024)
+            ),
+            max_search_threads=search_threads,
+            payload_memory=qe.Memory.Cached,
+        )
+        self.path.mkdir(parents=True, exist_ok=True)
+        has_segments = any(self.path.iterdir())
+        shard = (
+            qe.EdgeShard.load(str(self.path), config)
+            if has_segments
+            else qe.EdgeShard.create(str(self.path), config)
+        )
+        existing = shard.info().payload_schema
+        wanted: dict[str, Any] = {field: qe.KeywordIndexParams() for field in _KEYWORD_FIELDS}
+        wanted["tenant"] = qe.KeywordIndexParams(is_tenant=True)
+        wanted["chunk_index"] = qe.IntegerIndexParams(lookup=True, range=False)
+        wanted[SEARCH_TEXT] = text_index_params()
+        for field, kind in metadata_indexes.items():
+            wanted[f"metadata.{field}"] = _INDEX_KINDS[kind]()
+        for field, params in wanted.items():
+            if field not in existing:
+                shard.update(qe.UpdateOperation.create_field_index(field, params))
+        return shard
+
+    # --- writes -------------------------------------------------------------------------
+
+    async def upsert(self, chunks: Sequence[IndexedChunk]) -> None:
+        if chunks:
+            await self._run(self._upsert, chunks)
+
+    def _upsert(self, chunks: Sequence[IndexedChunk]) -> None:
+        points = [_to_point(item) for item in chunks]
+        with self._write_lock:
+            self._shard.update(qe.UpdateOperation.upsert_points(points))
+            # The WAL makes writes survive a process crash; flush makes them survive the
+            # machine's, which is what "durable when acknowledged" promises.
+            self._shard.flush()
+            self._unindexed += len(points)
+        self._maybe_optimize()
+
+    async def delete_document(
+        self, tenant: str, doc_id: str, *, keep_version: str | None = None
+    ) -> int:
+        return await self._run(self._delete_document, tenant, doc_id, keep_version)
+
+    def _delete_document(self, tenant: str, doc_id: str, keep_version: str | None) -> int:
+        flt = _doc_filter(tenant, doc_id)
+        if keep_version is not None:
+            flt = qe.Filter(
+                must=flt.must,
+                must_not=[qe.FieldCondition(key="version", match=qe.MatchValue(keep_version))],
+            )
+        with self._write_lock:
+            doomed = self._shard.count(qe.CountRequest(filter=flt, exact=True))
+            if doomed:
+                self._shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
+                self._shard.flush()
+        return int(doomed)
+
+    def _maybe_optimize(self) -> None:
+        # HNSW is built by the optimizer, which Edge runs only when asked; do it off the
+        # write path once enough points wait, and never two at a time.
+        if self._unindexed < _OPTIMIZE_AFTER_UNINDEXED or not self._optimizing.acquire(False):
+            return
+        self._unindexed = 0
+
+        def optimize() -> None:
+            try:
+                started = time.perf_counter()
+                if not self._closed:
+                    self._shard.optimize()
+                log.info("index optimized in %.2fs", time.perf_counter() - started)
+            except Exception:
+                log.exception("index optimization failed; search still works on plain segments")
+            finally:
+                self._optimizing.release()
+
+        threading.Thread(target=optimize, name="edge-optimizer", daemon=True).start()
+
+    async def optimize(self) -> None:
+        """Build HNSW for everything written so far (blocking the caller, not the loop)."""
+
+        def run() -> None:
+            with self._optimizing:
+                self._shard.optimize()
+                self._unindexed = 0
+
+        await self._run(run)
+
+    # --- reads --------------------------------------------------------------------------
+
+    async def document(self, tenant: str, doc_id: str) -> DocumentState | None:
+        return await self._run(self._document, tenant, doc_id)
+
+    def _document(self, tenant: str, doc_id: str) -> DocumentState | None:
+        flt = _doc_filter(tenant, doc_id)
+        records, _ = self._shard.scroll(
+            qe.ScrollRequest(
+                limit=1, filter=flt, with_payload=qe.PayloadSelector.Include(["version"])
+            )
+        )
+        if not records:
+            return None
+        version = str((records[0].payload or {})["version"])
+        chunks = self._shard.count(qe.CountRequest(filter=flt, exact=True))
+        return DocumentState(doc_id=doc_id, version=version, chunks=int(chunks))
+
+    async def retrieve(self, query: IndexQuery) -> list[Hit]:
+        return await self._run(self._retrieve, query)
+
+    def _retrieve(self, query: IndexQuery) -> list[Hit]:
+        flt = build_filter(query.tenant, query.filters)
+        selector = qe.PayloadSelector.Exclude(_HEAVY_FIELDS)
+        requests = []
+        if query.dense:
+            requests.append(
+                qe.QueryRequest(
+                    query=qe.Query.Nearest(query.vector.tolist(), using=DENSE),
+                    filter=flt,
+                    limit=query.limit,
+                    with_payload=selector,
+                    with_vector=[DENSE],
+                )
+            )
+        if query.bm25:
+            requests.append(
+                qe.QueryRequest(
+                    query=qe.TextQuery(SEARCH_TEXT, query.text, qe.Bm25Params(_BM25_K, _BM25_B)),
+                    filter=flt,
+                    limit=query.limit,
+                    with_payload=selector,
+                    with_vector=[DENSE],
+                )
+            )
+        results = self._shard.query_batch(qe.QueryBatchRequest(requests))
+        bm25_results = results[-1] if query.bm25 else []
+        hits: dict[str, Hit] = {}
+        for point in (p for result in results for p in result):
+            key = str(point.id)
+            if key not in hits:
+                hits[key] = _to_hit(point, query.vector)
+        for point in bm25_results:
+            hits[str(point.id)].bm25 = float(point.score)
+        if query.bm25 and query.dense:
+            self._fill_bm25(query, flt, hits, {str(p.id) for p in bm25_results})
+        return list(hits.values())
+
+    def _fill_bm25(
+        self, query: IndexQuery, flt: qe.Filter, hits: dict[str, Hit], scored: set[str]
+    ) -> None:
+        # Dense-only candidates still deserve their exact BM25 score rather than "missing":
+        # ask the text index again, restricted to exactly those points.
+        missing = [key for key in hits if key not in scored]
+        if not missing:
+            return
+        restricted = qe.Filter(must=[*(flt.must or []), qe.HasIdCondition(set(missing))])
+        for point in self._shard.query(
+            qe.QueryRequest(
+                query=qe.TextQuery(SEARCH_TEXT, query.text, qe.Bm25Params(_BM25_K, _BM25_B)),
+                filter=restricted,
+                limit=len(missing),
+                with_payload=False,
+                with_vector=False,
+            )
+        ):
+            hits[str(point.id)].bm25 = float(point.score)
+
+    async def token_signatures(self, chunk_ids: Sequence[str]) -> dict[str, bytes]:
+        return await self._run(self._token_signatures, chunk_ids)
+
+    def _token_signatures(self, chunk_ids: Sequence[str]) -> dict[str, bytes]:
+        records = self._shard.retrieve(
+            list(chunk_ids), with_payload=qe.PayloadSelector.Include([SIGNATURE]), with_vector=False
+        )
+        out: dict[str, bytes] = {}
+        for record in records:
+            encoded = (record.payload or {}).get(SIGNATURE)
+            if encoded:
+                out[str(record.id)] = base64.b64decode(encoded)
+        return out
+
+    async def stats(self, tenant: str | None = None) -> IndexStats:
+        return await self._run(self._stats, tenant)
+
+    def _stats(self, tenant: str | None) -> IndexStats:
+        info = self._shard.info()
+        must: list[Any] = [] if tenant is None else [_match("tenant", tenant)]
+        points = self._shard.count(qe.CountRequest(filter=qe.Filter(must=must), exact=True))
+        documents = self._shard.count(
+            qe.CountRequest(filter=qe.Filter(must=[*must, _match("chunk_index", 0)]), exact=True)
+        )
+        return IndexStats(
+            points=int(points),
+            documents=int(documents),
+            indexed_vectors=int(info.indexed_vectors_count),
+            segments=int(info.segments_count),
+        )
+
+    async def all_points(
+        self, tenant: str | None = None
+    ) -> list[tuple[str, dict[str, Any], list[float]]]:
+        """Every point as (id, payload, dense vector): for replay checks and exports."""
+        return await self._run(self._all_points, tenant)
+
+    def _all_points(self, tenant: str | None) -> list[tuple[str, dict[str, Any], list[float]]]:
+        flt = None if tenant is None else qe.Filter(must=[_match("tenant", tenant)])
+        out: list[tuple[str, dict[str, Any], list[float]]] = []
+        offset: Any = None
+        while True:
+            records, offset = self._shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=512, filter=flt, with_payload=True, with_vector=[DENSE]
+                )
+            )
+            for record in records:
+                vector = record.vector
+                dense = vector[DENSE] if isinstance(vector, dict) else vector
+                values = dense if isinstance(dense, list) else []
+                out.append((str(record.id), dict(record.payload or {}), [float(x) for x in values]))  # type: ignore[arg-type]
+            if offset is None:
+                return out
+
+    async def ready(self) -> bool:
+        try:
+            await self._run(self._shard.info)
+        except DependencyUnavailable:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._optimizing, self._write_lock:
+            self._shard.flush()
+            self._shard.close()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise DependencyUnavailable("the index is closed")
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except RagError:
+            raise
+        except Exception as exc:  # engine errors arrive as plain exceptions from the binding
+            raise DependencyUnavailable(f"index operation failed: {exc}") from exc
+
+
+def _match(key: str, value: str | int | bool) -> qe.FieldCondition:
+    return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+
+
+def _doc_filter(tenant: str, doc_id: str) -> qe.Filter:
+    return qe.Filter(must=[_match("tenant", tenant), _match("doc_id", doc_id)])
+
+
+def build_filter(tenant: str, filters: Sequence[FieldFilter]) -> qe.Filter:
+    """The tenant condition always, then each metadata condition (all must hold)."""
+    must: list[Any] = [_match("tenant", tenant)]
+    for flt in filters:
+        key = f"metadata.{flt.key}"
+        if flt.any_of is not None:
+            must.append(qe.FieldCondition(key=key, match=qe.MatchAny(flt.any_of)))
+        elif flt.gte is not None or flt.gt is not None or flt.lte is not None or flt.lt is not None:
+            must.append(
+                qe.FieldCondition(
+                    key=key, range=qe.RangeFloat(gte=flt.gte, gt=flt.gt, lte=flt.lte, lt=flt.lt)
+                )
+            )
+        elif isinstance(flt.equals, float) and not flt.equals.is_integer():
+            must.append(
+                qe.FieldCondition(key=key, range=qe.RangeFloat(gte=flt.equals, lte=flt.equals))
+            )
+        elif isinstance(flt.equals, float):
+            must.append(_match(key, int(flt.equals)))
+        elif flt.equals is not None:
+            must.append(_match(key, flt.equals))
+    return qe.Filter(must=must)
+
+
+def _to_point(item: IndexedChunk) -> qe.Point:
+    chunk = item.chunk
+    payload: dict[str, Any] = {
+        "tenant": chunk.tenant,
+        "doc_id": chunk.doc_id,
+        "version": chunk.version,
+        "chunk_index": chunk.chunk_index,
+        "title": chunk.title,
+        "section": chunk.section,
+        "text": chunk.text,
+        "metadata": chunk.metadata,
+        SEARCH_TEXT: chunk.embed_text,
+    }
+    if item.token_signature is not None:
+        payload[SIGNATURE] = base64.b64encode(item.token_signature).decode("ascii")
+    return qe.Point(chunk.chunk_id, {DENSE: item.vector.tolist()}, payload)
+
+
+def _to_hit(point: qe.ScoredPoint, query_vector: np.ndarray[Any, Any]) -> Hit:
+    payload = point.payload or {}
+    raw = point.vector
+    dense = raw[DENSE] if isinstance(raw, dict) else raw
+    vector = np.asarray(dense, dtype=np.float32)
+    return Hit(
+        chunk_id=str(point.id),
+        doc_id=str(payload.get("doc_id", "")),
+        chunk_index=int(payload.get("chunk_index", 0)),
+        title=str(payload.get("title", "")),
+        text=str(payload.get("text", "")),
+        section=list(payload.get("section") or []),
+        metadata=dict(payload.get("metadata") or {}),
+        vector=vector,
+        dense=float(vector @ query_vector),
+        bm25=None,
+    )

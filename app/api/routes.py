@@ -1,0 +1,161 @@
+"""The route table: one entry per endpoint, from which Starlette routes and OpenAPI are built."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app import __version__
+from app.api import documents, search, system
+from app.api.codec import json_response
+from app.schemas import (
+    Condition,
+    DeleteResponse,
+    DocumentStatus,
+    ErrorBody,
+    Health,
+    IngestRequest,
+    IngestResponse,
+    Readiness,
+    SearchRequest,
+    SearchResponse,
+    Stats,
+)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    request: type | None = None
+    responses: dict[int, type] = msgspec.field(default_factory=dict)
+
+
+_ERRORS = {400: ErrorBody, 413: ErrorBody, 422: ErrorBody, 503: ErrorBody}
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        method="POST",
+        path="/api/v1/search",
+        handler=search.search,
+        summary="Hybrid search with rerank, min score and MMR",
+        request=SearchRequest,
+        responses={200: SearchResponse, **_ERRORS},
+    ),
+    Endpoint(
+        method="POST",
+        path="/api/v1/ingest",
+        handler=documents.ingest,
+        summary="Index documents (replaces documents with the same id)",
+        request=IngestRequest,
+        responses={200: IngestResponse, **_ERRORS},
+    ),
+    Endpoint(
+        method="GET",
+        path="/api/v1/documents/{doc_id:path}",
+        handler=documents.get_document,
+        summary="A document's indexing status and version",
+        responses={200: DocumentStatus, 404: ErrorBody, 503: ErrorBody},
+    ),
+    Endpoint(
+        method="DELETE",
+        path="/api/v1/documents/{doc_id:path}",
+        handler=documents.delete_document,
+        summary="Delete a document and its chunks",
+        responses={200: DeleteResponse, 404: ErrorBody, 503: ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/api/v1/stats",
+        handler=system.stats,
+        summary="Index figures",
+        responses={200: Stats, 503: ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/health",
+        handler=system.health,
+        summary="Liveness: the process answers",
+        responses={200: Health},
+    ),
+    Endpoint(
+        method="GET",
+        path="/ready",
+        handler=system.ready,
+        summary="Readiness: every dependency answers",
+        responses={200: Readiness, 503: Readiness},
+    ),
+)
+
+
+def openapi_spec() -> dict[str, Any]:
+    types = sorted(
+        {t for e in ENDPOINTS for t in [e.request, *e.responses.values()] if t is not None}
+        | {Condition},  # referenced from SearchRequest.filters' hand-written schema
+        key=lambda t: t.__name__,
+    )
+    _, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for e in ENDPOINTS:
+        path = e.path.replace(":path}", "}")
+        op: dict[str, Any] = {
+            "summary": e.summary,
+            "operationId": f"{e.method.lower()}_{e.handler.__name__}",
+            "responses": {
+                str(status): {
+                    "description": "error" if status >= 400 and t is ErrorBody else "ok",
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": f"#/components/schemas/{t.__name__}"}
+                        }
+                    },
+                }
+                for status, t in e.responses.items()
+            },
+        }
+        if "{doc_id}" in path:
+            op["parameters"] = [
+                {
+                    "name": "doc_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1},
+                }
+            ]
+        if e.request is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{e.request.__name__}"}
+                    }
+                },
+            }
+        paths.setdefault(path, {})[e.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "rag-pipeline", "version": __version__},
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+
+
+def routes() -> list[Route]:
+    spec = openapi_spec()
+
+    async def openapi(request: Request) -> Response:
+        return json_response(spec)
+
+    table = [Route(e.path, e.handler, methods=[e.method]) for e in ENDPOINTS]
+    table.append(Route("/openapi.json", openapi, methods=["GET"]))
+    return table

@@ -1,0 +1,105 @@
+"""POST /api/v1/search: decode, run the pipeline, encode results with their stage scores."""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.api.codec import decode, field_of, json_response, read_body
+from app.domain import DEFAULT_TENANT, FieldFilter
+from app.errors import InvalidRequest
+from app.pipeline import SearchParams
+from app.schemas import Condition, Scalar, SearchRequest, SearchResponse, SearchResult
+from app.wiring import Services
+
+
+async def search(request: Request) -> Response:
+    services: Services = request.app.state.services
+    body = decode(await read_body(request, services.settings.max_body_bytes), SearchRequest)
+    if not body.query.strip():
+        raise InvalidRequest("query is empty or only whitespace", field="query")
+    outcome = await services.pipeline.search(
+        SearchParams(
+            query=body.query,
+            tenant=DEFAULT_TENANT,
+            top_k=body.top_k,
+            mode=body.mode,
+            filters=to_filters(body.filters or {}),
+            min_score=body.min_score,
+            diversity=body.diversity,
+            rerank=body.rerank,
+        )
+    )
+    return json_response(
+        SearchResponse(
+            results=[
+                SearchResult(
+                    doc_id=h.doc_id,
+                    chunk_id=h.chunk_id,
+                    chunk_index=h.chunk_index,
+                    score=round(h.score, 6),
+                    title=h.title,
+                    text=h.text,
+                    section=h.section,
+                    metadata=h.metadata,
+                    scores={k: round(v, 6) for k, v in h.scores.items()},
+                )
+                for h in outcome.hits
+            ],
+            retrieval_id=outcome.retrieval_id,
+            mode=body.mode,
+            reranked=outcome.reranked,
+            timings_ms=outcome.timings_ms,
+        )
+    )
+
+
+def to_filters(filters: dict[str, msgspec.Raw]) -> list[FieldFilter]:
+    out = []
+    for key, raw in sorted(filters.items()):
+        try:
+            value = msgspec.json.decode(raw, type=Scalar | Condition)
+        except msgspec.ValidationError as exc:
+            inner = field_of(str(exc))
+            raise InvalidRequest(
+                str(exc),
+                field=f"filters.{key}" + ("" if inner == "body" else f".{inner}"),
+                code="validation_error",
+            ) from exc
+        if not isinstance(value, Condition):
+            out.append(FieldFilter(key=key, equals=value))
+            continue
+        ranged = any(v is not None for v in (value.gte, value.gt, value.lte, value.lt))
+        if (value.any is None) == (not ranged):
+            raise InvalidRequest(
+                "a filter condition holds either `any` or a range (gte/gt/lte/lt), "
+                "not both or neither",
+                field=f"filters.{key}",
+            )
+        out.append(
+            FieldFilter(
+                key=key,
+                any_of=_any_of(key, value.any),
+                gte=value.gte,
+                gt=value.gt,
+                lte=value.lte,
+                lt=value.lt,
+            )
+        )
+    return out
+
+
+def _any_of(key: str, values: list[str | int] | None) -> list[str] | list[int] | None:
+    """The index matches a list of one type: all strings or all integers."""
+    if values is None:
+        return None
+    strings = [v for v in values if isinstance(v, str)]
+    if len(strings) == len(values) and strings:
+        return strings
+    integers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    if len(integers) == len(values) and integers:
+        return integers
+    raise InvalidRequest(
+        "`any` needs at least one value, all strings or all integers", field=f"filters.{key}.any"
+    )

@@ -1,0 +1,160 @@
+"""Wire structs of the HTTP API: what requests may hold and what responses promise."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+DocId = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$")]
+Query = Annotated[str, Meta(min_length=1, max_length=4096)]
+TopK = Annotated[int, Meta(ge=1, le=100)]
+Score = Annotated[float, Meta(ge=-1.0, le=1.0)]
+Diversity = Annotated[float, Meta(ge=0.0, le=1.0)]
+MetadataKey = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")]
+Scalar = str | int | float | bool
+Mode = Literal["dense", "bm25", "hybrid"]
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    pass
+
+
+class DocumentInput(_Strict):
+    """A document to index. `id` is yours; re-sending the same id replaces the document."""
+
+    id: DocId
+    text: Annotated[str, Meta(min_length=1, max_length=1_000_000)]
+    title: Annotated[str, Meta(max_length=1024)] = ""
+    metadata: dict[MetadataKey, Any] = msgspec.field(default_factory=dict)
+
+
+class IngestRequest(_Strict):
+    """Documents to index, with optional chunking (sizes in embedder tokens)."""
+
+    documents: Annotated[list[DocumentInput], Meta(min_length=1)]
+    chunk_size: Annotated[int, Meta(ge=16, le=256)] | None = None
+    chunk_overlap: Annotated[int, Meta(ge=0, le=128)] | None = None
+
+
+class IngestedDocument(msgspec.Struct, kw_only=True):
+    doc_id: str
+    version: str
+    # indexed: written now; unchanged: same version already indexed, no embedding work done
+    status: Literal["indexed", "unchanged"]
+    chunks: int
+
+
+class IngestResponse(msgspec.Struct, kw_only=True):
+    documents: list[IngestedDocument]
+
+
+class Condition(_Strict):
+    """A metadata condition: `any` of a list of values, or a numeric range."""
+
+    any: list[str | int] | None = None
+    gte: float | None = None
+    gt: float | None = None
+    lte: float | None = None
+    lt: float | None = None
+
+
+class SearchRequest(_Strict):
+    """A search. `filters` maps metadata fields to a value (exact match) or a Condition."""
+
+    query: Query
+    top_k: TopK | None = None
+    mode: Mode = "hybrid"
+    # Values stay raw until each is decoded on its own, so an error can name its key.
+    filters: (
+        Annotated[
+            dict[MetadataKey, msgspec.Raw],
+            Meta(
+                max_length=32,
+                extra_json_schema={
+                    "additionalProperties": {
+                        "anyOf": [
+                            {"type": ["string", "integer", "number", "boolean"]},
+                            {"$ref": "#/components/schemas/Condition"},
+                        ]
+                    }
+                },
+            ),
+        ]
+        | None
+    ) = None
+    # Minimum cosine similarity between the query and chunk embeddings (-1..1), in every
+    # mode: an absolute relevance floor, unlike `score`, which ranks within one response.
+    min_score: Score | None = None
+    # MMR trade-off: 0 = pure relevance (off), 1 = pure novelty.
+    diversity: Diversity = 0.0
+    rerank: bool | None = None
+
+
+class SearchResult(msgspec.Struct, kw_only=True):
+    doc_id: str
+    chunk_id: str
+    chunk_index: int
+    # Fused rank score in [0, 1], relative to this response's candidates.
+    score: float
+    title: str
+    text: str
+    section: list[str]
+    metadata: dict[str, Any]
+    # Per stage: dense (cosine), bm25 (raw BM25, 0 when no query term matched), fusion,
+    # rerank (late-interaction MaxSim, mean cosine), mmr (0-based pick order when diversifying).
+    scores: dict[str, float]
+
+
+class SearchResponse(msgspec.Struct, kw_only=True):
+    results: list[SearchResult]
+    retrieval_id: str
+    mode: Mode
+    reranked: bool
+    timings_ms: dict[str, float]
+
+
+class DocumentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    doc_id: str
+    status: Literal["indexed", "deleted"]
+    version: str | None = None
+    chunks: int = 0
+
+
+class DeleteResponse(msgspec.Struct, kw_only=True):
+    doc_id: str
+    status: Literal["deleted"]
+    chunks_removed: int
+
+
+class IndexInfo(msgspec.Struct, kw_only=True):
+    model_id: str
+    dim: int
+    documents: int
+    chunks: int
+    indexed_vectors: int
+    segments: int
+
+
+class Stats(msgspec.Struct, kw_only=True):
+    index: IndexInfo
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: Literal["ok"]
+
+
+class Readiness(msgspec.Struct, kw_only=True):
+    ready: bool
+    checks: dict[str, bool]
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    error: ErrorDetail

@@ -1,0 +1,17 @@
+"""Shared test fixtures: paths and the SciFact dataset location."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact-train"
+
+
+@pytest.fixture(scope="session")
+def scifact() -> Path:
+    if not (SCIFACT / "corpus.jsonl").exists():
+        pytest.skip(f"SciFact dataset not found at {SCIFACT}")
+    return SCIFACT

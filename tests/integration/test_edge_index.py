@@ -1,0 +1,214 @@
+"""The Qdrant Edge adapter against the real in-process engine, on disk under a temp directory."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.adapters.edge_index import EdgeIndex
+from app.domain import Chunk, FieldFilter, IndexedChunk, IndexQuery
+from app.indexing import chunk_id
+from app.retrieval.late_interaction import pack_signs
+
+DIM = 32
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+
+
+def unit(rng: np.random.Generator, n: int = 1) -> np.ndarray:
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def make_chunk(
+    tenant: str, doc: str, i: int, text: str, version: str = "v1", metadata: dict | None = None
+) -> Chunk:
+    return Chunk(
+        chunk_id=chunk_id(tenant, doc, i),
+        tenant=tenant,
+        doc_id=doc,
+        version=version,
+        chunk_index=i,
+        title=doc.title(),
+        section=[],
+        text=text,
+        embed_text=f"{doc}\n{text}",
+        metadata=metadata or {},
+    )
+
+
+def indexed(chunk: Chunk, vector: np.ndarray) -> IndexedChunk:
+    return IndexedChunk(
+        chunk=chunk, vector=vector, token_signature=pack_signs(np.vstack([vector, -vector]))
+    )
+
+
+@pytest.fixture()
+def index(tmp_path: Path):
+    idx = EdgeIndex(tmp_path, model_id="test-model", dim=DIM, metadata_indexes={"year": "integer"})
+    yield idx
+    idx.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def query(
+    vector: np.ndarray,
+    text: str = "",
+    *,
+    tenant: str = "a",
+    limit: int = 10,
+    dense: bool = True,
+    bm25: bool = True,
+    filters: list[FieldFilter] | None = None,
+):
+    return IndexQuery(
+        tenant=tenant,
+        text=text,
+        vector=vector,
+        limit=limit,
+        dense=dense,
+        bm25=bm25,
+        filters=filters or [],
+    )
+
+
+def test_dense_and_bm25_scores_are_exact(index: EdgeIndex) -> None:
+    rng = np.random.default_rng(1)
+    vectors = unit(rng, 8)
+    chunks = [
+        indexed(make_chunk("a", f"doc{i}", 0, f"{WORDS[i]} report"), vectors[i]) for i in range(8)
+    ]
+    run(index.upsert(chunks))
+
+    hits = run(index.retrieve(query(vectors[3], "delta", limit=3)))
+    by_id = {h.chunk_id: h for h in hits}
+    top = chunks[3].chunk.chunk_id
+    assert top in by_id
+    assert by_id[top].dense == pytest.approx(1.0, abs=1e-5)
+    assert by_id[top].bm25 is not None and by_id[top].bm25 > 0
+    for h in hits:
+        # every candidate carries its exact cosine, whichever retriever found it
+        assert h.dense == pytest.approx(float(h.vector @ vectors[3]), abs=1e-5)
+        if h.chunk_id != top:
+            assert h.bm25 is None  # no query term in its text
+
+    only_bm25 = run(index.retrieve(query(vectors[0], "delta", dense=False)))
+    assert [h.doc_id for h in only_bm25] == ["doc3"]
+
+
+def test_stemming_and_stop_words(index: EdgeIndex) -> None:
+    rng = np.random.default_rng(2)
+    run(
+        index.upsert(
+            [indexed(make_chunk("a", "runner", 0, "The runners were running"), unit(rng)[0])]
+        )
+    )
+    hits = run(index.retrieve(query(unit(rng)[0], "the run", dense=False)))
+    assert [h.doc_id for h in hits] == ["runner"]
+    assert run(index.retrieve(query(unit(rng)[0], "the were", dense=False))) == []
+
+
+def test_tenants_never_see_each_other(index: EdgeIndex) -> None:
+    rng = np.random.default_rng(3)
+    v = unit(rng)[0]
+    run(index.upsert([indexed(make_chunk("a", "secret", 0, "alpha secret"), v)]))
+    assert run(index.retrieve(query(v, "alpha secret", tenant="b"))) == []
+    assert [h.doc_id for h in run(index.retrieve(query(v, "alpha", tenant="a")))] == ["secret"]
+    assert run(index.document("b", "secret")) is None
+    assert run(index.stats("b")).points == 0
+
+
+def test_filters(index: EdgeIndex) -> None:
+    rng = np.random.default_rng(4)
+    vectors = unit(rng, 4)
+    meta = [
+        {"year": 2000, "kind": "x"},
+        {"year": 2010, "kind": "y"},
+        {"year": 2020, "kind": "x", "tags": ["p", "q"]},
+        {"year": 2030, "kind": "z"},
+    ]
+    run(
+        index.upsert(
+            [
+                indexed(make_chunk("a", f"d{i}", 0, "echo", metadata=meta[i]), vectors[i])
+                for i in range(4)
+            ]
+        )
+    )
+
+    def ids(*filters: FieldFilter) -> set[str]:
+        return {
+            h.doc_id for h in run(index.retrieve(query(vectors[0], "echo", filters=list(filters))))
+        }
+
+    assert ids(FieldFilter(key="kind", equals="x")) == {"d0", "d2"}
+    assert ids(FieldFilter(key="kind", any_of=["y", "z"])) == {"d1", "d3"}
+    assert ids(FieldFilter(key="year", gte=2010, lt=2030)) == {"d1", "d2"}
+    assert ids(FieldFilter(key="year", equals=2020)) == {"d2"}
+    assert ids(FieldFilter(key="tags", equals="q")) == {"d2"}
+    assert ids(FieldFilter(key="kind", equals="x"), FieldFilter(key="year", gt=2000)) == {"d2"}
+
+
+def test_versions_replace_and_delete(index: EdgeIndex) -> None:
+    rng = np.random.default_rng(5)
+    old = [
+        indexed(make_chunk("a", "doc", i, f"old part {i}", version="v1"), unit(rng)[0])
+        for i in range(3)
+    ]
+    run(index.upsert(old))
+    state = run(index.document("a", "doc"))
+    assert state is not None and (state.version, state.chunks) == ("v1", 3)
+
+    new = [indexed(make_chunk("a", "doc", 0, "new text", version="v2"), unit(rng)[0])]
+    run(index.upsert(new))
+    assert run(index.delete_document("a", "doc", keep_version="v2")) == 2
+    state = run(index.document("a", "doc"))
+    assert state is not None and (state.version, state.chunks) == ("v2", 1)
+
+    assert run(index.delete_document("a", "doc")) == 1
+    assert run(index.document("a", "doc")) is None
+    assert run(index.delete_document("a", "doc")) == 0
+
+
+def test_token_signatures_round_trip(index: EdgeIndex) -> None:
+    rng = np.random.default_rng(6)
+    item = indexed(make_chunk("a", "sig", 0, "golf"), unit(rng)[0])
+    run(index.upsert([item]))
+    got = run(index.token_signatures([item.chunk.chunk_id, chunk_id("a", "missing", 0)]))
+    assert got == {item.chunk.chunk_id: item.token_signature}
+
+
+def test_data_survives_reopen_and_hnsw_gets_built(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    vectors = unit(rng, 3000)
+    first = EdgeIndex(tmp_path, model_id="m", dim=DIM)
+    items = [indexed(make_chunk("a", f"d{i}", 0, WORDS[i % 8]), vectors[i]) for i in range(3000)]
+    run(first.upsert(items))
+    run(first.optimize())
+    stats = run(first.stats())
+    assert stats.points == 3000 and stats.documents == 3000
+    assert stats.indexed_vectors >= 3000  # the optimizer built the HNSW graph
+    first.close()
+
+    second = EdgeIndex(tmp_path, model_id="m", dim=DIM)
+    try:
+        assert run(second.stats()).points == 3000
+        hits = run(second.retrieve(query(vectors[42], "", bm25=False, limit=1)))
+        assert hits[0].doc_id == "d42"
+    finally:
+        second.close()
+
+
+def test_closed_index_is_unavailable(tmp_path: Path) -> None:
+    from app.errors import DependencyUnavailable
+
+    idx = EdgeIndex(tmp_path, model_id="m", dim=DIM)
+    idx.close()
+    assert run(idx.ready()) is False
+    with pytest.raises(DependencyUnavailable):
+        run(idx.stats())
