@@ -1,0 +1,1 @@
+"""Deployment material: Containerfile, Kustomize overlays, Argo CD, Prometheus rules."""

@@ -1,0 +1,144 @@
+"""Shared helpers for the deployment tests: paths, tools, and walking rendered manifests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+KUSTOMIZE = ROOT / "kustomize"
+PROMETHEUS = ROOT / "observability" / "prometheus"
+
+# What Argo CD renders (the overlays and the Argo CD objects), plus the base on its own.
+TARGETS: dict[str, Path] = {
+    "base": KUSTOMIZE / "base",
+    "dev": KUSTOMIZE / "overlays" / "dev",
+    "prod": KUSTOMIZE / "overlays" / "prod",
+    "argocd": KUSTOMIZE / "argocd",
+}
+OVERLAYS = ("dev", "prod")
+NAMESPACES = {"dev": "rag-dev", "prod": "rag-prod"}
+
+API = "rag-pipeline"
+WORKER = "rag-pipeline-worker"
+SETTINGS_CONFIGMAP = "rag-pipeline-settings"
+SECRET = "rag-pipeline-secrets"
+
+Doc = dict[str, Any]
+
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
+CLUSTER_SCOPED_KINDS = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+}
+
+
+def find_tool(name: str, env_var: str | None = None) -> str | None:
+    """An executable from $env_var, PATH, or next to this interpreter (a venv's bin/)."""
+    if env_var and os.environ.get(env_var):
+        candidate = os.environ[env_var]
+        return candidate if os.access(candidate, os.X_OK) else None
+    found = shutil.which(name)
+    if found:
+        return found
+    beside = Path(sys.executable).parent / name
+    return str(beside) if os.access(beside, os.X_OK) else None
+
+
+def render(kubectl: str, target: Path) -> tuple[list[Doc], str]:
+    """`kubectl kustomize` (kustomize v5, as Argo CD runs it): the objects and any warnings."""
+    proc = subprocess.run(
+        [kubectl, "kustomize", str(target)], capture_output=True, text=True, timeout=120
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {target} failed:\n{proc.stderr}")
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc], proc.stderr
+
+
+def find(docs: list[Doc], kind: str, name: str | None = None) -> list[Doc]:
+    return [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+
+
+def one(docs: list[Doc], kind: str, name: str) -> Doc:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected exactly one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def configmap(docs: list[Doc], name: str) -> Doc:
+    """A generated ConfigMap, whose rendered name carries a content hash suffix."""
+    found = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap"
+        and (d["metadata"]["name"] == name or d["metadata"]["name"].startswith(name + "-"))
+    ]
+    assert len(found) == 1, f"expected one ConfigMap {name}(-hash), found {len(found)}"
+    return found[0]
+
+
+def pod_spec(doc: Doc) -> Doc | None:
+    kind = doc["kind"]
+    if kind == "Pod":
+        return doc["spec"]  # type: ignore[no-any-return]
+    if kind == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    if kind in WORKLOAD_KINDS:
+        return doc["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    return None
+
+
+def workloads(docs: list[Doc]) -> Iterator[tuple[Doc, Doc]]:
+    for doc in docs:
+        spec = pod_spec(doc)
+        if spec is not None:
+            yield doc, spec
+
+
+def containers(spec: Doc, *, init: bool = True) -> list[Doc]:
+    found = list(spec.get("containers", []))
+    if init:
+        found += spec.get("initContainers", []) + spec.get("ephemeralContainers", [])
+    return found
+
+
+def label_match(selector: Doc, labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) against a label set."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def pod_labels(doc: Doc) -> dict[str, str]:
+    return doc["spec"]["template"]["metadata"].get("labels", {})  # type: ignore[no-any-return]
+
+
+def sync_wave(doc: Doc) -> int:
+    annotations = doc["metadata"].get("annotations") or {}
+    return int(annotations.get("argocd.argoproj.io/sync-wave", "0"))
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
