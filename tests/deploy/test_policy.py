@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -276,6 +277,35 @@ def test_configmap_values_pass_the_apps_own_validation(
     data = configmap(rendered[overlay], SETTINGS_CONFIGMAP)["data"]
     settings = Settings.from_env({k: v for k, v in data.items() if k in ENV_NAMES})
     assert (settings.host, settings.port, settings.data_dir) == ("0.0.0.0", 8080, "/data")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_variables_read_by_libraries_are_never_blank(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    """Blank means "default" only to Settings.from_env; the OpenTelemetry SDK and the openai
+    client read their own variables and take an empty string literally."""
+    data = configmap(rendered[overlay], SETTINGS_CONFIGMAP)["data"]
+    for key, value in data.items():
+        if key.startswith("OTEL_") or key.startswith("OPENAI_"):
+            assert value.strip(), f"{key} is blank"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_settings_hold_only_differences(overlay: str) -> None:
+    base = _env_file(TARGETS["base"] / "settings.env")
+    for key, value in _env_file(TARGETS[overlay] / "settings.env").items():
+        assert key in base, f"{overlay} sets {key}, which the base does not have"
+        assert base[key] != value, f"{overlay} repeats the base value of {key}"
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    pairs = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value
+    return pairs
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
