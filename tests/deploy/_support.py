@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +42,29 @@ CLUSTER_SCOPED_KINDS = {
     "ClusterRoleBinding",
     "CustomResourceDefinition",
 }
+
+
+def missing(what: str, how: str) -> NoReturn:
+    """Skip when a tool is absent on a developer's machine; fail in CI (CI=true), which installs
+    every tool (.ci/run), so a broken install step can never pass as a skip."""
+    message = f"{what} is not installed ({how})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message}; CI must install it", pytrace=False)
+    pytest.skip(message)
+
+
+def require_tool(name: str, how: str, env_var: str | None = None) -> str:
+    path = find_tool(name, env_var)
+    if path is None:
+        missing(name, how)
+    return path
+
+
+def require_module(module: str, package: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        missing(package, f"pip install {package}")
 
 
 def find_tool(name: str, env_var: str | None = None) -> str | None:

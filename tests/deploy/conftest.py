@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy._support import TARGETS, Doc, find_tool, render
+from tests.deploy._support import TARGETS, Doc, render, require_tool
 
 
 @pytest.fixture(scope="session")
 def kubectl() -> str:
-    path = find_tool("kubectl", "KUBECTL")
-    if path is None:
-        pytest.skip("kubectl (with its built-in kustomize) is not installed; CI has it")
-    return path
+    return require_tool("kubectl", "it renders the overlays with its built-in kustomize", "KUBECTL")
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy._support import Doc, find_tool
+from tests.deploy._support import Doc, require_tool
 
 SCANNED = ("dev", "prod", "argocd")
 _SKIP_ANNOTATION = re.compile(r"^checkov\.io/skip\d+$")
@@ -25,10 +25,8 @@ _SKIP_VALUE = re.compile(r"^(CKV2?_K8S_\d+)=(.+)$")
 @pytest.fixture(scope="module")
 def checkov_report(rendered: dict[str, list[Doc]], tmp_path_factory: pytest.TempPathFactory
                    ) -> dict[str, Any]:
-    checkov = find_tool("checkov", "CHECKOV_BIN")
-    if checkov is None:
-        pytest.skip("checkov is not installed (set CHECKOV_BIN or put it on PATH; see "
-                    "docs/deploy.md): CI installs it into its own venv")
+    checkov = require_tool("checkov", "its own venv; set CHECKOV_BIN or put it on PATH, see "
+                           "docs/deploy.md", "CHECKOV_BIN")
     directory: Path = tmp_path_factory.mktemp("rendered")
     for name in SCANNED:
         (directory / f"{name}.yaml").write_text(yaml.safe_dump_all(rendered[name]))

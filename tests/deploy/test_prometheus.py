@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy._support import PROMETHEUS, TARGETS, Doc, find, load_yaml, one
+from tests.deploy._support import (
+    PROMETHEUS,
+    TARGETS,
+    Doc,
+    find,
+    load_yaml,
+    one,
+    require_module,
+    require_tool,
+)
 
 RULES = PROMETHEUS / "rules.yaml"
 UNIT_TESTS = PROMETHEUS / "tests" / "rules_test.yaml"
@@ -59,7 +68,7 @@ def test_the_guides_alerts_and_the_autoscalers_recording_rule_exist() -> None:
 
 @pytest.fixture(scope="module")
 def promql() -> Any:
-    return pytest.importorskip("promql_parser", reason="promql-parser is not installed")
+    return require_module("promql_parser", "promql-parser")
 
 
 def _metric_names(promql: Any, expr: str) -> set[str]:
@@ -128,9 +137,8 @@ def test_rules_shipped_by_the_overlays_are_the_file(rendered: dict[str, list[Doc
 
 @pytest.fixture(scope="module")
 def promtool_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian package prometheus; see docs/deploy.md)")
+    promtool = require_tool("promtool", "from the Debian package prometheus; see docs/deploy.md",
+                            "PROMTOOL_BIN")
     directory = tmp_path_factory.mktemp("promtool")
     # promtool reads plain rule files: the PrometheusRule's spec is exactly one.
     (directory / "rag-pipeline.rules.yaml").write_text(yaml.safe_dump(_rule_spec()))

@@ -19,6 +19,7 @@ from tests.deploy._support import (
     Doc,
     find,
     one,
+    require_module,
 )
 
 KUBERNETES_VERSION = "1.30.0"
@@ -103,9 +104,7 @@ def test_overlays_hold_only_differences(rendered: dict[str, list[Doc]], overlay:
 
 @pytest.fixture(scope="module")
 def kubernetes_validate() -> Any:
-    return pytest.importorskip(
-        "kubernetes_validate", reason="kubernetes-validate is not installed (pip install it)"
-    )
+    return require_module("kubernetes_validate", "kubernetes-validate")
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
@@ -354,14 +353,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 def test_custom_resources_have_their_required_fields(
     rendered: dict[str, list[Doc]], target: str
 ) -> None:
-    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed")
+    jsonschema = require_module("jsonschema", "jsonschema")
     for doc in rendered[target]:
         if doc["kind"] in CUSTOM_KINDS:
             jsonschema.validate(doc, SCHEMAS[doc["kind"]])
 
 
 def test_the_custom_resource_check_rejects_a_broken_rule(rendered: dict[str, list[Doc]]) -> None:
-    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed")
+    jsonschema = require_module("jsonschema", "jsonschema")
     rule = copy.deepcopy(one(rendered["prod"], "PrometheusRule", "rag-pipeline"))
     rule["spec"]["groups"][0]["rules"][0]["alert"] = "Both"  # record AND alert
     with pytest.raises(jsonschema.ValidationError):
