@@ -147,3 +147,13 @@ SETTINGS_DOC: dict[str, str] = {
 
 if set(SETTINGS_DOC) != set(ENV_NAMES):  # pragma: no cover - caught at import in every test run
     raise RuntimeError(f"settings without docs: {set(ENV_NAMES) ^ set(SETTINGS_DOC)}")
+
+
+def settings_table() -> str:
+    """The README's settings table, generated so the documentation cannot drift."""
+    defaults = Settings()
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for field in msgspec.structs.fields(Settings):
+        default = getattr(defaults, field.name)
+        rows.append(f"| `{field.encode_name}` | `{default}` | {SETTINGS_DOC[field.encode_name]} |")
+    return "\n".join(rows)
