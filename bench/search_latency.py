@@ -1,0 +1,129 @@
+"""Search latency and throughput over HTTP, with the SciFact corpus loaded, plus server RSS.
+
+Starts `rag-pipeline serve` on a free port over DATA_DIR (ingesting the corpus first if the
+index lacks it), then runs distinct SciFact queries: one client sequentially, then 8
+concurrent clients. Each scenario runs --runs times; the medians are reported.
+
+    python bench/search_latency.py --data-dir /tmp/scifact-data [--runs 5] [--env K=V ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.client import Client  # noqa: E402
+from app.corpus import read_beir_queries  # noqa: E402
+from app.evaluation import ensure_corpus  # noqa: E402
+from tests.e2e.server import Server  # noqa: E402
+
+DATASET = ROOT.parent / "shared" / "datasets" / "scifact-train"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def one_client(url: str, queries: list[str], params: dict[str, Any]) -> dict[str, float]:
+    latencies = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        for q in queries:
+            t0 = time.perf_counter()
+            r = await http.post("/api/v1/search", json={"query": q, **params})
+            latencies.append((time.perf_counter() - t0) * 1000)
+            r.raise_for_status()
+    return {"p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95)}
+
+
+async def concurrent(
+    url: str, queries: list[str], params: dict[str, Any], clients: int
+) -> dict[str, float]:
+    latencies: list[float] = []
+    cursor = iter(queries)
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        for q in cursor:
+            t0 = time.perf_counter()
+            r = await http.post("/api/v1/search", json={"query": q, **params})
+            latencies.append((time.perf_counter() - t0) * 1000)
+            r.raise_for_status()
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(http) for _ in range(clients)))
+        elapsed = time.perf_counter() - t0
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+    }
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=300, help="distinct queries per run")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--params", default="{}", help="JSON merged into every search body")
+    parser.add_argument("--env", action="append", default=[], help="K=V for the server")
+    args = parser.parse_args()
+
+    env = dict(item.split("=", 1) for item in args.env)
+    server = Server(args.data_dir, env=env).start(timeout=120)
+    params = json.loads(args.params)
+    try:
+
+        async def load() -> None:
+            async with Client(server.url) as client:
+                await ensure_corpus(client, DATASET)
+
+        asyncio.run(load())
+        queries = list(read_beir_queries(DATASET / "queries.jsonl").values())
+        asyncio.run(one_client(server.url, queries[:50], params))  # warm-up
+        single, multi = [], []
+        for run in range(args.runs):
+            # Distinct queries in every run, so no run is served from a warm cache.
+            start = (run * args.queries) % len(queries)
+            chunk = (queries * 2)[start : start + args.queries]
+            single.append(asyncio.run(one_client(server.url, chunk, params)))
+            multi.append(asyncio.run(concurrent(server.url, chunk, params, args.clients)))
+        assert server.proc is not None
+        result = {
+            "one_client": {k: statistics.median(r[k] for r in single) for k in single[0]},
+            f"{args.clients}_clients": {
+                k: statistics.median(r[k] for r in multi) for k in multi[0]
+            },
+            "server_rss_mb": rss_mb(server.proc.pid),
+            "runs": args.runs,
+            "queries_per_run": args.queries,
+            "params": params,
+        }
+        print(json.dumps(result, indent=2))
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
