@@ -76,6 +76,9 @@ class LocalEmbedder:
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The arena keeps the peak of a 256-token ingest batch (over 1 GB) for the life of the
+        # process; without it memory returns to the allocator after each batch, for ~10% time.
+        options.enable_cpu_mem_arena = False
         if threads > 0:
             options.intra_op_num_threads = threads
         try:
