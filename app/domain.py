@@ -104,9 +104,9 @@ class Hit(msgspec.Struct, kw_only=True):
     text: str
     section: list[str]
     metadata: Metadata
-    vector: Vector  # dense vector, so every stage can compute exact cosines and MMR
     dense: float  # exact cosine with the query
     bm25: float | None  # BM25 score, None when the chunk matched no query term
+    vector: Vector | None = None  # fetched only when MMR needs it
     token_signature: bytes | None = None
     scores: dict[str, float] = msgspec.field(default_factory=dict)
     score: float = 0.0

@@ -111,11 +111,16 @@ class Pipeline:
 
         if params.diversity > 0 and len(hits) > 1:
             with clock.stage("mmr"):
-                hits = diversify(hits, top_k, params.diversity)
+                pool = hits[: self.config.mmr_max_candidates]
+                vectors = await self.index.vectors([h.chunk_id for h in pool])
+                for h in pool:
+                    h.vector = vectors[h.chunk_id]
+                hits = diversify(pool, top_k, params.diversity)
 
         hits = hits[:top_k]
         for h in hits:
             h.token_signature = None
+            h.vector = None
         return SearchOutcome(
             retrieval_id=str(uuid.uuid4()),
             hits=hits,
@@ -171,7 +176,7 @@ def rescore(
 
 def diversify(hits: list[Hit], top_k: int, diversity: float) -> list[Hit]:
     relevance = np.asarray([h.score for h in hits], dtype=np.float32)
-    vectors = np.stack([h.vector for h in hits])
+    vectors = np.stack([h.vector for h in hits if h.vector is not None])
     chosen = mmr_select(relevance, vectors, min(top_k, len(hits)), diversity)
     out = [hits[i] for i in chosen]
     for rank, h in enumerate(out):

@@ -13,6 +13,7 @@ from app.domain import (
     IndexedChunk,
     IndexQuery,
     IndexStats,
+    Vector,
 )
 
 
@@ -56,6 +57,10 @@ class VectorIndex(Protocol):
 
     async def retrieve(self, query: IndexQuery) -> list[Hit]:
         """Union of the dense and BM25 candidates, each with its exact cosine and BM25 score."""
+        ...
+
+    async def vectors(self, chunk_ids: Sequence[str]) -> dict[str, Vector]:
+        """Dense vectors of these chunks (for MMR)."""
         ...
 
     async def token_signatures(self, chunk_ids: Sequence[str]) -> dict[str, bytes]:

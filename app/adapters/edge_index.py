@@ -21,6 +21,7 @@ from app.domain import (
     IndexedChunk,
     IndexQuery,
     IndexStats,
+    Vector,
 )
 from app.errors import DependencyUnavailable, RagError
 
@@ -212,57 +213,80 @@ class EdgeIndex:
         selector = qe.PayloadSelector.Exclude(_HEAVY_FIELDS)
         requests = []
         if query.dense:
-            requests.append(
-                qe.QueryRequest(
-                    query=qe.Query.Nearest(query.vector.tolist(), using=DENSE),
-                    filter=flt,
-                    limit=query.limit,
-                    with_payload=selector,
-                    with_vector=[DENSE],
-                )
-            )
+            requests.append(self._dense_request(query, flt, query.limit, selector))
         if query.bm25:
-            requests.append(
-                qe.QueryRequest(
-                    query=qe.TextQuery(SEARCH_TEXT, query.text, qe.Bm25Params(_BM25_K, _BM25_B)),
-                    filter=flt,
-                    limit=query.limit,
-                    with_payload=selector,
-                    with_vector=[DENSE],
-                )
-            )
+            requests.append(self._bm25_request(query, flt, query.limit, selector))
         results = self._shard.query_batch(qe.QueryBatchRequest(requests))
-        bm25_results = results[-1] if query.bm25 else []
         hits: dict[str, Hit] = {}
         for point in (p for result in results for p in result):
-            key = str(point.id)
-            if key not in hits:
-                hits[key] = _to_hit(point, query.vector)
-        for point in bm25_results:
-            hits[str(point.id)].bm25 = float(point.score)
-        if query.bm25 and query.dense:
-            self._fill_bm25(query, flt, hits, {str(p.id) for p in bm25_results})
+            hits.setdefault(str(point.id), _to_hit(point))
+        dense_scored: set[str] = set()
+        if query.dense:
+            for point in results[0]:
+                hits[str(point.id)].dense = float(point.score)
+                dense_scored.add(str(point.id))
+        bm25_scored: set[str] = set()
+        if query.bm25:
+            for point in results[-1]:
+                hits[str(point.id)].bm25 = float(point.score)
+                bm25_scored.add(str(point.id))
+        # Candidates found by one retriever get their exact score from the other too, by
+        # asking it again restricted to exactly those points, so fusion never has to guess.
+        # The cosine is always filled in: min_score applies to it in every mode.
+        self._fill(hits, dense_scored, "dense", lambda f, n: self._dense_request(query, f, n))
+        if query.bm25:
+            self._fill(hits, bm25_scored, "bm25", lambda f, n: self._bm25_request(query, f, n))
         return list(hits.values())
 
-    def _fill_bm25(
-        self, query: IndexQuery, flt: qe.Filter, hits: dict[str, Hit], scored: set[str]
+    def _fill(
+        self,
+        hits: dict[str, Hit],
+        scored: set[str],
+        field: str,
+        request: Callable[[qe.Filter, int], qe.QueryRequest],
     ) -> None:
-        # Dense-only candidates still deserve their exact BM25 score rather than "missing":
-        # ask the text index again, restricted to exactly those points.
         missing = [key for key in hits if key not in scored]
         if not missing:
             return
-        restricted = qe.Filter(must=[*(flt.must or []), qe.HasIdCondition(set(missing))])
-        for point in self._shard.query(
-            qe.QueryRequest(
-                query=qe.TextQuery(SEARCH_TEXT, query.text, qe.Bm25Params(_BM25_K, _BM25_B)),
-                filter=restricted,
-                limit=len(missing),
-                with_payload=False,
-                with_vector=False,
-            )
-        ):
-            hits[str(point.id)].bm25 = float(point.score)
+        restricted = qe.Filter(must=[qe.HasIdCondition(set(missing))])
+        for point in self._shard.query(request(restricted, len(missing))):
+            setattr(hits[str(point.id)], field, float(point.score))
+
+    @staticmethod
+    def _dense_request(
+        query: IndexQuery, flt: qe.Filter, limit: int, with_payload: Any = False
+    ) -> qe.QueryRequest:
+        return qe.QueryRequest(
+            query=qe.Query.Nearest(query.vector.tolist(), using=DENSE),
+            filter=flt,
+            limit=limit,
+            with_payload=with_payload,
+            with_vector=False,
+        )
+
+    @staticmethod
+    def _bm25_request(
+        query: IndexQuery, flt: qe.Filter, limit: int, with_payload: Any = False
+    ) -> qe.QueryRequest:
+        return qe.QueryRequest(
+            query=qe.TextQuery(SEARCH_TEXT, query.text, qe.Bm25Params(_BM25_K, _BM25_B)),
+            filter=flt,
+            limit=limit,
+            with_payload=with_payload,
+            with_vector=False,
+        )
+
+    async def vectors(self, chunk_ids: Sequence[str]) -> dict[str, Vector]:
+        return await self._run(self._vectors, chunk_ids)
+
+    def _vectors(self, chunk_ids: Sequence[str]) -> dict[str, Vector]:
+        records = self._shard.retrieve(list(chunk_ids), with_payload=False, with_vector=[DENSE])
+        out: dict[str, Vector] = {}
+        for record in records:
+            raw = record.vector
+            dense = raw[DENSE] if isinstance(raw, dict) else raw
+            out[str(record.id)] = np.asarray(dense, dtype=np.float32)
+        return out
 
     async def token_signatures(self, chunk_ids: Sequence[str]) -> dict[str, bytes]:
         return await self._run(self._token_signatures, chunk_ids)
@@ -395,11 +419,8 @@ def _to_point(item: IndexedChunk) -> qe.Point:
     return qe.Point(chunk.chunk_id, {DENSE: item.vector.tolist()}, payload)
 
 
-def _to_hit(point: qe.ScoredPoint, query_vector: np.ndarray[Any, Any]) -> Hit:
+def _to_hit(point: qe.ScoredPoint) -> Hit:
     payload = point.payload or {}
-    raw = point.vector
-    dense = raw[DENSE] if isinstance(raw, dict) else raw
-    vector = np.asarray(dense, dtype=np.float32)
     return Hit(
         chunk_id=str(point.id),
         doc_id=str(payload.get("doc_id", "")),
@@ -408,7 +429,6 @@ def _to_hit(point: qe.ScoredPoint, query_vector: np.ndarray[Any, Any]) -> Hit:
         text=str(payload.get("text", "")),
         section=list(payload.get("section") or []),
         metadata=dict(payload.get("metadata") or {}),
-        vector=vector,
-        dense=float(vector @ query_vector),
+        dense=-1.0,
         bm25=None,
     )

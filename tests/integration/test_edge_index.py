@@ -91,14 +91,25 @@ def test_dense_and_bm25_scores_are_exact(index: EdgeIndex) -> None:
     assert top in by_id
     assert by_id[top].dense == pytest.approx(1.0, abs=1e-5)
     assert by_id[top].bm25 is not None and by_id[top].bm25 > 0
+    by_doc = {f"doc{i}": vectors[i] for i in range(8)}
     for h in hits:
         # every candidate carries its exact cosine, whichever retriever found it
-        assert h.dense == pytest.approx(float(h.vector @ vectors[3]), abs=1e-5)
+        assert h.dense == pytest.approx(float(by_doc[h.doc_id] @ vectors[3]), abs=1e-5)
         if h.chunk_id != top:
             assert h.bm25 is None  # no query term in its text
 
     only_bm25 = run(index.retrieve(query(vectors[0], "delta", dense=False)))
     assert [h.doc_id for h in only_bm25] == ["doc3"]
+    # the cosine is filled in even when only BM25 retrieved
+    assert only_bm25[0].dense == pytest.approx(float(vectors[3] @ vectors[0]), abs=1e-5)
+
+    # a candidate only the dense side found gets its exact BM25 score too
+    both = run(index.retrieve(query(vectors[5], "foxtrot delta", limit=1)))
+    assert {h.doc_id for h in both} == {"doc5", "doc3"}
+    assert all(h.bm25 is not None and h.bm25 > 0 for h in both)
+
+    got = run(index.vectors([chunks[2].chunk.chunk_id]))
+    assert np.allclose(got[chunks[2].chunk.chunk_id], vectors[2], atol=1e-6)
 
 
 def test_stemming_and_stop_words(index: EdgeIndex) -> None:
