@@ -62,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="train", help="qrels file name without .tsv")
     ev.add_argument("--limit", type=int, default=None, help="only the first N judged queries")
     ev.add_argument("--json", action="store_true", help="print the scores as JSON")
+    ev.add_argument(
+        "--diversity",
+        type=float,
+        action="append",
+        default=[],
+        help="also score the default pipeline with MMR at this diversity (repeatable)",
+    )
+    ev.add_argument("--only-diversity", action="store_true", help="skip the four mode variants")
     ev.set_defaults(run=_eval)
     return parser
 
@@ -137,14 +145,20 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from app.client import Client
-    from app.evaluation import ensure_corpus, evaluate, format_table
+    from app.evaluation import DEFAULT_VARIANTS, Variant, ensure_corpus, evaluate, format_table
 
     async def run() -> int:
         async with Client(_url(args, settings)) as client:
             loaded = await ensure_corpus(client, args.dataset)
             if loaded:
                 log.info("ingested %d documents", loaded)
-            scores = await evaluate(client, args.dataset, split=args.split, limit=args.limit)
+            variants = [] if args.only_diversity else list(DEFAULT_VARIANTS)
+            variants += [
+                Variant(f"default, diversity={d:g}", {"diversity": d}) for d in args.diversity
+            ]
+            scores = await evaluate(
+                client, args.dataset, variants, split=args.split, limit=args.limit
+            )
         if args.json:
             print(msgspec.json.encode(scores).decode())
         else:

@@ -21,7 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.adapters.edge_index import EdgeIndex
+import qdrant_edge as qe
+
+from app.adapters.edge_index import SEARCH_TEXT, EdgeIndex
 from app.adapters.local_embedder import LocalEmbedder
 from app.corpus import read_beir_queries, read_qrels
 from app.domain import DEFAULT_TENANT, EncodedQuery, Hit, IndexQuery
@@ -30,11 +32,38 @@ from app.reranking import LateInteractionReranker
 from app.retrieval.metrics import dedupe, ndcg_at_k, recall_at_k
 
 
+def text_index_variant(name: str) -> qe.TextIndexParams:
+    """The serving text index, or one of the alternatives it was chosen over."""
+    stem = qe.SnowballParams(qe.SnowballLanguage.English)
+    variants = {
+        "stem+stop": dict(stemmer=stem, stopwords=qe.Language.English),
+        "stem": dict(stemmer=stem),
+        "stop": dict(stopwords=qe.Language.English),
+        "plain": {},
+    }
+    return qe.TextIndexParams(
+        tokenizer=qe.TokenizerType.Word,
+        lowercase=True,
+        ascii_folding=True,
+        min_token_len=1,
+        max_token_len=40,
+        scoring=True,
+        **variants[name],
+    )
+
+
 async def collect(
-    data_dir: Path, dataset: Path, pool: int, limit: int | None
+    data_dir: Path, dataset: Path, pool: int, limit: int | None, text_index: str
 ) -> list[tuple[str, list[Hit], EncodedQuery]]:
     embedder = LocalEmbedder(batch_size=32, max_concurrent_batches=1, threads=0)
     index = EdgeIndex(data_dir, model_id=embedder.model_id, dim=embedder.dim)
+    if text_index != "serving":
+        # Rebuilds only the text index, on this (copied!) shard: no re-embedding needed.
+        shard = index._shard  # a benchmark reaching into its own adapter
+        shard.update(qe.UpdateOperation.delete_field_index(SEARCH_TEXT))
+        shard.update(
+            qe.UpdateOperation.create_field_index(SEARCH_TEXT, text_index_variant(text_index))
+        )
     reranker = LateInteractionReranker(embedder.dim)
     queries = read_beir_queries(dataset / "queries.jsonl")
     qrels = read_qrels(dataset / "qrels" / "train.tsv")
@@ -99,15 +128,25 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--pool", type=int, default=100)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument(
+        "--text-index",
+        default="serving",
+        choices=["serving", "stem+stop", "stem", "stop", "plain"],
+        help="rebuild the BM25 text index this way first (modifies DATA_DIR: use a copy)",
+    )
+    parser.add_argument("--bm25-only", action="store_true", help="skip the weight grid")
     args = parser.parse_args()
     qrels = read_qrels(args.dataset / "qrels" / "train.tsv")
-    data = asyncio.run(collect(args.data_dir, args.dataset, args.pool, args.limit))
+    data = asyncio.run(collect(args.data_dir, args.dataset, args.pool, args.limit, args.text_index))
 
     def show(label: str, result: tuple[float, float]) -> None:
         print(f"{label:<48} nDCG@10 {result[0]:.4f}  R@100 {result[1]:.4f}")
 
     show("dense", evaluate(data, qrels, "dense", FusionWeights(), None))
     show("bm25", evaluate(data, qrels, "bm25", FusionWeights(), None))
+    if args.bm25_only:
+        show("hybrid 0.5/0.5", evaluate(data, qrels, "hybrid", FusionWeights(), None))
+        return 0
     best = (0.0, 0.5)
     for w in np.arange(0.2, 0.81, 0.05):
         result = evaluate(data, qrels, "hybrid", FusionWeights(dense=w, bm25=1 - w), None)
