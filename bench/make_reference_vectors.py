@@ -51,9 +51,7 @@ def main(argv: list[str]) -> int:
     model = SentenceTransformer(str(model_dir), device="cpu")
     assert model.max_seq_length == 256, model.max_seq_length
     # batch_size=1 so no padding reaches the reference; it is the unbatched ground truth.
-    vectors = model.encode(
-        TEXTS, batch_size=1, normalize_embeddings=True, convert_to_numpy=True
-    )
+    vectors = model.encode(TEXTS, batch_size=1, normalize_embeddings=True, convert_to_numpy=True)
     n_tokens = [
         len(model.tokenizer(text, truncation=True, max_length=256)["input_ids"]) for text in TEXTS
     ]
