@@ -44,7 +44,8 @@ class Indexer:
         pieces = chunk_document(
             doc.text,
             title=doc.title,
-            size=chunking.size,
+            # A chunk larger than the model's window would be embedded without its tail.
+            size=min(chunking.size, self.embedder.max_text_tokens),
             overlap=chunking.overlap,
             count_tokens=self._count_tokens,
         )

@@ -29,6 +29,11 @@ class Embedder(Protocol):
     @property
     def has_token_vectors(self) -> bool: ...
 
+    @property
+    def max_text_tokens(self) -> int:
+        """Tokens of text the model reads per input, special tokens excluded."""
+        ...
+
     def token_counter(self) -> Callable[[str], int]:
         """A pure function giving a text's length in this model's tokens (no specials)."""
         ...

@@ -131,7 +131,8 @@ SETTINGS_DOC: dict[str, str] = {
     "RAG_BATCH_SIZE": "Texts per embedding batch (texts are length-sorted before batching).",
     "MAX_CONCURRENT_BATCHES": "Embedding batches in flight at once during ingest.",
     "RAG_EMBEDDER_THREADS": "onnxruntime intra-op threads of the local embedder; 0 = one a core.",
-    "RAG_CHUNK_SIZE": "Default chunk size in embedder tokens (the model reads at most 256).",
+    "RAG_CHUNK_SIZE": "Default chunk size in embedder tokens, title and section path included; "
+    "capped at what the model reads (254 text tokens for MiniLM).",
     "RAG_CHUNK_OVERLAP": "Default overlap between consecutive chunks, in tokens.",
     "RAG_TOP_K": "Results returned when a search names no top_k.",
     "RAG_RERANK": "Whether searches rerank by late interaction unless they say otherwise.",

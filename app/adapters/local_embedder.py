@@ -114,6 +114,10 @@ class LocalEmbedder:
     def has_token_vectors(self) -> bool:
         return True
 
+    @property
+    def max_text_tokens(self) -> int:
+        return MAX_TOKENS - 2  # [CLS] and [SEP] take two of the window's places
+
     def token_counter(self) -> Callable[[str], int]:
         """Tokens of a text without [CLS]/[SEP] and without truncation, for the chunker."""
         counter = self._counter
