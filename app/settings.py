@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -61,6 +63,27 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         default=100, name="MMR_MAX_CANDIDATES"
     )
     metadata_indexes: str = msgspec.field(default="", name="RAG_METADATA_INDEXES")
+    redis_url: str = msgspec.field(default="", name="REDIS_URL")
+    redis_pool_size: Annotated[int, Meta(ge=1, le=1024)] = msgspec.field(
+        default=16, name="REDIS_POOL_SIZE"
+    )
+    stream_prefix: Annotated[str, Meta(max_length=100, pattern=r"^\S+$")] = msgspec.field(
+        default="rag:", name="RAG_STREAM_PREFIX"
+    )
+    cache_ttl_seconds: Annotated[int, Meta(ge=1, le=10 * 365 * 86400)] = msgspec.field(
+        default=7 * 86400, name="RAG_CACHE_TTL_SECONDS"
+    )
+    event_redact_queries: bool = msgspec.field(default=False, name="RAG_EVENT_REDACT_QUERIES")
+    retrieval_retention: str = msgspec.field(default="7d", name="RAG_RETRIEVAL_RETENTION")
+    projector_max_deliveries: Annotated[int, Meta(ge=1, le=1000)] = msgspec.field(
+        default=5, name="RAG_PROJECTOR_MAX_DELIVERIES"
+    )
+    projector_batch: Annotated[int, Meta(ge=1, le=10_000)] = msgspec.field(
+        default=64, name="RAG_PROJECTOR_BATCH"
+    )
+    projector_claim_idle_ms: Annotated[int, Meta(ge=100, le=86_400_000)] = msgspec.field(
+        default=60_000, name="RAG_PROJECTOR_CLAIM_IDLE_MS"
+    )
 
     @property
     def data_path(self) -> Path:
@@ -69,6 +92,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     def metadata_index_fields(self) -> dict[str, str]:
         """`RAG_METADATA_INDEXES` parsed: metadata field -> keyword | integer | float | bool."""
         return _parse_metadata_indexes(self.metadata_indexes)
+
+    @property
+    def retrieval_retention_seconds(self) -> int:
+        """`RAG_RETRIEVAL_RETENTION` in seconds."""
+        return _parse_duration("RAG_RETRIEVAL_RETENTION", self.retrieval_retention)
 
     def replace(self, **changes: object) -> Settings:
         return msgspec.structs.replace(self, **changes)
@@ -83,6 +111,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         except msgspec.ValidationError as exc:
             raise SettingsError(_name_the_variable(str(exc))) from exc
         _parse_metadata_indexes(settings.metadata_indexes)
+        _parse_duration("RAG_RETRIEVAL_RETENTION", settings.retrieval_retention)
+        _check_redis_url(settings.redis_url)
         if settings.chunk_overlap >= settings.chunk_size:
             raise SettingsError(
                 f"RAG_CHUNK_OVERLAP ({settings.chunk_overlap}) must be smaller than "
@@ -107,6 +137,32 @@ def _parse_metadata_indexes(spec: str) -> dict[str, str]:
     return fields
 
 
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(name: str, value: str) -> int:
+    match = _DURATION.match(value)
+    seconds = 0 if match is None else int(match[1]) * _UNIT_SECONDS[match[2]]
+    if not 0 < seconds <= 100 * 365 * 86400:
+        raise SettingsError(
+            f"{name}: expected a positive whole number of seconds, or one with a unit "
+            f"s, m, h or d (e.g. 3600, 90m, 7d), got {value!r}"
+        )
+    return seconds
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_redis_url(url: str) -> None:
+    if url and urlsplit(url).scheme not in _REDIS_SCHEMES:
+        raise SettingsError(
+            f"REDIS_URL: expected a redis://, rediss:// or unix:// URL, got scheme "
+            f"{urlsplit(url).scheme!r}"
+        )
+
+
 def _name_the_variable(message: str) -> str:
     # msgspec says "Expected `int` >= 1 - at `$.RAG_BATCH_SIZE`"; lead with the variable.
     head, sep, path = message.rpartition(" - at `$.")
@@ -122,7 +178,8 @@ ENV_NAMES: tuple[str, ...] = tuple(
 SETTINGS_DOC: dict[str, str] = {
     "RAG_HOST": "Address `serve` listens on.",
     "RAG_PORT": "Port `serve` listens on.",
-    "RAG_DATA_DIR": "Directory for the embedded index (one Qdrant Edge shard per embedding model).",
+    "RAG_DATA_DIR": "Directory for the embedded index (one Qdrant Edge shard per embedding model) "
+    "and, when `REDIS_URL` is empty, the embedded Valkey's data.",
     "LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR.",
     "RAG_GRACEFUL_TIMEOUT_SECONDS": "On SIGTERM, how long in-flight requests may take before the "
     "server closes; keep it below the pod's terminationGracePeriodSeconds.",
@@ -144,6 +201,24 @@ SETTINGS_DOC: dict[str, str] = {
     "separated by commas (type: keyword, integer, float, bool), e.g. "
     "`source:keyword,year:integer`. "
     "Unindexed fields can still be filtered on, by a slower scan.",
+    "REDIS_URL": "Redis (>= 7) holding the event streams and the embedding cache, e.g. "
+    "`redis://host:6379/0`. Empty: `serve` starts an embedded Valkey with its data and "
+    "append-only file under `RAG_DATA_DIR/redis`, and `worker`/`replay` on the same data "
+    "directory use it.",
+    "REDIS_POOL_SIZE": "Connections each process keeps to Redis for ordinary commands; blocking "
+    "stream reads use their own.",
+    "RAG_STREAM_PREFIX": "Prefix of every stream and cache key (`documents`, `retrievals`, "
+    "`feedback`, `dead-letter`, `emb:`), so several deployments can share one Redis.",
+    "RAG_CACHE_TTL_SECONDS": "How long a cached embedding (keyed by tenant, model and text) "
+    "lives in Redis.",
+    "RAG_EVENT_REDACT_QUERIES": "Record retrievals with the query's SHA-256 instead of its text.",
+    "RAG_RETRIEVAL_RETENTION": "Age after which retrieval events are trimmed: seconds, or a "
+    "number with a unit s, m, h or d (e.g. `90m`, `7d`).",
+    "RAG_PROJECTOR_MAX_DELIVERIES": "Deliveries of a document event that fail before it is "
+    "moved to the dead-letter stream.",
+    "RAG_PROJECTOR_BATCH": "Document events the projector reads and applies at a time.",
+    "RAG_PROJECTOR_CLAIM_IDLE_MS": "How long an event may sit unacknowledged with a consumer "
+    "before another consumer claims it (the first is presumed dead).",
 }
 
 if set(SETTINGS_DOC) != set(ENV_NAMES):  # pragma: no cover - caught at import in every test run

@@ -25,6 +25,41 @@ def test_values_are_parsed_from_strings() -> None:
     assert settings.metadata_index_fields() == {"source": "keyword", "year": "integer"}
 
 
+def test_event_log_settings() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.redis_url, defaults.stream_prefix, defaults.redis_pool_size) == (
+        "", "rag:", 16
+    )
+    assert defaults.retrieval_retention_seconds == 7 * 86400
+    assert defaults.cache_ttl_seconds == 7 * 86400
+    settings = Settings.from_env(
+        {"REDIS_URL": "redis://:secret@cache:6380/2", "RAG_STREAM_PREFIX": "blue:",
+         "RAG_EVENT_REDACT_QUERIES": "true", "RAG_PROJECTOR_MAX_DELIVERIES": "3",
+         "RAG_PROJECTOR_BATCH": "128", "RAG_PROJECTOR_CLAIM_IDLE_MS": "5000"}
+    )
+    assert settings.redis_url == "redis://:secret@cache:6380/2"
+    assert settings.stream_prefix == "blue:"
+    assert settings.event_redact_queries is True
+    assert (settings.projector_max_deliveries, settings.projector_batch) == (3, 128)
+    assert settings.projector_claim_idle_ms == 5000
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("3600", 3600), ("45s", 45), ("90m", 5400), ("36h", 129600), ("7d", 604800),
+     (" 2 d ", 172800)],
+)
+def test_retention_units(value: str, seconds: int) -> None:
+    settings = Settings.from_env({"RAG_RETRIEVAL_RETENTION": value})
+    assert settings.retrieval_retention_seconds == seconds
+
+
+def test_a_bad_redis_url_is_named_without_echoing_it() -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"REDIS_URL": "http://user:hunter2@cache:6379"})
+    assert "hunter2" not in str(err.value)
+
+
 def test_empty_values_mean_unset() -> None:
     assert Settings.from_env({"RAG_TOP_K": "  "}).top_k == 10
 
@@ -41,6 +76,18 @@ def test_empty_values_mean_unset() -> None:
         ({"RAG_MIN_SCORE": "1.5"}, "RAG_MIN_SCORE"),
         ({"RAG_METADATA_INDEXES": "year:date"}, "RAG_METADATA_INDEXES"),
         ({"RAG_CHUNK_SIZE": "64", "RAG_CHUNK_OVERLAP": "64"}, "RAG_CHUNK_OVERLAP"),
+        ({"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL"),
+        ({"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL"),
+        ({"REDIS_POOL_SIZE": "0"}, "REDIS_POOL_SIZE"),
+        ({"RAG_STREAM_PREFIX": "rag docs:"}, "RAG_STREAM_PREFIX"),
+        ({"RAG_CACHE_TTL_SECONDS": "0"}, "RAG_CACHE_TTL_SECONDS"),
+        ({"RAG_EVENT_REDACT_QUERIES": "sometimes"}, "RAG_EVENT_REDACT_QUERIES"),
+        ({"RAG_RETRIEVAL_RETENTION": "7w"}, "RAG_RETRIEVAL_RETENTION"),
+        ({"RAG_RETRIEVAL_RETENTION": "0d"}, "RAG_RETRIEVAL_RETENTION"),
+        ({"RAG_RETRIEVAL_RETENTION": "-5"}, "RAG_RETRIEVAL_RETENTION"),
+        ({"RAG_PROJECTOR_MAX_DELIVERIES": "0"}, "RAG_PROJECTOR_MAX_DELIVERIES"),
+        ({"RAG_PROJECTOR_BATCH": "many"}, "RAG_PROJECTOR_BATCH"),
+        ({"RAG_PROJECTOR_CLAIM_IDLE_MS": "10"}, "RAG_PROJECTOR_CLAIM_IDLE_MS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
