@@ -37,3 +37,12 @@ class DependencyUnavailable(RagError):
 
 class ModelIntegrityError(RagError):
     """A model or tokenizer file does not match its published checksum."""
+
+
+class EventDecodeError(RagError):
+    """An entry's bytes are not an event of a schema this build reads; dead-letter it."""
+
+
+class EventLogError(RagError):
+    """The event log refused a command for a reason a retry cannot fix (bad credentials, a key
+    of the wrong type): a misconfiguration or a bug, not an outage."""

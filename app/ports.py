@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import msgspec
+
 from app.domain import (
     DocumentState,
     Encoded,
@@ -15,6 +17,7 @@ from app.domain import (
     IndexStats,
     Vector,
 )
+from app.events import Entry, Event, GroupInfo
 
 
 class Embedder(Protocol):
@@ -86,3 +89,122 @@ class Reranker(Protocol):
     def name(self) -> str: ...
 
     def scores(self, query: EncodedQuery, hits: Sequence[Hit]) -> list[float]: ...
+
+
+class EventLog(Protocol):
+    """Append-only event streams with consumer groups (Redis Streams semantics).
+
+    Entry ids are "<ms>-<seq>", increasing within a stream. Every read returns `Entry`s:
+    an entry that does not decode still comes back, with `error` set and its `raw` bytes,
+    so a consumer can dead-letter it rather than stall on it. An unreachable log raises
+    DependencyUnavailable.
+    """
+
+    async def append(self, stream: str, event: Event) -> str:
+        """Append one event; returns its entry id. Acknowledged once this returns."""
+        ...
+
+    async def append_many(self, stream: str, events: Sequence[Event]) -> list[str]:
+        """Append events in order, all or none, in one round trip; returns their ids."""
+        ...
+
+    async def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
+        """Create the group (and the stream) unless it exists; a new group reads from
+        `start`: "0" for everything in the stream, "$" for only what is appended next."""
+        ...
+
+    async def read_group(
+        self, stream: str, group: str, consumer: str, *, count: int, block_ms: int
+    ) -> list[Entry]:
+        """Up to `count` entries never delivered to the group, now pending on `consumer`;
+        waits up to `block_ms` for one (0: do not wait) and returns [] if none came."""
+        ...
+
+    async def read_pending(
+        self, stream: str, group: str, consumer: str, *, count: int, after: str = "0"
+    ) -> list[Entry]:
+        """Entries delivered to `consumer` and not yet acknowledged, with ids above `after`;
+        each read counts as another delivery. An entry deleted from the stream since comes
+        back with `event` None and `error` set; acknowledge it."""
+        ...
+
+    async def claim_idle(
+        self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[Entry]:
+        """Take over up to `count` entries pending on any consumer for at least
+        `min_idle_ms` (their consumer is presumed dead); each claim counts as a delivery."""
+        ...
+
+    async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
+        """Mark entries processed; returns how many were pending."""
+        ...
+
+    async def delivery_counts(
+        self, stream: str, group: str, ids: Sequence[str]
+    ) -> dict[str, int]:
+        """How often each pending entry has been delivered; ids not pending are absent."""
+        ...
+
+    async def range(
+        self, stream: str, *, start: str = "-", end: str = "+", count: int = 1000
+    ) -> list[Entry]:
+        """Entries with start <= id <= end, oldest first, at most `count`. To page on,
+        pass start=f"({last.id}" (exclusive)."""
+        ...
+
+    async def get(self, stream: str, entry_id: str) -> Entry | None:
+        """One entry by id; None if absent or if `entry_id` is not a stream id."""
+        ...
+
+    async def length(self, stream: str) -> int:
+        """Entries in the stream (0 if it does not exist)."""
+        ...
+
+    async def group_info(self, stream: str, group: str) -> GroupInfo | None:
+        """The group's pending count, lag and position; None if stream or group is missing."""
+        ...
+
+    async def trim_older_than(self, stream: str, seconds: float) -> int:
+        """Delete entries older than `seconds` by the log's own clock; returns how many."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the log answers now (never raises)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class CachedEmbedding(msgspec.Struct, frozen=True, kw_only=True):
+    """What the embedding cache holds for one text."""
+
+    vector: bytes  # float32, native byte order: np.frombuffer(vector, np.float32)
+    signature: bytes | None  # packed token signature (late interaction), if the model has one
+
+
+class CacheStats(msgspec.Struct, frozen=True, kw_only=True):
+    """This process's embedding-cache counters since start."""
+
+    hits: int
+    misses: int  # includes lookups answered as misses while the cache was unreachable
+    writes: int
+    errors: int  # failed or skipped round trips while the cache was unreachable
+
+
+class EmbeddingCache(Protocol):
+    """Embeddings by (tenant, model id, text). Best effort: it never fails its caller;
+    when the store is unreachable lookups miss and writes are dropped."""
+
+    async def get_many(
+        self, tenant: str, model_id: str, texts: Sequence[str]
+    ) -> list[CachedEmbedding | None]:
+        """One result per text, in order; None for a miss."""
+        ...
+
+    async def put_many(
+        self, tenant: str, model_id: str, texts: Sequence[str], items: Sequence[CachedEmbedding]
+    ) -> None: ...
+
+    def stats(self) -> CacheStats: ...
+
+    async def close(self) -> None: ...
