@@ -1,0 +1,308 @@
+"""EventLog on Redis Streams via redis.asyncio (Redis >= 7 or Valkey), errors translated."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    ConnectionError,
+    RedisError,
+    ResponseError,
+    TimeoutError,
+)
+
+from app.errors import DependencyUnavailable, EventDecodeError, EventLogError, NotFound
+from app.events import Entry, Event, GroupInfo, decode_event, encode_event
+
+# Each entry holds one field; its value is the encoded event (see app/events.py).
+EVENT_FIELD = b"event"
+
+# Server errors that mean "not now" rather than "never": loading the AOF after a restart,
+# out of memory, a replica that cannot take writes, a failover in progress.
+_TRANSIENT = {"LOADING", "BUSY", "OOM", "MISCONF", "READONLY", "MASTERDOWN", "TRYAGAIN",
+              "CLUSTERDOWN", "NOREPLICAS"}
+_STREAM_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+_RETRY_AFTER_SECONDS = 1.0
+# How many XAUTOCLAIM pages one claim_idle call scans at most, so a huge pending list
+# cannot hold the caller (or the server) for long.
+_MAX_CLAIM_SCANS = 8
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn redis-py's errors into the app's error tree."""
+    try:
+        yield
+    except AuthenticationError as exc:  # a ConnectionError subclass, but no outage
+        raise EventLogError(f"event log refused our credentials ({action}): {exc}") from exc
+    except (ConnectionError, TimeoutError, OSError) as exc:
+        # builtin TimeoutError is an OSError; redis-py raises its own for socket timeouts.
+        raise DependencyUnavailable(
+            f"event log unreachable ({action}): {exc}", retry_after=_RETRY_AFTER_SECONDS
+        ) from exc
+    except ResponseError as exc:
+        code = str(exc).split(" ", 1)[0]
+        if code == "NOGROUP":
+            raise NotFound(f"no such consumer group or stream ({action}): {exc}") from exc
+        if code in _TRANSIENT:
+            raise DependencyUnavailable(
+                f"event log cannot serve now ({action}): {exc}", retry_after=_RETRY_AFTER_SECONDS
+            ) from exc
+        raise EventLogError(f"event log refused {action}: {exc}") from exc
+    except RedisError as exc:
+        raise EventLogError(f"event log client error ({action}): {exc}") from exc
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entry(entry_id: bytes | str, fields: Mapping[Any, Any] | None) -> Entry:
+    eid = _text(entry_id)
+    if not fields:
+        # The entry is still pending but was deleted (or trimmed) from the stream since.
+        return Entry(id=eid, event=None, raw=b"", error="entry no longer in the stream")
+    raw = fields.get(EVENT_FIELD)
+    if raw is None:
+        pairs = [[key, value] for key, value in fields.items()]
+        return Entry(
+            id=eid,
+            event=None,
+            raw=msgspec.msgpack.encode(pairs),
+            error=f"entry has no {EVENT_FIELD.decode()!r} field (fields: "
+            f"{sorted(_text(key) for key in fields)})",
+        )
+    try:
+        return Entry(id=eid, event=decode_event(raw), raw=raw, error=None)
+    except EventDecodeError as exc:
+        return Entry(id=eid, event=None, raw=raw, error=str(exc))
+
+
+def _entries(rows: Sequence[tuple[Any, Any]] | None) -> list[Entry]:
+    return [_entry(entry_id, fields) for entry_id, fields in rows or ()]
+
+
+def _read_reply(reply: Any) -> list[Entry]:
+    # XREADGROUP over RESP2: [[stream, [(id, fields), ...]]], or [] when nothing came.
+    if not reply:
+        return []
+    return _entries(reply[0][1])
+
+
+class RedisEventLog:
+    """EventLog over one Redis: a bounded pool for ordinary commands, and one dedicated
+    connection per consumer for blocking reads."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 16,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self._url = url
+        self._socket_timeout = socket_timeout
+        self._connect_timeout = connect_timeout
+        # RESP2 is pinned because reply shapes differ between protocols and redis-py versions
+        # pick different defaults; every Redis >= 2 and every Valkey speaks it.
+        # One quick retry covers a pooled connection the server closed (e.g. after a
+        # restart); more would only delay the 503. A retried XADD whose first attempt did
+        # reach the server is appended twice: harmless, since every consumer is idempotent.
+        # A blocking pool makes a burst wait for a free connection instead of failing.
+        self._pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=pool_size,
+            timeout=connect_timeout + socket_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            protocol=2,
+            retry=Retry(ConstantBackoff(0.05), retries=1),
+        )
+        self._redis = Redis(connection_pool=self._pool)
+        # consumer -> (client, the socket timeout it was made with)
+        self._readers: dict[str, tuple[Redis, float]] = {}
+
+    async def append(self, stream: str, event: Event) -> str:
+        with _translated(f"XADD {stream}"):
+            entry_id = await self._redis.xadd(stream, {EVENT_FIELD: encode_event(event)})
+        return _text(entry_id)
+
+    async def append_many(self, stream: str, events: Sequence[Event]) -> list[str]:
+        if not events:
+            return []
+        # MULTI/EXEC: a request's events are all acknowledged or none are, in one round trip.
+        with _translated(f"XADD {stream} x{len(events)}"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for event in events:
+                    pipe.xadd(stream, {EVENT_FIELD: encode_event(event)})
+                ids = await pipe.execute()
+        return [_text(entry_id) for entry_id in ids]
+
+    async def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
+        with _translated(f"XGROUP CREATE {stream} {group}"):
+            try:
+                await self._redis.xgroup_create(stream, group, id=start, mkstream=True)
+            except ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):  # BUSYGROUP: it exists already
+                    raise
+
+    async def read_group(
+        self, stream: str, group: str, consumer: str, *, count: int, block_ms: int
+    ) -> list[Entry]:
+        if block_ms <= 0:
+            with _translated(f"XREADGROUP {stream} {group}"):
+                reply = await self._redis.xreadgroup(group, consumer, {stream: ">"}, count=count)
+            return _read_reply(reply)
+        reader = await self._reader(consumer, block_ms)
+        with _translated(f"XREADGROUP BLOCK {stream} {group}"):
+            reply = await reader.xreadgroup(
+                group, consumer, {stream: ">"}, count=count, block=block_ms
+            )
+        return _read_reply(reply)
+
+    async def _reader(self, consumer: str, block_ms: int) -> Redis:
+        """The consumer's own connection, with a socket timeout longer than the BLOCK.
+
+        A blocking read parks its connection on the server for up to block_ms: taken from
+        the shared pool it would starve appends, and under the pool's socket timeout an
+        empty wait would look like an outage.
+        """
+        timeout = block_ms / 1000 + self._socket_timeout
+        current = self._readers.get(consumer)
+        if current is not None and current[1] >= timeout:
+            return current[0]
+        if current is not None:
+            await current[0].aclose()
+        client = Redis.from_url(
+            self._url,
+            single_connection_client=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=self._connect_timeout,
+            protocol=2,
+            # Never re-issue a read that timed out: the server may have delivered entries
+            # to the lost connection (they stay pending and come back via read_pending).
+            retry=Retry(ConstantBackoff(0.05), retries=1, supported_errors=(ConnectionError,)),
+        )
+        self._readers[consumer] = (client, timeout)
+        return client
+
+    async def read_pending(
+        self, stream: str, group: str, consumer: str, *, count: int, after: str = "0"
+    ) -> list[Entry]:
+        with _translated(f"XREADGROUP {stream} {group} pending"):
+            reply = await self._redis.xreadgroup(group, consumer, {stream: after}, count=count)
+        return _read_reply(reply)
+
+    async def claim_idle(
+        self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[Entry]:
+        claimed: list[Entry] = []
+        cursor: bytes | str = "0-0"
+        with _translated(f"XAUTOCLAIM {stream} {group}"):
+            for _ in range(_MAX_CLAIM_SCANS):
+                # Redis >= 7 replies [next cursor, entries, ids of deleted entries]; it drops
+                # the deleted ones from the pending list itself.
+                reply = await self._redis.xautoclaim(
+                    stream, group, consumer, min_idle_ms, cursor, count=count - len(claimed)
+                )
+                cursor = reply[0]
+                claimed.extend(_entries(reply[1]))
+                if len(claimed) >= count or _text(cursor) == "0-0":
+                    break
+        return claimed
+
+    async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        with _translated(f"XACK {stream} {group}"):
+            return int(await self._redis.xack(stream, group, *ids))
+
+    async def delivery_counts(
+        self, stream: str, group: str, ids: Sequence[str]
+    ) -> dict[str, int]:
+        if not ids:
+            return {}
+        # One exact XPENDING per id, pipelined: a min..max range would also scan every
+        # other consumer's entries in between.
+        with _translated(f"XPENDING {stream} {group}"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for entry_id in ids:
+                    pipe.xpending_range(stream, group, min=entry_id, max=entry_id, count=1)
+                replies = await pipe.execute()
+        return {
+            _text(row["message_id"]): int(row["times_delivered"])
+            for reply in replies
+            for row in reply
+        }
+
+    async def range(
+        self, stream: str, *, start: str = "-", end: str = "+", count: int = 1000
+    ) -> list[Entry]:
+        with _translated(f"XRANGE {stream}"):
+            rows = await self._redis.xrange(stream, min=start, max=end, count=count)
+        return _entries(rows)
+
+    async def get(self, stream: str, entry_id: str) -> Entry | None:
+        if not _STREAM_ID.match(entry_id):
+            return None
+        with _translated(f"XRANGE {stream} {entry_id}"):
+            rows = await self._redis.xrange(stream, min=entry_id, max=entry_id, count=1)
+        found = _entries(rows)
+        return found[0] if found else None
+
+    async def length(self, stream: str) -> int:
+        with _translated(f"XLEN {stream}"):
+            return int(await self._redis.xlen(stream))
+
+    async def group_info(self, stream: str, group: str) -> GroupInfo | None:
+        with _translated(f"XINFO GROUPS {stream}"):
+            try:
+                groups = await self._redis.xinfo_groups(stream)
+            except ResponseError as exc:
+                if "no such key" in str(exc).lower():
+                    return None
+                raise
+        for info in groups:
+            if _text(info["name"]) == group:
+                lag = info.get("lag")
+                return GroupInfo(
+                    consumers=int(info["consumers"]),
+                    pending=int(info["pending"]),
+                    lag=None if lag is None else int(lag),
+                    last_delivered=_text(info["last-delivered-id"]),
+                )
+        return None
+
+    async def trim_older_than(self, stream: str, seconds: float) -> int:
+        with _translated(f"XTRIM {stream}"):
+            # Entry ids carry the server's clock, so the cut-off is taken from it too:
+            # the app host's clock may be skewed against the server's.
+            now_s, now_us = await self._redis.time()
+            min_id = now_s * 1000 + now_us // 1000 - int(seconds * 1000)
+            if min_id <= 0:
+                return 0
+            return int(await self._redis.xtrim(stream, minid=min_id, approximate=False))
+
+    async def ping(self) -> bool:
+        try:
+            with _translated("PING"):
+                return bool(await self._redis.ping())
+        except (DependencyUnavailable, EventLogError):
+            return False
+
+    async def close(self) -> None:
+        readers = [client for client, _ in self._readers.values()]
+        self._readers.clear()
+        await asyncio.gather(*(client.aclose() for client in readers), return_exceptions=True)
+        await self._redis.aclose()
+        await self._pool.aclose()
