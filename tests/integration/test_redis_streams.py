@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
 import redis.asyncio
 
+from app.adapters.embedded_redis import EmbeddedRedis
 from app.adapters.redis_streams import EVENT_FIELD, RedisEventLog
 from app.errors import DependencyUnavailable, EventLogError, NotFound
 from app.events import (
@@ -387,3 +389,25 @@ async def test_server_refusals_are_translated(
     with pytest.raises(EventLogError):
         await event_log.append(f"{prefix}string", upserted("d"))
     assert await event_log.ping() is True
+
+
+async def test_the_log_recovers_when_its_server_comes_back(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path)
+    log = RedisEventLog(server.start(), pool_size=2, connect_timeout=0.5)
+    stream = Streams("test:restart:").documents
+    try:
+        await log.ensure_group(stream, GROUP)
+        before = await log.append(stream, upserted("before"))
+        server.stop()
+        with pytest.raises(DependencyUnavailable):
+            await log.append(stream, upserted("while down"))
+        with pytest.raises(DependencyUnavailable):
+            await log.read_group(stream, GROUP, "c", count=10, block_ms=100)
+        assert await log.ping() is False
+        await asyncio.to_thread(server.start)  # same URL; the stream is back from the AOF
+        after = await log.append(stream, upserted("after"))
+        entries = await log.read_group(stream, GROUP, "c", count=10, block_ms=100)
+        assert [e.id for e in entries] == [before, after]
+    finally:
+        await log.close()
+        server.stop()
