@@ -95,17 +95,21 @@ class IndexQuery(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Hit(msgspec.Struct, kw_only=True):
-    """A candidate chunk with what each retriever scored it; mutable while the pipeline scores."""
+    """A candidate chunk with what each retriever scored it; mutable while the pipeline scores.
+
+    Retrieval returns ids and scores only; the payload fields are filled in (`hydrate`) for
+    the few hits that are returned, not for every candidate.
+    """
 
     chunk_id: str
-    doc_id: str
-    chunk_index: int
-    title: str
-    text: str
-    section: list[str]
-    metadata: Metadata
     dense: float  # exact cosine with the query
     bm25: float | None  # BM25 score, None when the chunk matched no query term
+    doc_id: str = ""
+    chunk_index: int = 0
+    title: str = ""
+    text: str = ""
+    section: list[str] = msgspec.field(default_factory=list)
+    metadata: Metadata = msgspec.field(default_factory=dict)
     vector: Vector | None = None  # fetched only when MMR needs it
     token_signature: bytes | None = None
     scores: dict[str, float] = msgspec.field(default_factory=dict)

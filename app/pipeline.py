@@ -118,6 +118,7 @@ class Pipeline:
                 hits = diversify(pool, top_k, params.diversity)
 
         hits = hits[:top_k]
+        await self.index.hydrate(hits)
         for h in hits:
             h.token_signature = None
             h.vector = None

@@ -67,6 +67,10 @@ class VectorIndex(Protocol):
         """Union of the dense and BM25 candidates, each with its exact cosine and BM25 score."""
         ...
 
+    async def hydrate(self, hits: Sequence[Hit]) -> None:
+        """Fill in the payload fields (document id, title, text, ...) of these hits."""
+        ...
+
     async def vectors(self, chunk_ids: Sequence[str]) -> dict[str, Vector]:
         """Dense vectors of these chunks (for MMR)."""
         ...

@@ -54,7 +54,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     top_k: Annotated[int, Meta(ge=1, le=100)] = msgspec.field(default=10, name="RAG_TOP_K")
     rerank: bool = msgspec.field(default=True, name="RAG_RERANK")
     rerank_top_k: Annotated[int, Meta(ge=1, le=1000)] = msgspec.field(
-        default=50, name="RAG_RERANK_TOP_K"
+        default=30, name="RAG_RERANK_TOP_K"
     )
     min_score: Annotated[float, Meta(ge=-1.0, le=1.0)] = msgspec.field(
         default=-1.0, name="RAG_MIN_SCORE"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import msgspec
+import threadpoolctl
 
 from app.adapters.edge_index import EdgeIndex
 from app.adapters.local_embedder import LocalEmbedder
@@ -33,6 +34,10 @@ class Services(msgspec.Struct, kw_only=True):
 
 
 def build_services(settings: Settings) -> Services:
+    # The BLAS products here (rerank, MMR) are small; OpenBLAS's worker threads keep spinning
+    # after each one and take the cores the embedder needs next: measured, one thread cut
+    # search p50 from 59 ms to 32 ms with rerank on.
+    threadpoolctl.threadpool_limits(1, user_api="blas")
     embedder = LocalEmbedder(
         batch_size=settings.batch_size,
         max_concurrent_batches=settings.max_concurrent_batches,

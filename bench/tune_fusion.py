@@ -82,6 +82,7 @@ async def collect(
                     bm25=True,
                 )
             )
+            await index.hydrate(hits)
             signatures = await index.token_signatures([h.chunk_id for h in hits])
             for h in hits:
                 h.token_signature = signatures.get(h.chunk_id)

@@ -210,16 +210,15 @@ class EdgeIndex:
 
     def _retrieve(self, query: IndexQuery) -> list[Hit]:
         flt = build_filter(query.tenant, query.filters)
-        selector = qe.PayloadSelector.Exclude(_HEAVY_FIELDS)
         requests = []
         if query.dense:
-            requests.append(self._dense_request(query, flt, query.limit, selector))
+            requests.append(self._dense_request(query, flt, query.limit))
         if query.bm25:
-            requests.append(self._bm25_request(query, flt, query.limit, selector))
+            requests.append(self._bm25_request(query, flt, query.limit))
         results = self._shard.query_batch(qe.QueryBatchRequest(requests))
         hits: dict[str, Hit] = {}
         for point in (p for result in results for p in result):
-            hits.setdefault(str(point.id), _to_hit(point))
+            hits.setdefault(str(point.id), Hit(chunk_id=str(point.id), dense=-1.0, bm25=None))
         dense_scored: set[str] = set()
         if query.dense:
             for point in results[0]:
@@ -253,28 +252,44 @@ class EdgeIndex:
             setattr(hits[str(point.id)], field, float(point.score))
 
     @staticmethod
-    def _dense_request(
-        query: IndexQuery, flt: qe.Filter, limit: int, with_payload: Any = False
-    ) -> qe.QueryRequest:
+    def _dense_request(query: IndexQuery, flt: qe.Filter, limit: int) -> qe.QueryRequest:
         return qe.QueryRequest(
             query=qe.Query.Nearest(query.vector.tolist(), using=DENSE),
             filter=flt,
             limit=limit,
-            with_payload=with_payload,
+            with_payload=False,
             with_vector=False,
         )
 
     @staticmethod
-    def _bm25_request(
-        query: IndexQuery, flt: qe.Filter, limit: int, with_payload: Any = False
-    ) -> qe.QueryRequest:
+    def _bm25_request(query: IndexQuery, flt: qe.Filter, limit: int) -> qe.QueryRequest:
         return qe.QueryRequest(
             query=qe.TextQuery(SEARCH_TEXT, query.text, qe.Bm25Params(_BM25_K, _BM25_B)),
             filter=flt,
             limit=limit,
-            with_payload=with_payload,
+            with_payload=False,
             with_vector=False,
         )
+
+    async def hydrate(self, hits: Sequence[Hit]) -> None:
+        if hits:
+            await self._run(self._hydrate, hits)
+
+    def _hydrate(self, hits: Sequence[Hit]) -> None:
+        records = self._shard.retrieve(
+            [h.chunk_id for h in hits],
+            with_payload=qe.PayloadSelector.Exclude(_HEAVY_FIELDS),
+            with_vector=False,
+        )
+        payloads = {str(r.id): r.payload or {} for r in records}
+        for h in hits:
+            payload = payloads.get(h.chunk_id, {})
+            h.doc_id = str(payload.get("doc_id", ""))
+            h.chunk_index = int(payload.get("chunk_index", 0))
+            h.title = str(payload.get("title", ""))
+            h.text = str(payload.get("text", ""))
+            h.section = list(payload.get("section") or [])
+            h.metadata = dict(payload.get("metadata") or {})
 
     async def vectors(self, chunk_ids: Sequence[str]) -> dict[str, Vector]:
         return await self._run(self._vectors, chunk_ids)
@@ -417,18 +432,3 @@ def _to_point(item: IndexedChunk) -> qe.Point:
     if item.token_signature is not None:
         payload[SIGNATURE] = base64.b64encode(item.token_signature).decode("ascii")
     return qe.Point(chunk.chunk_id, {DENSE: item.vector.tolist()}, payload)
-
-
-def _to_hit(point: qe.ScoredPoint) -> Hit:
-    payload = point.payload or {}
-    return Hit(
-        chunk_id=str(point.id),
-        doc_id=str(payload.get("doc_id", "")),
-        chunk_index=int(payload.get("chunk_index", 0)),
-        title=str(payload.get("title", "")),
-        text=str(payload.get("text", "")),
-        section=list(payload.get("section") or []),
-        metadata=dict(payload.get("metadata") or {}),
-        dense=-1.0,
-        bm25=None,
-    )

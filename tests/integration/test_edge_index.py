@@ -56,6 +56,17 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def search(index: EdgeIndex, q: IndexQuery):
+    """Retrieve, then load the payloads as the pipeline does for the hits it returns."""
+
+    async def go():
+        hits = await index.retrieve(q)
+        await index.hydrate(hits)
+        return hits
+
+    return run(go())
+
+
 def query(
     vector: np.ndarray,
     text: str = "",
@@ -85,7 +96,7 @@ def test_dense_and_bm25_scores_are_exact(index: EdgeIndex) -> None:
     ]
     run(index.upsert(chunks))
 
-    hits = run(index.retrieve(query(vectors[3], "delta", limit=3)))
+    hits = search(index, query(vectors[3], "delta", limit=3))
     by_id = {h.chunk_id: h for h in hits}
     top = chunks[3].chunk.chunk_id
     assert top in by_id
@@ -98,13 +109,13 @@ def test_dense_and_bm25_scores_are_exact(index: EdgeIndex) -> None:
         if h.chunk_id != top:
             assert h.bm25 is None  # no query term in its text
 
-    only_bm25 = run(index.retrieve(query(vectors[0], "delta", dense=False)))
+    only_bm25 = search(index, query(vectors[0], "delta", dense=False))
     assert [h.doc_id for h in only_bm25] == ["doc3"]
     # the cosine is filled in even when only BM25 retrieved
     assert only_bm25[0].dense == pytest.approx(float(vectors[3] @ vectors[0]), abs=1e-5)
 
     # a candidate only the dense side found gets its exact BM25 score too
-    both = run(index.retrieve(query(vectors[5], "foxtrot delta", limit=1)))
+    both = search(index, query(vectors[5], "delta report", limit=1))
     assert {h.doc_id for h in both} == {"doc5", "doc3"}
     assert all(h.bm25 is not None and h.bm25 > 0 for h in both)
 
@@ -119,17 +130,17 @@ def test_stemming_and_stop_words(index: EdgeIndex) -> None:
             [indexed(make_chunk("a", "runner", 0, "The runners were running"), unit(rng)[0])]
         )
     )
-    hits = run(index.retrieve(query(unit(rng)[0], "the run", dense=False)))
+    hits = search(index, query(unit(rng)[0], "the run", dense=False))
     assert [h.doc_id for h in hits] == ["runner"]
-    assert run(index.retrieve(query(unit(rng)[0], "the were", dense=False))) == []
+    assert search(index, query(unit(rng)[0], "the were", dense=False)) == []
 
 
 def test_tenants_never_see_each_other(index: EdgeIndex) -> None:
     rng = np.random.default_rng(3)
     v = unit(rng)[0]
     run(index.upsert([indexed(make_chunk("a", "secret", 0, "alpha secret"), v)]))
-    assert run(index.retrieve(query(v, "alpha secret", tenant="b"))) == []
-    assert [h.doc_id for h in run(index.retrieve(query(v, "alpha", tenant="a")))] == ["secret"]
+    assert search(index, query(v, "alpha secret", tenant="b")) == []
+    assert [h.doc_id for h in search(index, query(v, "alpha", tenant="a"))] == ["secret"]
     assert run(index.document("b", "secret")) is None
     assert run(index.stats("b")).points == 0
 
@@ -153,9 +164,7 @@ def test_filters(index: EdgeIndex) -> None:
     )
 
     def ids(*filters: FieldFilter) -> set[str]:
-        return {
-            h.doc_id for h in run(index.retrieve(query(vectors[0], "echo", filters=list(filters))))
-        }
+        return {h.doc_id for h in search(index, query(vectors[0], "echo", filters=list(filters)))}
 
     assert ids(FieldFilter(key="kind", equals="x")) == {"d0", "d2"}
     assert ids(FieldFilter(key="kind", any_of=["y", "z"])) == {"d1", "d3"}
@@ -209,7 +218,7 @@ def test_data_survives_reopen_and_hnsw_gets_built(tmp_path: Path) -> None:
     second = EdgeIndex(tmp_path, model_id="m", dim=DIM)
     try:
         assert run(second.stats()).points == 3000
-        hits = run(second.retrieve(query(vectors[42], "", bm25=False, limit=1)))
+        hits = search(second, query(vectors[42], "", bm25=False, limit=1))
         assert hits[0].doc_id == "d42"
     finally:
         second.close()
