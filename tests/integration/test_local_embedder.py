@@ -132,12 +132,8 @@ def test_batching_and_order_do_not_change_results(batch_size: int) -> None:
         other.close()
     assert baseline.token_signatures is not None and encoded.token_signatures is not None
     for position, original in enumerate(shuffled):
-        np.testing.assert_allclose(
-            encoded.vectors[position], baseline.vectors[original], atol=1e-5
-        )
-        assert len(encoded.token_signatures[position]) == len(
-            baseline.token_signatures[original]
-        )
+        np.testing.assert_allclose(encoded.vectors[position], baseline.vectors[original], atol=1e-5)
+        assert len(encoded.token_signatures[position]) == len(baseline.token_signatures[original])
 
 
 def test_query_path_agrees_with_document_path(embedder: LocalEmbedder) -> None:
@@ -237,9 +233,7 @@ def test_corrupted_tokenizer_is_refused(tmp_path: Path) -> None:
     source = Path(str(resources.files("app") / "assets" / "minilm-tokenizer.json"))
     corrupted = _corrupt_copy(source, tmp_path / "tokenizer.json")
     with pytest.raises(ModelIntegrityError, match="sha256"):
-        LocalEmbedder(
-            batch_size=8, max_concurrent_batches=1, threads=1, tokenizer_path=corrupted
-        )
+        LocalEmbedder(batch_size=8, max_concurrent_batches=1, threads=1, tokenizer_path=corrupted)
 
 
 def test_missing_model_is_refused(tmp_path: Path) -> None:
@@ -257,7 +251,10 @@ def test_intact_copies_load(tmp_path: Path) -> None:
         Path(str(resources.files("app") / "assets" / "minilm-tokenizer.json")), tokenizer
     )
     embedder = LocalEmbedder(
-        batch_size=8, max_concurrent_batches=1, threads=1, model_path=model,
+        batch_size=8,
+        max_concurrent_batches=1,
+        threads=1,
+        model_path=model,
         tokenizer_path=tokenizer,
     )
     try:
@@ -282,3 +279,48 @@ def test_close_stops_the_worker_threads() -> None:
     with pytest.raises(DependencyUnavailable):
         _embed(embedder, ["after close"])
     embedder.close()  # idempotent
+
+
+def test_concurrent_queries_share_a_forward_pass_and_get_their_own_results(
+    embedder: LocalEmbedder,
+) -> None:
+    texts = [f"query number {i} about {'cells ' * i}".strip() for i in range(1, 13)]
+    alone = [_query(embedder, t) for t in texts]
+    passes = 0
+    original = embedder._infer
+
+    def counting(ids: Any, mask: Any) -> Any:
+        nonlocal passes
+        passes += 1
+        return original(ids, mask)
+
+    embedder._infer = counting  # type: ignore[method-assign]
+    try:
+
+        async def together() -> list[EncodedQuery]:
+            return list(await asyncio.gather(*(embedder.embed_query(t) for t in texts)))
+
+        batched = asyncio.run(together())
+    finally:
+        del embedder._infer  # type: ignore[method-assign]
+    assert passes < len(texts)  # they were batched
+    for one, many in zip(alone, batched, strict=True):
+        # bit-identical, so concurrency can never change a ranking
+        assert np.array_equal(one.vector, many.vector)
+        assert one.token_vectors is not None and many.token_vectors is not None
+        assert np.array_equal(one.token_vectors, many.token_vectors)
+
+
+def test_a_failed_query_batch_fails_every_waiter(tmp_path: Path) -> None:
+    local = LocalEmbedder(batch_size=4, max_concurrent_batches=1, threads=1)
+
+    async def run() -> list[BaseException | EncodedQuery]:
+        local.close()  # every submit now fails
+        return list(
+            await asyncio.gather(
+                *(local.embed_query(f"q{i}") for i in range(3)), return_exceptions=True
+            )
+        )
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, DependencyUnavailable) for r in results)
