@@ -14,8 +14,14 @@ class SettingsError(RagError):
 class InvalidRequest(RagError):
     """The client sent something we cannot accept (HTTP 4xx)."""
 
-    def __init__(self, message: str, *, field: str | None = None, status: int = 422,
-                 code: str = "invalid_request") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        status: int = 422,
+        code: str = "invalid_request",
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field

@@ -25,7 +25,7 @@ DEFAULT_VARIANTS = (
     Variant("dense", {"mode": "dense", "rerank": False}),
     Variant("bm25", {"mode": "bm25", "rerank": False}),
     Variant("hybrid", {"mode": "hybrid", "rerank": False}),
-    Variant("hybrid+rerank (default)", {}),
+    Variant("hybrid+rerank", {"mode": "hybrid", "rerank": True}),
 )
 
 

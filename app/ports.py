@@ -143,9 +143,7 @@ class EventLog(Protocol):
         """Mark entries processed; returns how many were pending."""
         ...
 
-    async def delivery_counts(
-        self, stream: str, group: str, ids: Sequence[str]
-    ) -> dict[str, int]:
+    async def delivery_counts(self, stream: str, group: str, ids: Sequence[str]) -> dict[str, int]:
         """How often each pending entry has been delivered; ids not pending are absent."""
         ...
 

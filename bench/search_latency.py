@@ -12,8 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -72,6 +76,42 @@ async def concurrent(
     }
 
 
+def wrk_concurrent(
+    url: str, queries: list[str], params: dict[str, Any], clients: int, seconds: int
+) -> dict[str, float]:
+    """The same scenario driven by wrk (C, two threads): far less client CPU taken from the
+    two cores the server runs on than a Python client needs."""
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
+        for q in queries:
+            handle.write(json.dumps({"query": q, **params}) + "\n")
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{clients}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(Path(__file__).with_name("wrk_search.lua")),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WRK_BODIES": handle.name},
+        check=True,
+    ).stdout
+    Path(handle.name).unlink()
+    stats = json.loads(out.strip().splitlines()[-1])
+    if stats["errors"]:
+        raise RuntimeError(f"wrk saw {stats['errors']} errors")
+    return {
+        "rps": stats["requests"] / stats["seconds"],
+        "p50_ms": stats["p50_ms"],
+        "p95_ms": stats["p95_ms"],
+    }
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -107,7 +147,10 @@ def main() -> int:
             start = (run * args.queries) % len(queries)
             chunk = (queries * 2)[start : start + args.queries]
             single.append(asyncio.run(one_client(server.url, chunk, params)))
-            multi.append(asyncio.run(concurrent(server.url, chunk, params, args.clients)))
+            if shutil.which("wrk"):
+                multi.append(wrk_concurrent(server.url, chunk, params, args.clients, 15))
+            else:
+                multi.append(asyncio.run(concurrent(server.url, chunk, params, args.clients)))
         assert server.proc is not None
         result = {
             "one_client": {k: statistics.median(r[k] for r in single) for k in single[0]},
@@ -115,6 +158,7 @@ def main() -> int:
                 k: statistics.median(r[k] for r in multi) for k in multi[0]
             },
             "server_rss_mb": rss_mb(server.proc.pid),
+            "load_generator": "wrk -t2" if shutil.which("wrk") else "python httpx",
             "runs": args.runs,
             "queries_per_run": args.queries,
             "params": params,

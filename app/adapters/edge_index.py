@@ -101,7 +101,9 @@ class EdgeIndex:
                 indexing_threshold=max(1, _OPTIMIZE_AFTER_UNINDEXED * self.dim * 4 // 1024)
             ),
             max_search_threads=search_threads,
-            payload_memory=qe.Memory.Cached,
+            # Payload is read for the returned hits and rerank candidates only: no reason to
+            # keep all of it (token signatures are most of it) resident.
+            payload_memory=qe.Memory.Cold,
         )
         self.path.mkdir(parents=True, exist_ok=True)
         has_segments = any(self.path.iterdir())

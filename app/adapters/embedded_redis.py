@@ -345,7 +345,10 @@ def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
 
 def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(
-        url, socket_timeout=1.0, socket_connect_timeout=1.0, protocol=2,
+        url,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        protocol=2,
         retry=Retry(NoBackoff(), retries=0),
     )
 

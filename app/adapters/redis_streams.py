@@ -28,8 +28,17 @@ EVENT_FIELD = b"event"
 
 # Server errors that mean "not now" rather than "never": loading the AOF after a restart,
 # out of memory, a replica that cannot take writes, a failover in progress.
-_TRANSIENT = {"LOADING", "BUSY", "OOM", "MISCONF", "READONLY", "MASTERDOWN", "TRYAGAIN",
-              "CLUSTERDOWN", "NOREPLICAS"}
+_TRANSIENT = {
+    "LOADING",
+    "BUSY",
+    "OOM",
+    "MISCONF",
+    "READONLY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+}
 _STREAM_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 _RETRY_AFTER_SECONDS = 1.0
 # How many XAUTOCLAIM pages one claim_idle call scans at most, so a huge pending list
@@ -227,9 +236,7 @@ class RedisEventLog:
         with _translated(f"XACK {stream} {group}"):
             return int(await self._redis.xack(stream, group, *ids))
 
-    async def delivery_counts(
-        self, stream: str, group: str, ids: Sequence[str]
-    ) -> dict[str, int]:
+    async def delivery_counts(self, stream: str, group: str, ids: Sequence[str]) -> dict[str, int]:
         if not ids:
             return {}
         # One exact XPENDING per id, pipelined: a min..max range would also scan every

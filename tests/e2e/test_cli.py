@@ -95,7 +95,7 @@ def test_eval_loads_the_corpus_and_scores_every_mode(cli_server: Server, tmp_pat
         "dense",
         "bm25",
         "hybrid",
-        "hybrid+rerank (default)",
+        "hybrid+rerank",
         "default, diversity=0.5",
     }
     for s in scores.values():

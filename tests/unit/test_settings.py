@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 def test_defaults_need_nothing() -> None:
     settings = Settings.from_env({})
     assert settings.top_k == 10
-    assert settings.rerank is True
+    assert settings.rerank is False
     assert settings.data_path.is_absolute()
 
 
