@@ -199,12 +199,7 @@ class LocalEmbedder:
     # -- worker-thread side -------------------------------------------------------------
 
     def _encode_batch(self, encodings: list[Encoding]) -> tuple[Vector, list[bytes]]:
-        width = max(len(e) for e in encodings)
-        ids = np.zeros((len(encodings), width), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding)] = encoding.ids
-            mask[row, : len(encoding)] = 1
+        ids, mask = _padded(encodings)
         hidden = self._infer(ids, mask)
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / weights.sum(axis=1)
@@ -225,12 +220,7 @@ class LocalEmbedder:
             if len(texts) > 1
             else [self._tokenizer.encode(texts[0])]
         )
-        width = max(len(e) for e in encodings)
-        ids = np.zeros((len(encodings), width), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding)] = encoding.ids
-            mask[row, : len(encoding)] = 1
+        ids, mask = _padded(encodings)
         hidden = self._infer(ids, mask)
         out = []
         for row, encoding in enumerate(encodings):
@@ -293,6 +283,17 @@ def _token_output_name(session: ort.InferenceSession, source: str) -> str:
             return str(output.name)
     found = [(o.name, o.shape) for o in session.get_outputs()]
     raise ModelIntegrityError(f"{source}: no (batch, sequence, {DIM}) output among {found}")
+
+
+def _padded(encodings: Sequence[Encoding]) -> tuple[_IntArray, _IntArray]:
+    """Token ids and attention mask, padded to the longest encoding of the batch."""
+    width = max(len(e) for e in encodings)
+    ids = np.zeros((len(encodings), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, encoding in enumerate(encodings):
+        ids[row, : len(encoding)] = encoding.ids
+        mask[row, : len(encoding)] = 1
+    return ids, mask
 
 
 def _content_positions(encoding: Encoding) -> npt.NDArray[np.bool_]:
