@@ -86,6 +86,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     projector_claim_idle_ms: Annotated[int, Meta(ge=100, le=86_400_000)] = msgspec.field(
         default=60_000, name="RAG_PROJECTOR_CLAIM_IDLE_MS"
     )
+    projector_in_process: bool = msgspec.field(default=True, name="RAG_PROJECTOR_IN_PROCESS")
+    ingest_wait_seconds: Annotated[float, Meta(gt=0, le=600)] = msgspec.field(
+        default=30.0, name="RAG_INGEST_WAIT_SECONDS"
+    )
 
     @property
     def data_path(self) -> Path:
@@ -220,6 +224,12 @@ SETTINGS_DOC: dict[str, str] = {
     "RAG_PROJECTOR_BATCH": "Document events the projector reads and applies at a time.",
     "RAG_PROJECTOR_CLAIM_IDLE_MS": "How long an event may sit unacknowledged with a consumer "
     "before another consumer claims it (the first is presumed dead).",
+    "RAG_PROJECTOR_IN_PROCESS": "Whether `serve` runs the projector (document events -> index) "
+    "itself. The embedded index has one writer: the process that opened it, so `worker` runs "
+    "only when no `serve` holds the data directory; `false` pauses indexing while `serve` "
+    "runs (events wait in the stream).",
+    "RAG_INGEST_WAIT_SECONDS": "Longest an ingest or delete with `?wait=true` waits for the "
+    "projector before answering 202 with status pending.",
 }
 
 if set(SETTINGS_DOC) != set(ENV_NAMES):  # pragma: no cover - caught at import in every test run
