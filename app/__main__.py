@@ -1,4 +1,4 @@
-"""The `rag-pipeline` command: serve | ingest | eval."""
+"""The `rag-pipeline` command: serve | worker | ingest | eval."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
 
 from app.errors import RagError, SettingsError
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 log = logging.getLogger("rag_pipeline")
 
@@ -50,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="data directory (default RAG_DATA_DIR, ./rag-data)")
     serve.set_defaults(run=_serve)
 
+    worker = sub.add_parser(
+        "worker",
+        help="apply document events to the index (the projector) without serving the API; "
+        "answers /health and /ready on RAG_HOST:RAG_PORT",
+    )
+    worker.add_argument("--host", help="listen address (default RAG_HOST, 127.0.0.1)")
+    worker.add_argument("--port", type=int, help="listen port (default RAG_PORT, 8000)")
+    worker.add_argument("--data-dir", help="data directory (default RAG_DATA_DIR, ./rag-data)")
+    worker.set_defaults(run=_worker)
+
     ingest = sub.add_parser("ingest", help="send .txt/.md files or a BEIR corpus.jsonl to a server")
     ingest.add_argument("paths", nargs="+", type=Path)
     ingest.add_argument("--url", default=None, help="server URL (default http://RAG_HOST:RAG_PORT)")
@@ -81,11 +96,45 @@ def _url(args: argparse.Namespace, settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Closable)
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from app.asgi import create_app
+    from app.wiring import build_services
+
+    return _run_http(args, settings, build_services, create_app, "serving")
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from app.asgi import create_worker_app
+    from app.wiring import build_worker
+
+    return _run_http(args, settings, build_worker, create_worker_app, "projecting; probes")
+
+
+def _run_http(
+    args: argparse.Namespace,
+    settings: Settings,
+    build: Callable[[Settings], S],
+    make_app: Callable[[Settings, S], Starlette],
+    what: str,
+) -> int:
+    """Build the services, then run their app under Hypercorn until SIGTERM/SIGINT.
+
+    The event log is the one REDIS_URL names or, when it is empty, the data directory's
+    embedded Valkey: started here if none runs, and then stopped here on exit, after the
+    services have closed. Services are built before the server starts, so a failure (say,
+    the index is held by another process) ends the command with its message.
+    """
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
-    from app.asgi import create_app
+    from app.adapters.embedded_redis import resolve_redis_url
 
     changes = {
         name: value
@@ -103,15 +152,27 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        log.info("serving on http://%s (data in %s)", config.bind[0], settings.data_path)
-        await serve(create_app(settings), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    url, embedded = resolve_redis_url(settings)
+    settings = settings.replace(redis_url=url)
 
-    asyncio.run(run())
+    async def run() -> None:
+        services = await asyncio.to_thread(build, settings)
+        try:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            log.info("%s on http://%s (data in %s)", what, config.bind[0], settings.data_path)
+            app = make_app(settings, services)
+            await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        finally:
+            await services.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        if embedded is not None:
+            embedded.stop()
     return 0
 
 

@@ -1,38 +1,89 @@
-"""create_app(settings): the Starlette application, its routes and the lifespan of its adapters."""
+"""create_app / create_worker_app: the Starlette apps, their routes and their lifespans."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
+from app.api import system
 from app.api.codec import error_response, response_for
 from app.api.routes import routes
 from app.errors import RagError
+from app.projector import Projector
 from app.settings import Settings
-from app.wiring import Services, build_services
+from app.wiring import Projection, Services, build_services
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Starlette:
-    """The app; given `services`, it uses them and leaves closing them to the caller."""
+    """The API; given `services`, it uses them and leaves closing them to the caller.
+
+    `settings.redis_url` must be resolved (`resolve_redis_url`) before the app starts.
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        owned = services is None
-        app.state.services = (
-            await asyncio.to_thread(build_services, settings) if owned else services
+        built = (
+            services if services is not None else await asyncio.to_thread(build_services, settings)
         )
+        app.state.services = built
         try:
-            yield
+            async with _projecting(app, built.projector, settings):
+                yield
         finally:
-            if owned:
-                app.state.services.close()
+            if services is None:
+                await built.aclose()
 
+    return Starlette(routes=routes(), lifespan=lifespan, exception_handlers=_handlers())
+
+
+def create_worker_app(settings: Settings, projection: Projection) -> Starlette:
+    """`rag-pipeline worker`: the projector, plus /health and /ready for the probes."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.projection = projection
+        async with _projecting(app, projection.projector, settings):
+            yield
+
+    return Starlette(
+        routes=[
+            Route("/health", system.health, methods=["GET"]),
+            Route("/ready", system.worker_ready, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+        exception_handlers=_handlers(),
+    )
+
+
+@asynccontextmanager
+async def _projecting(
+    app: Starlette, projector: Projector | None, settings: Settings
+) -> AsyncIterator[None]:
+    """Run the projector as a task for as long as the app runs."""
+    stop = asyncio.Event()
+    task = None
+    if projector is not None:
+        task = asyncio.create_task(projector.run(stop), name="projector")
+    app.state.projector_task = task
+    try:
+        yield
+    finally:
+        if task is not None:
+            await _stop_projector(task, stop, settings.graceful_timeout_seconds)
+
+
+def _handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
     async def on_error(request: Request, exc: Exception) -> Response:
         return response_for(exc)
 
@@ -46,8 +97,16 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             headers=dict(exc.headers) if exc.headers else None,
         )
 
-    return Starlette(
-        routes=routes(),
-        lifespan=lifespan,
-        exception_handlers={RagError: on_error, HTTPException: on_http, Exception: on_error},
-    )
+    return {RagError: on_error, HTTPException: on_http, Exception: on_error}
+
+
+async def _stop_projector(task: asyncio.Task[None], stop: asyncio.Event, timeout: float) -> None:
+    """Let the projector finish its batch; past `timeout`, cancel it, which leaves the batch
+    pending for the next start to take over (nothing acknowledged is lost either way)."""
+    stop.set()
+    try:
+        await asyncio.wait_for(task, timeout)
+    except TimeoutError:
+        log.warning("projector did not finish its batch in %.0f s; left it pending", timeout)
+    except Exception:
+        log.exception("projector stopped with an error")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +22,7 @@ class ApiError(Exception):
 class Client:
     def __init__(self, base_url: str, *, timeout: float = 300.0) -> None:
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout)
+        self._timeout = timeout
         self._encoder = msgspec.json.Encoder()
 
     async def __aenter__(self) -> Client:
@@ -37,11 +40,33 @@ class Client:
             raise ApiError(response.status_code, response.text)
         return response.content
 
-    async def ingest(self, documents: Sequence[DocumentInput], **chunking: int) -> IngestResponse:
+    async def ingest(
+        self, documents: Sequence[DocumentInput], *, wait: bool = True, **chunking: int
+    ) -> IngestResponse:
+        """Send documents. With `wait` (the default) return once the server has applied
+        them: the request itself waits up to the server's RAG_INGEST_WAIT_SECONDS, after
+        which the documents still pending are polled until they are not (or the client's
+        timeout passes). Without it, return as soon as they are accepted (status pending)."""
         body = {"documents": list(documents), **chunking}
-        return msgspec.json.decode(
-            await self._call("POST", "/api/v1/ingest", body), type=IngestResponse
-        )
+        path = "/api/v1/ingest?wait=true" if wait else "/api/v1/ingest"
+        response = msgspec.json.decode(await self._call("POST", path, body), type=IngestResponse)
+        if not wait:
+            return response
+        deadline = time.monotonic() + self._timeout
+        while True:
+            pending = [d for d in response.documents if d.status == "pending"]
+            if not pending or time.monotonic() > deadline:
+                return response
+            await asyncio.sleep(0.2)
+            for doc in pending:
+                current = await self.document(doc.doc_id)
+                if current is None or current["status"] == "pending":
+                    continue
+                doc.status = (
+                    "superseded" if current["event_id"] != doc.event_id else current["status"]
+                )
+                doc.chunks = current.get("chunks")
+                doc.error = current.get("error")
 
     async def search(self, query: str, **params: Any) -> SearchResponse:
         raw = await self._call("POST", "/api/v1/search", {"query": query, **params})

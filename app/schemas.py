@@ -38,15 +38,27 @@ class IngestRequest(_Strict):
     chunk_overlap: Annotated[int, Meta(ge=0, le=128)] | None = None
 
 
-class IngestedDocument(msgspec.Struct, kw_only=True):
+# pending: accepted (its event is in the document stream), not yet indexed; indexed: the
+# projector applied it; unchanged: this version was indexed already, nothing was appended;
+# failed: the projector gave up on it (see `error`); superseded: a later change to the same
+# document was applied first; deleted: a delete was applied.
+Outcome = Literal["pending", "indexed", "unchanged", "failed", "superseded", "deleted"]
+
+
+class IngestedDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
     doc_id: str
     version: str
-    # indexed: written now; unchanged: same version already indexed, no embedding work done
-    status: Literal["indexed", "unchanged"]
-    chunks: int
+    # The document-stream entry carrying this version (for unchanged: the one that indexed
+    # it); absent only for documents indexed before the event log existed.
+    event_id: str | None = None
+    status: Outcome
+    chunks: int | None = None  # known once indexed
+    error: str | None = None
 
 
 class IngestResponse(msgspec.Struct, kw_only=True):
+    """200 when no document is pending, else 202 (the events are in the stream)."""
+
     documents: list[IngestedDocument]
 
 
@@ -116,16 +128,24 @@ class SearchResponse(msgspec.Struct, kw_only=True):
 
 
 class DocumentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """pending: a change is in the stream, not yet applied (`version` null when it is a
+    delete); indexed; deleted; failed: the newest change was dead-lettered (see `error`)."""
+
     doc_id: str
-    status: Literal["indexed", "deleted"]
+    status: Literal["pending", "indexed", "deleted", "failed"]
     version: str | None = None
-    chunks: int = 0
+    chunks: int | None = None  # points in the index, when indexed
+    event_id: str | None = None  # the newest change's entry in the document stream
+    error: str | None = None
 
 
-class DeleteResponse(msgspec.Struct, kw_only=True):
+class DeleteResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """202 with status pending, or (with ?wait=true, once applied) 200 with status deleted."""
+
     doc_id: str
-    status: Literal["deleted"]
-    chunks_removed: int
+    event_id: str
+    status: Outcome
+    error: str | None = None
 
 
 class IndexInfo(msgspec.Struct, kw_only=True):
@@ -137,8 +157,26 @@ class IndexInfo(msgspec.Struct, kw_only=True):
     segments: int
 
 
+class EventsInfo(msgspec.Struct, kw_only=True):
+    documents_stream: int  # entries in the document stream
+    indexer_pending: int  # delivered to a projector, not yet acknowledged
+    indexer_lag: int | None  # not yet delivered; null when the server cannot tell
+    dead_letters: int  # entries in the dead-letter stream
+
+
+class CacheInfo(msgspec.Struct, kw_only=True):
+    """This process's embedding-cache counters since it started."""
+
+    hits: int
+    misses: int
+    writes: int
+    errors: int
+
+
 class Stats(msgspec.Struct, kw_only=True):
     index: IndexInfo
+    events: EventsInfo
+    cache: CacheInfo
 
 
 class Health(msgspec.Struct, kw_only=True):

@@ -2,38 +2,160 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import IO
 
 import msgspec
 import threadpoolctl
 
 from app.adapters.edge_index import EdgeIndex
 from app.adapters.local_embedder import LocalEmbedder
+from app.adapters.redis_cache import RedisEmbeddingCache
+from app.adapters.redis_doc_status import RedisDocStatus
+from app.adapters.redis_streams import RedisEventLog
 from app.domain import ChunkingParams
+from app.errors import DependencyUnavailable, SettingsError
+from app.events import Streams
 from app.indexing import Indexer
-from app.ingest import DirectIngest
+from app.ingest import LoggedIngest
 from app.pipeline import Pipeline, PipelineConfig
 from app.ports import Embedder
+from app.projector import Projector, ProjectorConfig
 from app.reranking import LateInteractionReranker
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class Services(msgspec.Struct, kw_only=True):
-    settings: Settings
+class IndexHolder(msgspec.Struct, kw_only=True):
+    """Who holds an embedded index: written into its lock file for the next one to read."""
+
+    pid: int
+    role: str  # "serve" or "worker"
+    command: str
+
+
+class IndexOwnership:
+    """The embedded index's single-writer claim, held for the life of the process.
+
+    Qdrant Edge opens a shard in one process only (a second open fails on the WAL lock with
+    an opaque error), so the index has exactly one writer and therefore one projector: the
+    process that holds it. An flock beside the shard makes that explicit, released by the
+    kernel however the holder dies, and names the holder in the refusal.
+    """
+
+    def __init__(self, data_dir: Path, model_id: str, role: str) -> None:
+        self.path = data_dir / "index" / f"{model_id}.lock"
+        self.role = role
+        self._file: IO[bytes] | None = None
+
+    def acquire(self) -> IndexOwnership:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+b")  # noqa: SIM115 - held open until release()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            try:
+                holder = msgspec.json.decode(handle.read(), type=IndexHolder)
+                who = f"`rag-pipeline {holder.role}` (pid {holder.pid})"
+            except msgspec.DecodeError:
+                who = "another process"
+            handle.close()
+            raise DependencyUnavailable(
+                f"the index at {self.path.with_suffix('')} is held by {who}. The embedded "
+                "index has one writer, which also runs the projector: stop that process to "
+                f"run `{self.role}` on this data directory",
+                retry_after=5.0,
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            msgspec.json.encode(
+                IndexHolder(pid=os.getpid(), role=self.role, command=" ".join(sys.argv))
+            )
+        )
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+class Projection(msgspec.Struct, kw_only=True):
+    """What applies document events to the index: everything a `worker` runs."""
+
     embedder: Embedder
     index: EdgeIndex
-    pipeline: Pipeline
-    ingest: DirectIngest
-    default_chunking: ChunkingParams
+    ownership: IndexOwnership
+    event_log: RedisEventLog
+    cache: RedisEmbeddingCache
+    status: RedisDocStatus
+    indexer: Indexer
+    projector: Projector
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        await self.event_log.close()
+        await self.cache.close()
+        await self.status.close()
         self.index.close()
+        self.ownership.release()
         self.embedder.close()
 
 
-def build_services(settings: Settings) -> Services:
+class Services(msgspec.Struct, kw_only=True):
+    """Everything `serve` runs; `projector` is None when RAG_PROJECTOR_IN_PROCESS is false."""
+
+    settings: Settings
+    projection: Projection
+    pipeline: Pipeline
+    ingest: LoggedIngest
+    default_chunking: ChunkingParams
+    projector: Projector | None
+
+    @property
+    def embedder(self) -> Embedder:
+        return self.projection.embedder
+
+    @property
+    def index(self) -> EdgeIndex:
+        return self.projection.index
+
+    @property
+    def event_log(self) -> RedisEventLog:
+        return self.projection.event_log
+
+    @property
+    def streams(self) -> Streams:
+        return self.projection.projector.streams
+
+    async def aclose(self) -> None:
+        await self.projection.aclose()
+
+
+def consumer_name() -> str:
+    """This process's name in the consumer group: unique among live processes."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def build_projection(settings: Settings, role: str) -> Projection:
+    """Embedder, index (claimed for this process), Redis adapters and the projector.
+    Blocking (loads the model, opens the shard): run it off the event loop."""
+    if not settings.redis_url:
+        raise SettingsError(
+            "REDIS_URL is empty: resolve it first (app.adapters.embedded_redis.resolve_redis_url)"
+        )
     # The BLAS products here (rerank, MMR) are small; OpenBLAS's worker threads keep spinning
     # after each one and take the cores the embedder needs next: measured, one thread cut
     # search p50 from 59 ms to 32 ms with rerank on.
@@ -43,20 +165,69 @@ def build_services(settings: Settings) -> Services:
         max_concurrent_batches=settings.max_concurrent_batches,
         threads=settings.embedder_threads,
     )
-    try:
+    with contextlib.ExitStack() as undo:
+        undo.callback(embedder.close)
+        ownership = IndexOwnership(settings.data_path, embedder.model_id, role).acquire()
+        undo.callback(ownership.release)
         index = EdgeIndex(
             settings.data_path,
             model_id=embedder.model_id,
             dim=embedder.dim,
             metadata_indexes=settings.metadata_index_fields(),
         )
-    except Exception:
-        embedder.close()
-        raise
-    reranker = LateInteractionReranker(embedder.dim) if embedder.has_token_vectors else None
+        undo.callback(index.close)
+        # Constructing the Redis clients connects nothing; they cannot fail on an outage.
+        event_log = RedisEventLog(settings.redis_url, pool_size=settings.redis_pool_size)
+        cache = RedisEmbeddingCache(
+            settings.redis_url,
+            prefix=settings.stream_prefix,
+            ttl_seconds=settings.cache_ttl_seconds,
+            pool_size=settings.redis_pool_size,
+        )
+        status = RedisDocStatus(
+            settings.redis_url, prefix=settings.stream_prefix, pool_size=settings.redis_pool_size
+        )
+        undo.pop_all()
+    indexer = Indexer(embedder, index)
+    projector = Projector(
+        event_log,
+        indexer,
+        cache,
+        status,
+        streams=Streams(settings.stream_prefix),
+        consumer=consumer_name(),
+        config=ProjectorConfig(
+            batch=settings.projector_batch,
+            max_deliveries=settings.projector_max_deliveries,
+            claim_idle_ms=settings.projector_claim_idle_ms,
+            # The Edge shard has no other writer (IndexOwnership), so whatever another
+            # consumer left pending was left by a process that is gone.
+            exclusive=True,
+        ),
+    )
+    log.info("index %s at %s (held by this %s)", embedder.model_id, index.path, role)
+    return Projection(
+        embedder=embedder,
+        index=index,
+        ownership=ownership,
+        event_log=event_log,
+        cache=cache,
+        status=status,
+        indexer=indexer,
+        projector=projector,
+    )
+
+
+def build_services(settings: Settings) -> Services:
+    projection = build_projection(settings, "serve")
+    reranker = (
+        LateInteractionReranker(projection.embedder.dim)
+        if projection.embedder.has_token_vectors
+        else None
+    )
     pipeline = Pipeline(
-        embedder,
-        index,
+        projection.embedder,
+        projection.index,
         reranker,
         PipelineConfig(
             default_top_k=settings.top_k,
@@ -66,15 +237,30 @@ def build_services(settings: Settings) -> Services:
             mmr_max_candidates=settings.mmr_max_candidates,
         ),
     )
-    ingest = DirectIngest(
-        Indexer(embedder, index), max_documents=settings.max_documents_per_request
+    ingest = LoggedIngest(
+        projection.event_log,
+        projection.status,
+        streams=projection.projector.streams,
+        projection=projection.embedder.model_id,
+        max_documents=settings.max_documents_per_request,
+        wait_seconds=settings.ingest_wait_seconds,
+        index=projection.index,
     )
-    log.info("index %s at %s", embedder.model_id, index.path)
+    if not settings.projector_in_process:
+        log.warning(
+            "RAG_PROJECTOR_IN_PROCESS=false: indexing is paused. This process holds the "
+            "embedded index, so no other can apply document events to it; they wait in the "
+            "stream until a serve with the projector (or a worker, once this one stops) runs"
+        )
     return Services(
         settings=settings,
-        embedder=embedder,
-        index=index,
+        projection=projection,
         pipeline=pipeline,
         ingest=ingest,
         default_chunking=ChunkingParams(size=settings.chunk_size, overlap=settings.chunk_overlap),
+        projector=projection.projector if settings.projector_in_process else None,
     )
+
+
+def build_worker(settings: Settings) -> Projection:
+    return build_projection(settings, "worker")

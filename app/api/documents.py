@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.codec import decode, json_response, read_body
 from app.domain import DEFAULT_TENANT, ChunkingParams, DocumentIn
-from app.errors import NotFound
+from app.errors import InvalidRequest, NotFound
+from app.ingest import Accepted
 from app.schemas import (
     DeleteResponse,
     DocumentStatus,
@@ -17,9 +20,13 @@ from app.schemas import (
 )
 from app.wiring import Services
 
+# W3C trace context; anything else in the header is dropped rather than stored in an event.
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
 
 async def ingest(request: Request) -> Response:
     services: Services = request.app.state.services
+    wait = _wait(request)
     body = decode(await read_body(request, services.settings.max_body_bytes), IngestRequest)
     default = services.default_chunking
     size = body.chunk_size or default.size
@@ -33,37 +40,68 @@ async def ingest(request: Request) -> Response:
             for d in body.documents
         ],
         ChunkingParams(size=size, overlap=overlap),
+        traceparent=_traceparent(request),
+        wait=wait,
     )
     return json_response(
-        IngestResponse(
-            documents=[
-                IngestedDocument(
-                    doc_id=a.doc_id,
-                    version=a.version,
-                    status=a.status,  # type: ignore[arg-type]
-                    chunks=a.chunks,
-                )
-                for a in accepted
-            ]
-        )
+        IngestResponse(documents=[_ingested(a) for a in accepted]),
+        202 if any(a.status == "pending" for a in accepted) else 200,
+    )
+
+
+def _ingested(accepted: Accepted) -> IngestedDocument:
+    return IngestedDocument(
+        doc_id=accepted.doc_id,
+        version=accepted.version or "",
+        event_id=accepted.event_id,
+        status=accepted.status,
+        chunks=accepted.chunks if accepted.status in ("indexed", "unchanged") else None,
+        error=accepted.error,
     )
 
 
 async def get_document(request: Request) -> Response:
     services: Services = request.app.state.services
     doc_id = request.path_params["doc_id"]
-    state = await services.ingest.status(DEFAULT_TENANT, doc_id)
-    if state is None:
+    view = await services.ingest.status(DEFAULT_TENANT, doc_id)
+    if view is None:
         raise NotFound(f"document {doc_id!r} is not indexed")
     return json_response(
-        DocumentStatus(doc_id=doc_id, status="indexed", version=state.version, chunks=state.chunks)
+        DocumentStatus(
+            doc_id=doc_id,
+            status=view.status,
+            version=view.version,
+            chunks=view.chunks if view.status == "indexed" else None,
+            event_id=view.event_id,
+            error=view.error,
+        )
     )
 
 
 async def delete_document(request: Request) -> Response:
     services: Services = request.app.state.services
     doc_id = request.path_params["doc_id"]
-    removed = await services.ingest.delete(DEFAULT_TENANT, doc_id)
-    if removed == 0:
-        raise NotFound(f"document {doc_id!r} is not indexed")
-    return json_response(DeleteResponse(doc_id=doc_id, status="deleted", chunks_removed=removed))
+    accepted = await services.ingest.delete(
+        DEFAULT_TENANT, doc_id, traceparent=_traceparent(request), wait=_wait(request)
+    )
+    return json_response(
+        DeleteResponse(
+            doc_id=doc_id,
+            event_id=accepted.event_id or "",  # always set: a delete appends an event
+            status=accepted.status,
+            error=accepted.error,
+        ),
+        202 if accepted.status == "pending" else 200,
+    )
+
+
+def _wait(request: Request) -> bool:
+    raw = request.query_params.get("wait", "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise InvalidRequest("wait must be true or false", field="wait")
+    return raw in ("true", "1")
+
+
+def _traceparent(request: Request) -> str | None:
+    value = request.headers.get("traceparent", "").strip().lower()
+    return value if _TRACEPARENT.match(value) else None

@@ -54,29 +54,31 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         method="POST",
         path="/api/v1/ingest",
         handler=documents.ingest,
-        summary="Index documents (replaces documents with the same id)",
+        summary="Accept documents for indexing (replaces documents with the same id); 202 "
+        "once their events are in the log, or with ?wait=true 200 once indexed",
         request=IngestRequest,
-        responses={200: IngestResponse, **_ERRORS},
+        responses={200: IngestResponse, 202: IngestResponse, **_ERRORS},
     ),
     Endpoint(
         method="GET",
         path="/api/v1/documents/{doc_id:path}",
         handler=documents.get_document,
-        summary="A document's indexing status and version",
+        summary="A document's status (pending, indexed, deleted, failed) and version",
         responses={200: DocumentStatus, 404: ErrorBody, 503: ErrorBody},
     ),
     Endpoint(
         method="DELETE",
         path="/api/v1/documents/{doc_id:path}",
         handler=documents.delete_document,
-        summary="Delete a document and its chunks",
-        responses={200: DeleteResponse, 404: ErrorBody, 503: ErrorBody},
+        summary="Delete a document: 202 once the delete is in the log, or with ?wait=true "
+        "200 once its chunks are gone",
+        responses={200: DeleteResponse, 202: DeleteResponse, 404: ErrorBody, 503: ErrorBody},
     ),
     Endpoint(
         method="GET",
         path="/api/v1/stats",
         handler=system.stats,
-        summary="Index figures",
+        summary="Index, event log and embedding cache figures",
         responses={200: Stats, 503: ErrorBody},
     ),
     Endpoint(
@@ -113,7 +115,11 @@ def openapi_spec() -> dict[str, Any]:
             "operationId": f"{e.method.lower()}_{e.handler.__name__}",
             "responses": {
                 str(status): {
-                    "description": "error" if status >= 400 and t is ErrorBody else "ok",
+                    "description": "error"
+                    if status >= 400 and t is ErrorBody
+                    else "accepted"
+                    if status == 202
+                    else "ok",
                     "content": {
                         "application/json": {
                             "schema": {"$ref": f"#/components/schemas/{t.__name__}"}
@@ -123,15 +129,28 @@ def openapi_spec() -> dict[str, Any]:
                 for status, t in e.responses.items()
             },
         }
+        parameters: list[dict[str, Any]] = []
         if "{doc_id}" in path:
-            op["parameters"] = [
+            parameters.append(
                 {
                     "name": "doc_id",
                     "in": "path",
                     "required": True,
                     "schema": {"type": "string", "minLength": 1},
                 }
-            ]
+            )
+        if 202 in e.responses:
+            parameters.append(
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "required": False,
+                    "description": "wait (up to RAG_INGEST_WAIT_SECONDS) until applied",
+                    "schema": {"type": "boolean", "default": False},
+                }
+            )
+        if parameters:
+            op["parameters"] = parameters
         if e.request is not None:
             op["requestBody"] = {
                 "required": True,

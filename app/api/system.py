@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.codec import json_response
 from app.domain import DEFAULT_TENANT
-from app.schemas import Health, IndexInfo, Readiness, Stats
-from app.wiring import Services
+from app.projector import GROUP
+from app.schemas import CacheInfo, EventsInfo, Health, IndexInfo, Readiness, Stats
+from app.wiring import Projection, Services
 
 
 async def health(request: Request) -> Response:
@@ -17,7 +20,23 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     services: Services | None = getattr(request.app.state, "services", None)
-    checks = {"index": services is not None and await services.index.ready()}
+    return await _readiness(request, None if services is None else services.projection)
+
+
+async def worker_ready(request: Request) -> Response:
+    return await _readiness(request, getattr(request.app.state, "projection", None))
+
+
+async def _readiness(request: Request, projection: Projection | None) -> Response:
+    checks = {"index": False, "event_log": False}
+    if projection is not None:
+        checks["index"], checks["event_log"] = await asyncio.gather(
+            projection.index.ready(), projection.event_log.ping()
+        )
+    # When this process projects, a projector that died would leave every ingest pending.
+    task: asyncio.Task[None] | None = getattr(request.app.state, "projector_task", None)
+    if task is not None:
+        checks["projector"] = not task.done()
     ok = all(checks.values())
     return json_response(
         Readiness(ready=ok, checks=checks), 200 if ok else 503, None if ok else {"Retry-After": "1"}
@@ -26,7 +45,14 @@ async def ready(request: Request) -> Response:
 
 async def stats(request: Request) -> Response:
     services: Services = request.app.state.services
-    index = await services.index.stats(DEFAULT_TENANT)
+    streams = services.streams
+    index, length, group, dead = await asyncio.gather(
+        services.index.stats(DEFAULT_TENANT),
+        services.event_log.length(streams.documents),
+        services.event_log.group_info(streams.documents, GROUP),
+        services.event_log.length(streams.dead_letter),
+    )
+    cache = services.projection.cache.stats()
     return json_response(
         Stats(
             index=IndexInfo(
@@ -36,6 +62,16 @@ async def stats(request: Request) -> Response:
                 chunks=index.points,
                 indexed_vectors=index.indexed_vectors,
                 segments=index.segments,
-            )
+            ),
+            events=EventsInfo(
+                documents_stream=length,
+                indexer_pending=0 if group is None else group.pending,
+                # No group yet: nothing was ever delivered, so everything is lag.
+                indexer_lag=length if group is None else group.lag,
+                dead_letters=dead,
+            ),
+            cache=CacheInfo(
+                hits=cache.hits, misses=cache.misses, writes=cache.writes, errors=cache.errors
+            ),
         )
     )

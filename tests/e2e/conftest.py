@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server import Server
+from tests.e2e.server import PREFIXES, Server, drop_keys
 
 DOCS = [
     {
@@ -50,12 +50,22 @@ DOCS = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _drop_server_keys() -> Iterator[None]:
+    """Delete what the servers wrote to the machine's Redis, once they have all stopped."""
+    yield
+    drop_keys(PREFIXES)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("e2e") / "data").start()
     try:
-        response = httpx.post(f"{srv.url}/api/v1/ingest", json={"documents": DOCS}, timeout=120)
+        response = httpx.post(
+            f"{srv.url}/api/v1/ingest?wait=true", json={"documents": DOCS}, timeout=120
+        )
         assert response.status_code == 200, response.text
+        assert {d["status"] for d in response.json()["documents"]} == {"indexed"}
         yield srv
     finally:
         srv.stop()

@@ -1,7 +1,13 @@
-"""Runs the real `rag-pipeline serve` in a subprocess on a free port, for end-to-end tests."""
+"""Runs the real `rag-pipeline serve` (or `worker`) in a subprocess on a free port.
+
+With REDIS_URL set (CI: the machine's Redis), every data directory gets its own key prefix,
+so servers never share streams or consumer groups; `drop_keys()` deletes what they wrote.
+Without it, each data directory has its own embedded Valkey.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -19,13 +25,44 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+# Every prefix a Server used on the machine's Redis in this process, for drop_keys().
+PREFIXES: set[str] = set()
+
+
+def prefix_for(data_dir: Path) -> str:
+    """The key prefix of a data directory's streams on a shared Redis: stable across restarts."""
+    return f"test:e2e:{hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]}:"
+
+
+def drop_keys(prefixes: set[str]) -> None:
+    if not REDIS_URL or not prefixes:
+        return
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        for prefix in prefixes:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+    finally:
+        client.close()
+
+
 class Server:
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str] | None = None, command: str = "serve"
+    ) -> None:
         self.data_dir = data_dir
-        self.env = env or {}
+        self.env = dict(env or {})
+        if REDIS_URL and "RAG_STREAM_PREFIX" not in self.env:
+            self.env["RAG_STREAM_PREFIX"] = prefix_for(data_dir)
+            PREFIXES.add(self.env["RAG_STREAM_PREFIX"])
+        self.command = command
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = data_dir.parent / f"server-{self.port}.log"
+        self.log = data_dir.parent / f"{command}-{self.port}.log"
 
     @property
     def url(self) -> str:
@@ -38,7 +75,7 @@ class Server:
                 sys.executable,
                 "-m",
                 "app",
-                "serve",
+                self.command,
                 "--port",
                 str(self.port),
                 "--host",
@@ -53,7 +90,10 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log.read_text()[-3000:]}")
+                code, self.proc = self.proc.returncode, None
+                raise RuntimeError(
+                    f"{self.command} exited early ({code}):\n{self.log.read_text()[-3000:]}"
+                )
             try:
                 if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
                     return self
@@ -76,6 +116,18 @@ class Server:
         code = self.proc.returncode
         self.proc = None
         return code
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no signal handler, no cleanup, nothing flushed."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)

@@ -23,7 +23,7 @@ def test_documents_survive_a_restart(data_dir: Path) -> None:
         ]
         assert (
             httpx.post(
-                f"{first.url}/api/v1/ingest", json={"documents": docs}, timeout=120
+                f"{first.url}/api/v1/ingest?wait=true", json={"documents": docs}, timeout=120
             ).status_code
             == 200
         )

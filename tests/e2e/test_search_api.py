@@ -117,9 +117,12 @@ def test_update_replaces_old_chunks_and_delete_removes(http: httpx.Client) -> No
         "text": "Herds of zebras graze together on the open grass plains every morning.\n\n"
         "Tall giraffes browse leaves from the acacia trees near the river bank.",
     }
-    first = http.post(
-        "/api/v1/ingest", json={"documents": [doc], "chunk_size": 24, "chunk_overlap": 0}
-    ).json()["documents"][0]
+    response = http.post(
+        "/api/v1/ingest?wait=true",
+        json={"documents": [doc], "chunk_size": 24, "chunk_overlap": 0},
+    )
+    assert response.status_code == 200, response.text
+    first = response.json()["documents"][0]
     assert first["status"] == "indexed" and first["chunks"] == 2
     status = http.get("/api/v1/documents/temp").json()
     assert status == {
@@ -127,18 +130,21 @@ def test_update_replaces_old_chunks_and_delete_removes(http: httpx.Client) -> No
         "status": "indexed",
         "version": first["version"],
         "chunks": 2,
+        "event_id": first["event_id"],
     }
 
     doc["text"] = "Only zebras now."
-    second = http.post("/api/v1/ingest", json={"documents": [doc]}).json()["documents"][0]
+    second = http.post("/api/v1/ingest?wait=true", json={"documents": [doc]}).json()
+    second = second["documents"][0]
     assert second["version"] != first["version"] and second["chunks"] == 1
     assert http.get("/api/v1/documents/temp").json()["chunks"] == 1
     hits = search(http, query="giraffes", mode="bm25")["results"]
     assert all(r["doc_id"] != "temp" for r in hits)
 
-    deleted = http.delete("/api/v1/documents/temp")
-    assert deleted.status_code == 200 and deleted.json()["chunks_removed"] == 1
-    assert http.get("/api/v1/documents/temp").status_code == 404
+    deleted = http.delete("/api/v1/documents/temp", params={"wait": "true"})
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["status"] == "deleted"
+    assert http.get("/api/v1/documents/temp").json()["status"] == "deleted"
     assert all(r["doc_id"] != "temp" for r in search(http, query="zebras", top_k=20)["results"])
     assert http.delete("/api/v1/documents/temp").status_code == 404
 
@@ -148,6 +154,10 @@ def test_stats_count_documents_and_chunks(http: httpx.Client) -> None:
     assert body["index"]["documents"] >= len(DOCS)
     assert body["index"]["chunks"] >= body["index"]["documents"]
     assert body["index"]["dim"] == 384
+    events = body["events"]
+    assert events["documents_stream"] >= len(DOCS)
+    assert events["dead_letters"] == 0
+    assert set(body["cache"]) == {"hits", "misses", "writes", "errors"}
 
 
 def test_health_ready_and_openapi(http: httpx.Client) -> None:

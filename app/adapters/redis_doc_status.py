@@ -1,0 +1,191 @@
+"""DocStatusStore in Redis: one hash per tenant for each side, updated only forwards.
+
+`{prefix}docs:{tenant}` maps doc id -> Written (set by the write side);
+`{prefix}applied:{projection}:{tenant}` maps doc id -> Applied (set by the projector).
+Values are JSON, readable with `redis-cli HGET` during an incident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import msgspec
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    ConnectionError,
+    RedisError,
+    ResponseError,
+    TimeoutError,
+)
+
+from app.doc_status import Applied, Written
+from app.errors import DependencyUnavailable, EventLogError
+
+T = TypeVar("T")
+
+# Sets each field only if the stored record is for an earlier (or the same) stream entry, so
+# two writers racing, or a redelivered old event, can never move a document's record back.
+# Stream ids are compared as (ms, seq) numbers: ms since the epoch fits a Lua double exactly.
+# ARGV: field, entry id, value, field, entry id, value, ...
+_SET_IF_NEWER = """
+local function key(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local stored = 0
+for i = 1, #ARGV, 3 do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  local write = true
+  if current then
+    local ok, decoded = pcall(cjson.decode, current)
+    if ok and type(decoded) == 'table' and type(decoded['event_id']) == 'string' then
+      local new_ms, new_seq = key(ARGV[i + 1])
+      local old_ms, old_seq = key(decoded['event_id'])
+      if old_ms and (old_ms > new_ms or (old_ms == new_ms and old_seq > new_seq)) then
+        write = false
+      end
+    end
+  end
+  if write then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    stored = stored + 1
+  end
+end
+return stored
+"""
+
+_ENCODER = msgspec.json.Encoder()
+_RETRY_AFTER_SECONDS = 1.0
+# Replies that mean "not now" (loading the AOF after a restart, a failover, ...), as in
+# app/adapters/redis_streams.py.
+_TRANSIENT = {
+    "LOADING",
+    "BUSY",
+    "OOM",
+    "MISCONF",
+    "READONLY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+}
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    try:
+        yield
+    except AuthenticationError as exc:
+        raise EventLogError(f"status store refused our credentials ({action}): {exc}") from exc
+    except (ConnectionError, TimeoutError, OSError) as exc:
+        raise DependencyUnavailable(
+            f"status store unreachable ({action}): {exc}", retry_after=_RETRY_AFTER_SECONDS
+        ) from exc
+    except ResponseError as exc:
+        if str(exc).split(" ", 1)[0] in _TRANSIENT:
+            raise DependencyUnavailable(
+                f"status store cannot serve now ({action}): {exc}",
+                retry_after=_RETRY_AFTER_SECONDS,
+            ) from exc
+        raise EventLogError(f"status store refused {action}: {exc}") from exc
+    except RedisError as exc:
+        raise EventLogError(f"status store client error ({action}): {exc}") from exc
+
+
+def _decode(raw: bytes | str | None, type_: type[T]) -> T | None:
+    if raw is None:
+        return None
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except msgspec.DecodeError:
+        # Written by an incompatible build: treat the document as unknown on this side.
+        return None
+
+
+class RedisDocStatus:
+    """The two per-document records in Redis hashes; see app/doc_status.py."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "rag:",
+        pool_size: int = 16,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self._prefix = prefix
+        self._pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=pool_size,
+            timeout=connect_timeout + socket_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            protocol=2,
+            retry=Retry(ConstantBackoff(0.05), retries=1),
+        )
+        self._redis = Redis(connection_pool=self._pool)
+        self._set_if_newer = self._redis.register_script(_SET_IF_NEWER)
+
+    def written_key(self, tenant: str) -> str:
+        return f"{self._prefix}docs:{tenant}"
+
+    def applied_key(self, projection: str, tenant: str) -> str:
+        return f"{self._prefix}applied:{projection}:{tenant}"
+
+    async def written(self, tenant: str, doc_ids: Sequence[str]) -> list[Written | None]:
+        if not doc_ids:
+            return []
+        with _translated("HMGET written"):
+            values = await self._redis.hmget(self.written_key(tenant), list(doc_ids))
+        return [_decode(v, Written) for v in values]
+
+    async def applied(
+        self, projection: str, tenant: str, doc_ids: Sequence[str]
+    ) -> list[Applied | None]:
+        if not doc_ids:
+            return []
+        with _translated("HMGET applied"):
+            values = await self._redis.hmget(self.applied_key(projection, tenant), list(doc_ids))
+        return [_decode(v, Applied) for v in values]
+
+    async def both(
+        self, projection: str, tenant: str, doc_ids: Sequence[str]
+    ) -> list[tuple[Written | None, Applied | None]]:
+        if not doc_ids:
+            return []
+        with _translated("HMGET written+applied"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(self.written_key(tenant), list(doc_ids))
+                pipe.hmget(self.applied_key(projection, tenant), list(doc_ids))
+                written, applied = await pipe.execute()
+        return [
+            (_decode(w, Written), _decode(a, Applied))
+            for w, a in zip(written, applied, strict=True)
+        ]
+
+    async def record_written(self, tenant: str, records: Mapping[str, Written]) -> None:
+        await self._store(self.written_key(tenant), records)
+
+    async def record_applied(
+        self, projection: str, tenant: str, records: Mapping[str, Applied]
+    ) -> None:
+        await self._store(self.applied_key(projection, tenant), records)
+
+    async def _store(self, key: str, records: Mapping[str, Written | Applied]) -> None:
+        if not records:
+            return
+        args: list[Any] = []
+        for doc_id, record in records.items():
+            args += [doc_id, record.event_id, _ENCODER.encode(record)]
+        with _translated(f"set-if-newer {key}"):
+            await self._set_if_newer(keys=[key], args=args)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._pool.aclose()

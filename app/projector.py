@@ -1,0 +1,537 @@
+"""The projector: applies the document stream to the index as consumer group `indexer`.
+
+Delivery is at least once, so applying must be idempotent, and entries may arrive out of
+order (a claimed entry of a dead consumer is older than what was applied since), so applying
+must be ordered by stream id per document:
+
+- every document's applied record (app/doc_status.py) names the newest entry the index
+  reflects; an entry not newer than that is skipped, so an old upsert never overwrites a
+  newer version and never resurrects a deleted document;
+- point ids are deterministic (tenant, doc id, chunk index) and a new version's chunks are
+  written before the other versions' are dropped, so applying an entry twice, or a crash
+  anywhere in between, leaves the same points;
+- an entry is acknowledged only after the index writes returned (Edge flushes before it
+  returns) and the applied record is stored; a crash before that means redelivery.
+
+A batch's upserts are chunked, looked up in the embedding cache and embedded together, so the
+embedder sees large batches across documents. When a batch fails, its entries are applied one
+by one to find the culprits; an entry that keeps failing (or that was delivered more than
+RAG_PROJECTOR_MAX_DELIVERIES times without finishing, e.g. because it kills the process) is
+moved to the dead-letter stream with the error and acknowledged, so it cannot block the rest.
+Failures while the index itself does not answer are an outage, not poison: nothing is
+dead-lettered, the entries wait and are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import msgspec
+import numpy as np
+
+from app.doc_status import Applied, DocStatusStore, id_key
+from app.domain import Chunk, ChunkingParams, DocumentIn, IndexedChunk, Vector
+from app.errors import DependencyUnavailable
+from app.events import DocumentDeleted, DocumentUpserted, Entry, EventDeadLettered, Streams
+from app.indexing import Indexer
+from app.ports import CachedEmbedding, EmbeddingCache, EventLog
+
+log = logging.getLogger(__name__)
+
+GROUP = "indexer"
+
+# An entry delivered this many times is applied on its own: its batch has died or failed
+# twice already, and alone it cannot take innocent entries down with it again.
+_ISOLATE_AFTER_DELIVERIES = 3
+_FIRST_BACKOFF_SECONDS = 0.5
+_MAX_BACKOFF_SECONDS = 30.0
+
+
+class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
+    batch: int = 64  # entries read and applied at a time (RAG_PROJECTOR_BATCH)
+    max_deliveries: int = 5  # RAG_PROJECTOR_MAX_DELIVERIES
+    claim_idle_ms: int = 60_000  # RAG_PROJECTOR_CLAIM_IDLE_MS
+    block_ms: int = 500  # longest blocking read, hence the longest wait for `stop`
+    write_chunks: int = 256  # chunks embedded and written per step, bounding memory
+    # No other process writes this index (the embedded Edge shard is held by this process
+    # alone), so every entry pending on another consumer belongs to a dead process: take
+    # them over at start instead of waiting claim_idle_ms for them.
+    exclusive: bool = False
+
+
+class ProjectorCounts(msgspec.Struct, kw_only=True):
+    """What this projector did since it started."""
+
+    batches: int = 0
+    applied: int = 0  # events applied to the index
+    skipped: int = 0  # events already reflected by an equal or newer one
+    failures: int = 0  # failed attempts (each retried or dead-lettered)
+    dead_lettered: int = 0
+
+
+class _Item(NamedTuple):
+    entry: Entry
+    event: DocumentUpserted | DocumentDeleted
+
+
+class Projector:
+    """Reads `streams.documents` as consumer `consumer` of group `indexer` and applies it."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        indexer: Indexer,
+        cache: EmbeddingCache,
+        status: DocStatusStore,
+        *,
+        streams: Streams,
+        consumer: str,
+        config: ProjectorConfig,
+    ) -> None:
+        self.log = log
+        self.indexer = indexer
+        self.cache = cache
+        self.status = status
+        self.streams = streams
+        self.consumer = consumer
+        self.config = config
+        # Applied records are per index: one built by another model starts with none.
+        self.projection = indexer.embedder.model_id
+        self.counts = ProjectorCounts()
+        self._retry_at: float | None = None
+        self._retry_delay = _FIRST_BACKOFF_SECONDS
+        self._failed_since_retry = False
+        # Entries that failed while the index did not answer, kept for the retry.
+        self._held: list[Entry] = []
+
+    @property
+    def stream(self) -> str:
+        return self.streams.documents
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Project until `stop` is set. The batch in hand is finished first; cancel the task
+        to abandon it (its entries stay pending and are redelivered)."""
+        joined = recovered = False
+        backoff = _FIRST_BACKOFF_SECONDS
+        claim_every = max(self.config.claim_idle_ms / 2000, 0.05)
+        next_claim = time.monotonic() + claim_every
+        while not stop.is_set():
+            try:
+                if not joined:
+                    await self.log.ensure_group(self.stream, GROUP, start="0")
+                    joined = True
+                elif self._retry_at is not None and time.monotonic() >= self._retry_at:
+                    await self.retry_pending()
+                elif self._held:
+                    # The index was down: read nothing new until what is held goes through.
+                    due = self._retry_at if self._retry_at is not None else time.monotonic()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), max(0.0, due - time.monotonic()))
+                elif not recovered:
+                    await self.recover()
+                    recovered = True
+                elif time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + claim_every
+                    await self.claim_idle(self.config.claim_idle_ms)
+                else:
+                    await self.step(self._block_ms(next_claim))
+                backoff = _FIRST_BACKOFF_SECONDS
+            except Exception as exc:
+                # Redis or the index is down, or a bug: log it, wait, go on. What was in
+                # hand stays pending (or held) and is retried; the loop itself must not die.
+                if isinstance(exc, DependencyUnavailable):
+                    log.warning("projector waiting %.1f s: %s", backoff, exc)
+                else:
+                    log.exception("projector step failed; retrying in %.1f s", backoff)
+                self._schedule_retry()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+
+    async def start(self) -> None:
+        """Join the group, then recover."""
+        await self.log.ensure_group(self.stream, GROUP, start="0")
+        await self.recover()
+
+    async def recover(self) -> None:
+        """Finish what this consumer (or, when exclusive, any dead one) left pending."""
+        seen = await self._drain_own_pending()
+        if not self.config.exclusive:
+            return
+        while True:
+            claimed = await self.log.claim_idle(
+                self.stream, GROUP, self.consumer, min_idle_ms=0, count=self.config.batch
+            )
+            # Our own failures come back too (XAUTOCLAIM scans every consumer); they wait
+            # for their retry rather than being burnt through now.
+            fresh = [e for e in claimed if e.id not in seen]
+            if not fresh:
+                return
+            log.info("took over %d entries left pending by a stopped projector", len(fresh))
+            seen.update(e.id for e in fresh)
+            await self.process(fresh, redelivered=True)
+
+    async def step(self, block_ms: int = 0) -> int:
+        """Read and apply one batch of new entries; returns how many were read."""
+        entries = await self.log.read_group(
+            self.stream, GROUP, self.consumer, count=self.config.batch, block_ms=block_ms
+        )
+        await self.process(entries, redelivered=False)
+        return len(entries)
+
+    async def claim_idle(self, min_idle_ms: int) -> int:
+        """Take over and apply entries idle on any consumer for `min_idle_ms`."""
+        claimed = await self.log.claim_idle(
+            self.stream, GROUP, self.consumer, min_idle_ms=min_idle_ms, count=self.config.batch
+        )
+        if claimed:
+            log.info("claimed %d entries idle for %d ms or more", len(claimed), min_idle_ms)
+            await self.process(claimed, redelivered=True)
+        return len(claimed)
+
+    async def retry_pending(self) -> None:
+        """Apply again what failed here before: first what an index outage left held (as
+        it is: re-reading would count as another delivery, and an outage is not the entry's
+        fault), then every other entry pending on this consumer."""
+        self._retry_at = None
+        self._failed_since_retry = False
+        if self._held:
+            held, self._held = self._held, []
+            await self.process(held, redelivered=False)  # raises if the index is still down
+        await self._drain_own_pending()
+        if not self._failed_since_retry:
+            self._retry_delay = _FIRST_BACKOFF_SECONDS
+
+    async def _drain_own_pending(self) -> set[str]:
+        seen: set[str] = set()
+        after = "0"
+        while True:
+            entries = await self.log.read_pending(
+                self.stream, GROUP, self.consumer, count=self.config.batch, after=after
+            )
+            if not entries:
+                return seen
+            seen.update(e.id for e in entries)
+            await self.process(entries, redelivered=True)
+            after = entries[-1].id
+
+    def _block_ms(self, next_claim: float) -> int:
+        until = next_claim if self._retry_at is None else min(next_claim, self._retry_at)
+        return max(1, min(self.config.block_ms, int((until - time.monotonic()) * 1000)))
+
+    def _schedule_retry(self) -> None:
+        self._failed_since_retry = True
+        if self._retry_at is None:
+            self._retry_at = time.monotonic() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, _MAX_BACKOFF_SECONDS)
+
+    # --- one batch ----------------------------------------------------------------------
+
+    async def process(self, entries: Sequence[Entry], *, redelivered: bool) -> None:
+        """Apply entries and acknowledge them; failures stay pending or are dead-lettered.
+        `redelivered`: they may have been delivered before, so their counts are checked."""
+        if not entries:
+            return
+        self.counts.batches += 1
+        gone: list[str] = []
+        poison: list[tuple[Entry, str]] = []
+        items: list[_Item] = []
+        for entry in entries:
+            if isinstance(entry.event, DocumentUpserted | DocumentDeleted):
+                items.append(_Item(entry, entry.event))
+            elif entry.event is None and not entry.raw:
+                gone.append(entry.id)  # deleted from the stream since: nothing left to apply
+            elif entry.event is None:
+                poison.append((entry, entry.error or "entry does not decode"))
+            else:
+                poison.append((entry, f"{type(entry.event).__name__} is not a document event"))
+        if gone:
+            await self.log.ack(self.stream, GROUP, gone)
+        if poison:
+            await self._dead_letter(poison)
+
+        isolated: list[_Item] = []
+        if redelivered and items:
+            counts = await self.log.delivery_counts(self.stream, GROUP, [i.entry.id for i in items])
+            exhausted = [i for i in items if counts.get(i.entry.id, 0) > self.config.max_deliveries]
+            if exhausted:
+                await self._dead_letter(
+                    [
+                        (
+                            i.entry,
+                            f"delivered {counts[i.entry.id]} times without being applied or "
+                            "failing: the projector may have died while applying it",
+                        )
+                        for i in exhausted
+                    ]
+                )
+            done = {i.entry.id for i in exhausted}
+            isolated = [
+                i
+                for i in items
+                if i.entry.id not in done and counts.get(i.entry.id, 0) >= _ISOLATE_AFTER_DELIVERIES
+            ]
+            done |= {i.entry.id for i in isolated}
+            items = [i for i in items if i.entry.id not in done]
+
+        failures: dict[str, tuple[_Item, BaseException]] = {}
+        groups = [[i] for i in isolated] + ([items] if items else [])
+        for group in groups:
+            try:
+                await self._apply(group)
+            except Exception as exc:
+                if len(group) == 1:
+                    failures[group[0].entry.id] = (group[0], exc)
+                else:
+                    # Which one is it? Apply them one by one; the good ones go through.
+                    failures.update(await self._apply_each(group))
+            else:
+                await self.log.ack(self.stream, GROUP, [i.entry.id for i in group])
+        if failures:
+            await self._failed(failures)
+
+    async def _apply_each(self, items: Sequence[_Item]) -> dict[str, tuple[_Item, BaseException]]:
+        failures: dict[str, tuple[_Item, BaseException]] = {}
+        for item in items:
+            try:
+                await self._apply([item])
+            except Exception as exc:
+                failures[item.entry.id] = (item, exc)
+            else:
+                await self.log.ack(self.stream, GROUP, [item.entry.id])
+        return failures
+
+    async def _failed(self, failures: dict[str, tuple[_Item, BaseException]]) -> None:
+        self.counts.failures += len(failures)
+        if not await self.indexer.index.ready():
+            # Nothing can be applied now; these entries are not at fault. They are held and
+            # retried as they are, without counting deliveries against them.
+            self._held += [item.entry for item, _ in failures.values()]
+            first = next(iter(failures.values()))[1]
+            raise DependencyUnavailable(
+                f"the index does not answer; {len(failures)} entries wait: {first}"
+            ) from first
+        counts = await self.log.delivery_counts(self.stream, GROUP, list(failures))
+        dead: list[tuple[Entry, str]] = []
+        for entry_id, (item, exc) in failures.items():
+            deliveries = counts.get(entry_id, 0)
+            reason = f"{type(exc).__name__}: {exc}"
+            if deliveries >= self.config.max_deliveries:
+                dead.append((item.entry, reason))
+            else:
+                log.warning(
+                    "applying %s (%s) failed, delivery %d of %d: %s",
+                    entry_id,
+                    item.event.doc_id,
+                    deliveries,
+                    self.config.max_deliveries,
+                    reason,
+                )
+        if dead:
+            await self._dead_letter(dead, counts)
+        if len(dead) < len(failures):
+            self._schedule_retry()
+
+    async def _dead_letter(
+        self, entries: Sequence[tuple[Entry, str]], counts: dict[str, int] | None = None
+    ) -> None:
+        """Move entries to the dead-letter stream with why, mark their documents failed and
+        acknowledge them, in that order: a crash in between repeats a step, never skips one."""
+        ids = [entry.id for entry, _ in entries]
+        if counts is None:
+            counts = await self.log.delivery_counts(self.stream, GROUP, ids)
+        now = time.time()
+        await self.log.append_many(
+            self.streams.dead_letter,
+            [
+                EventDeadLettered(
+                    source_stream=self.stream,
+                    source_id=entry.id,
+                    group=GROUP,
+                    raw=entry.raw,
+                    error=error,
+                    deliveries=counts.get(entry.id, 1),
+                    at=now,
+                )
+                for entry, error in entries
+            ],
+        )
+        failed: dict[str, dict[str, Applied]] = defaultdict(dict)
+        for entry, error in entries:
+            event = entry.event
+            if isinstance(event, DocumentUpserted | DocumentDeleted):
+                failed[event.tenant][event.doc_id] = Applied(
+                    event_id=entry.id,
+                    status="failed",
+                    version=event.version if isinstance(event, DocumentUpserted) else None,
+                    error=error,
+                    at=now,
+                )
+            log.error(
+                "dead-lettered %s after %d deliveries: %s", entry.id, counts.get(entry.id, 1), error
+            )
+        for tenant, records in failed.items():
+            await self.status.record_applied(self.projection, tenant, records)
+        await self.log.ack(self.stream, GROUP, ids)
+        self.counts.dead_lettered += len(entries)
+
+    # --- applying -----------------------------------------------------------------------
+
+    async def _apply(self, items: Sequence[_Item]) -> None:
+        """Bring the index up to date with these entries (any order, any repetition)."""
+        newest: dict[tuple[str, str], _Item] = {}
+        for item in items:
+            key = (item.event.tenant, item.event.doc_id)
+            if key not in newest or id_key(item.entry.id) > id_key(newest[key].entry.id):
+                newest[key] = item
+        skipped = len(items) - len(newest)  # superseded within the batch
+
+        by_tenant: dict[str, list[_Item]] = defaultdict(list)
+        for item in newest.values():
+            by_tenant[item.event.tenant].append(item)
+        upserts: list[tuple[_Item, DocumentUpserted]] = []
+        unchanged: list[tuple[_Item, DocumentUpserted, int]] = []
+        deletes: list[_Item] = []
+        for tenant, group in by_tenant.items():
+            current = await self.status.applied(
+                self.projection, tenant, [i.event.doc_id for i in group]
+            )
+            for item, applied in zip(group, current, strict=True):
+                event = item.event
+                if applied is not None and id_key(applied.event_id) >= id_key(item.entry.id):
+                    skipped += 1  # the index already reflects this entry or a later one
+                elif isinstance(event, DocumentDeleted):
+                    deletes.append(item)
+                elif (
+                    applied is not None
+                    and applied.status == "indexed"
+                    and applied.version == event.version
+                ):
+                    unchanged.append((item, event, applied.chunks))
+                else:
+                    upserts.append((item, event))
+
+        plans = await asyncio.to_thread(self._plan, [event for _, event in upserts])
+        await self._write([chunk for plan in plans for chunk in plan])
+        # Other versions go only now that this one is written: a search never finds the
+        # document missing. Unchanged versions are swept too, in case an upsert of another
+        # version was written and then abandoned by a crash before it was recorded.
+        await asyncio.gather(
+            *(self.indexer.replace(e.tenant, e.doc_id, e.version) for _, e in upserts),
+            *(self.indexer.replace(e.tenant, e.doc_id, e.version) for _, e, _ in unchanged),
+        )
+        await asyncio.gather(
+            *(self.indexer.delete(i.event.tenant, i.event.doc_id) for i in deletes)
+        )
+
+        now = time.time()
+        records: dict[str, dict[str, Applied]] = defaultdict(dict)
+        for (item, event), plan in zip(upserts, plans, strict=True):
+            records[event.tenant][event.doc_id] = Applied(
+                event_id=item.entry.id,
+                status="indexed",
+                version=event.version,
+                chunks=len(plan),
+                at=now,
+            )
+        for item, event, chunks in unchanged:
+            records[event.tenant][event.doc_id] = Applied(
+                event_id=item.entry.id,
+                status="indexed",
+                version=event.version,
+                chunks=chunks,
+                at=now,
+            )
+        for item in deletes:
+            records[item.event.tenant][item.event.doc_id] = Applied(
+                event_id=item.entry.id, status="deleted", at=now
+            )
+        for tenant, by_doc in records.items():
+            await self.status.record_applied(self.projection, tenant, by_doc)
+        self.counts.applied += len(upserts) + len(unchanged) + len(deletes)
+        self.counts.skipped += skipped
+
+    def _plan(self, events: Sequence[DocumentUpserted]) -> list[list[Chunk]]:
+        # Chunking tokenizes every document: CPU work kept off the event loop.
+        return [
+            self.indexer.plan(
+                event.tenant,
+                DocumentIn(
+                    id=event.doc_id, text=event.text, title=event.title, metadata=event.metadata
+                ),
+                event.version,
+                ChunkingParams(size=event.chunk_size, overlap=event.chunk_overlap),
+            )
+            for event in events
+        ]
+
+    async def _write(self, chunks: Sequence[Chunk]) -> None:
+        """Embed (cache first) and upsert, in steps of `write_chunks`; the index write of one
+        step runs while the next step is embedded."""
+        step = self.config.write_chunks
+        writing: asyncio.Task[None] | None = None
+        try:
+            for start in range(0, len(chunks), step):
+                part = chunks[start : start + step]
+                embedded = await self._embed(part)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(
+                    self.indexer.index.upsert(
+                        [
+                            IndexedChunk(chunk=chunk, vector=vector, token_signature=signature)
+                            for chunk, (vector, signature) in zip(part, embedded, strict=True)
+                        ]
+                    )
+                )
+            if writing is not None:
+                await writing
+        except BaseException:
+            if writing is not None and not writing.done():
+                writing.cancel()
+            raise
+
+    async def _embed(self, chunks: Sequence[Chunk]) -> list[tuple[Vector, bytes | None]]:
+        """Vectors and token signatures of the chunks, from the cache or the embedder."""
+        model = self.indexer.embedder.model_id
+        dim = self.indexer.embedder.dim
+        by_tenant: dict[str, list[str]] = defaultdict(list)
+        seen: set[tuple[str, str]] = set()
+        for chunk in chunks:
+            if (chunk.tenant, chunk.embed_text) not in seen:  # identical texts embed once
+                seen.add((chunk.tenant, chunk.embed_text))
+                by_tenant[chunk.tenant].append(chunk.embed_text)
+        found: dict[tuple[str, str], tuple[Vector, bytes | None]] = {}
+        missing: list[tuple[str, str]] = []
+        for tenant, texts in by_tenant.items():
+            cached = await self.cache.get_many(tenant, model, texts)
+            for text, item in zip(texts, cached, strict=True):
+                if item is not None and len(item.vector) == dim * 4:
+                    found[(tenant, text)] = (np.frombuffer(item.vector, np.float32), item.signature)
+                else:  # a miss, or written for another dimension
+                    missing.append((tenant, text))
+        if missing:
+            encoded = await self.indexer.embedder.embed_documents([text for _, text in missing])
+            signatures = encoded.token_signatures
+            fresh: dict[str, tuple[list[str], list[CachedEmbedding]]] = defaultdict(
+                lambda: ([], [])
+            )
+            for i, (tenant, text) in enumerate(missing):
+                signature = None if signatures is None else signatures[i]
+                found[(tenant, text)] = (encoded.vectors[i], signature)
+                texts, items = fresh[tenant]
+                texts.append(text)
+                items.append(
+                    CachedEmbedding(vector=encoded.vectors[i].tobytes(), signature=signature)
+                )
+            for tenant, (texts, items) in fresh.items():
+                await self.cache.put_many(tenant, model, texts, items)
+        return [found[(chunk.tenant, chunk.embed_text)] for chunk in chunks]
