@@ -179,8 +179,9 @@ def _run_http(
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from app.client import Client
+    from app.client import Client, send_batches
     from app.corpus import read_documents
+    from app.schemas import IngestResponse
 
     docs = list(read_documents(args.paths))
     if not docs:
@@ -191,12 +192,13 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         counts: dict[str, int] = {}
         async with Client(_url(args, settings)) as client:
             with tqdm(total=len(docs), desc="ingest", unit="doc") as bar:
-                for start in range(0, len(docs), args.batch):
-                    part = docs[start : start + args.batch]
-                    response = await client.ingest(part)
+
+                def done(response: IngestResponse, sent: int) -> None:
                     for doc in response.documents:
                         counts[doc.status] = counts.get(doc.status, 0) + 1
-                    bar.update(len(part))
+                    bar.update(sent)
+
+                await send_batches(client, docs, args.batch, on_done=done)
         return counts
 
     counts = asyncio.run(run())

@@ -4,13 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 import msgspec
 
 from app.schemas import DocumentInput, IngestResponse, SearchResponse
+
+
+async def send_batches(
+    client: Client,
+    docs: Sequence[DocumentInput],
+    batch: int,
+    *,
+    in_flight: int = 2,
+    on_done: Callable[[IngestResponse, int], None] | None = None,
+) -> None:
+    """Ingest in requests of `batch` documents, `in_flight` at a time, so the server chunks,
+    checks and writes one request while it embeds another."""
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(part: Sequence[DocumentInput]) -> None:
+        async with gate:
+            response = await client.ingest(part)
+        if on_done is not None:
+            on_done(response, len(part))
+
+    async with asyncio.TaskGroup() as group:
+        for start in range(0, len(docs), batch):
+            group.create_task(one(docs[start : start + batch]))
 
 
 class ApiError(Exception):

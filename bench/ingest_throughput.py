@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.adapters.local_embedder import LocalEmbedder  # noqa: E402
-from app.client import Client  # noqa: E402
+from app.client import Client, send_batches  # noqa: E402
 from app.corpus import read_beir_corpus  # noqa: E402
 from app.domain import ChunkingParams, DocumentIn  # noqa: E402
 from app.indexing import Indexer, document_version  # noqa: E402
@@ -55,8 +55,7 @@ def ingest_rate(docs: list, chunks: int, batch: int) -> float:
             async def send() -> float:
                 async with Client(server.url) as client:
                     t0 = time.perf_counter()
-                    for start in range(0, len(docs), batch):
-                        await client.ingest(docs[start : start + batch])
+                    await send_batches(client, docs, batch, in_flight=2)
                     return time.perf_counter() - t0
 
             return chunks / asyncio.run(send())
