@@ -68,8 +68,12 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def child_env(self) -> dict[str, str]:
+        """The environment the process runs with."""
+        return {**os.environ, **self.env}
+
     def start(self, timeout: float = 60.0) -> Server:
-        env = {**os.environ, **self.env}
+        env = self.child_env()
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -176,6 +176,14 @@ async def test_upserts_and_deletes_reach_the_index_and_the_status(
             len(expected[a.doc_id]),
         )
 
+    # A shorter version replaces every chunk of the longer one.
+    shorter = doc("savanna", "Only zebras now.", "Savanna")
+    (update,) = await ingest.ingest(TENANT, [shorter], SMALL)
+    await drain(make_projector())
+    assert sorted((await points(index))["savanna"]) == [
+        (pid, update.version) for pid in planned(embedder, shorter, SMALL)
+    ]
+
     deleted = await ingest.delete(TENANT, "savanna")
     assert deleted.status == "pending"
     await drain(make_projector())
