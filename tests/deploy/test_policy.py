@@ -33,13 +33,6 @@ from tests.deploy._support import (
 # a later issue. When an issue adds one to Settings (ENV_NAMES), delete it here --
 # test_pending_settings_are_not_yet_read_by_the_app fails until you do.
 PENDING_SETTINGS = {
-    # Event-sourced ingestion and retrieval log on Redis Streams
-    "REDIS_URL",
-    "REDIS_POOL_SIZE",
-    "RAG_STREAM_PREFIX",
-    "RAG_CACHE_TTL_SECONDS",
-    "RAG_EVENT_REDACT_QUERIES",
-    "RAG_RETRIEVAL_RETENTION",
     # Production adapters: Qdrant cluster, OpenAI-compatible embeddings, resilience
     "QDRANT_URL",
     "QDRANT_API_KEY",
