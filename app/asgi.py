@@ -37,10 +37,15 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             services if services is not None else await asyncio.to_thread(build_services, settings)
         )
         app.state.services = built
+        stop_recording = asyncio.Event()
+        recording = asyncio.create_task(built.recorder.run(stop_recording), name="recorder")
         try:
             async with _projecting(app, built.projector, settings):
                 yield
         finally:
+            # Buffered retrieval events are flushed before the event log closes.
+            stop_recording.set()
+            await recording
             if services is None:
                 await built.aclose()
 

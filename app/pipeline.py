@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from app.domain import FieldFilter, Hit, IndexQuery, SearchMode
 from app.ports import Embedder, Reranker, VectorIndex
+from app.recorder import new_retrieval_id
 from app.retrieval.fusion import minmax, stable_order, weighted_sum
 from app.retrieval.mmr import mmr_select
 
@@ -123,7 +123,7 @@ class Pipeline:
             h.token_signature = None
             h.vector = None
         return SearchOutcome(
-            retrieval_id=str(uuid.uuid4()),
+            retrieval_id=new_retrieval_id(),
             hits=hits,
             reranked=rerank,
             timings_ms=clock.finish(),

@@ -188,6 +188,21 @@ class Readiness(msgspec.Struct, kw_only=True):
     checks: dict[str, bool]
 
 
+class FeedbackRequest(_Strict):
+    """A judgement of one result of a recorded retrieval: name the document or the chunk."""
+
+    retrieval_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    # Graded like BEIR qrels: 0 = not relevant, 1 = relevant, 2 = highly relevant.
+    relevance: Annotated[int, Meta(ge=0, le=2)]
+    doc_id: DocId | None = None
+    chunk_id: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+
+
+class FeedbackAccepted(msgspec.Struct, kw_only=True):
+    retrieval_id: str
+    event_id: str
+
+
 class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
     code: str
     message: str

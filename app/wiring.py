@@ -27,6 +27,7 @@ from app.ingest import LoggedIngest
 from app.pipeline import Pipeline, PipelineConfig
 from app.ports import Embedder
 from app.projector import Projector, ProjectorConfig
+from app.recorder import RetrievalRecorder
 from app.reranking import LateInteractionReranker
 from app.settings import Settings
 
@@ -123,6 +124,7 @@ class Services(msgspec.Struct, kw_only=True):
     ingest: LoggedIngest
     default_chunking: ChunkingParams
     projector: Projector | None
+    recorder: RetrievalRecorder
 
     @property
     def embedder(self) -> Embedder:
@@ -259,6 +261,11 @@ def build_services(settings: Settings) -> Services:
         ingest=ingest,
         default_chunking=ChunkingParams(size=settings.chunk_size, overlap=settings.chunk_overlap),
         projector=projection.projector if settings.projector_in_process else None,
+        recorder=RetrievalRecorder(
+            projection.event_log,
+            projection.projector.streams.retrievals,
+            retention_seconds=settings.retrieval_retention_seconds,
+        ),
     )
 
 

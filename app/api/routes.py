@@ -11,13 +11,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import __version__
-from app.api import documents, search, system
+from app.api import documents, retrievals, search, system
 from app.api.codec import json_response
+from app.events import RetrievalRecorded
 from app.schemas import (
     Condition,
     DeleteResponse,
     DocumentStatus,
     ErrorBody,
+    FeedbackAccepted,
+    FeedbackRequest,
     Health,
     IngestRequest,
     IngestResponse,
@@ -76,6 +79,21 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         method="GET",
+        path="/api/v1/retrievals/{retrieval_id}",
+        handler=retrievals.get_retrieval,
+        summary="A recorded retrieval: query (or its hash), parameters, results, stage scores",
+        responses={200: RetrievalRecorded, 404: ErrorBody, 503: ErrorBody},
+    ),
+    Endpoint(
+        method="POST",
+        path="/api/v1/feedback",
+        handler=retrievals.feedback,
+        summary="Judge a result of a recorded retrieval (appended to the feedback stream)",
+        request=FeedbackRequest,
+        responses={201: FeedbackAccepted, 404: ErrorBody, **_ERRORS},
+    ),
+    Endpoint(
+        method="GET",
         path="/api/v1/stats",
         handler=system.stats,
         summary="Index, event log and embedding cache figures",
@@ -129,16 +147,16 @@ def openapi_spec() -> dict[str, Any]:
                 for status, t in e.responses.items()
             },
         }
-        parameters: list[dict[str, Any]] = []
-        if "{doc_id}" in path:
-            parameters.append(
-                {
-                    "name": "doc_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "minLength": 1},
-                }
-            )
+        parameters: list[dict[str, Any]] = [
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1},
+            }
+            for name in ("doc_id", "retrieval_id")
+            if f"{{{name}}}" in path
+        ]
         if 202 in e.responses:
             parameters.append(
                 {

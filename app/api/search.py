@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -9,6 +11,7 @@ from starlette.responses import Response
 from app.api.codec import decode, field_of, json_response, read_body
 from app.domain import DEFAULT_TENANT, FieldFilter
 from app.errors import InvalidRequest
+from app.events import RecordedResult, RetrievalRecorded, query_sha256
 from app.pipeline import SearchParams
 from app.schemas import Condition, Scalar, SearchRequest, SearchResponse, SearchResult
 from app.wiring import Services
@@ -29,6 +32,33 @@ async def search(request: Request) -> Response:
             min_score=body.min_score,
             diversity=body.diversity,
             rerank=body.rerank,
+        )
+    )
+    services.recorder.record(
+        RetrievalRecorded(
+            retrieval_id=outcome.retrieval_id,
+            tenant=DEFAULT_TENANT,
+            query=None if services.settings.event_redact_queries else body.query,
+            query_sha256=query_sha256(body.query)
+            if services.settings.event_redact_queries
+            else None,
+            params={
+                "top_k": body.top_k,
+                "mode": body.mode,
+                "min_score": body.min_score,
+                "diversity": body.diversity,
+                "rerank": outcome.reranked,
+                "filters": sorted(body.filters or {}),
+            },
+            results=[
+                RecordedResult(
+                    chunk_id=h.chunk_id, doc_id=h.doc_id, score=h.score, scores=dict(h.scores)
+                )
+                for h in outcome.hits
+            ],
+            timings_ms=outcome.timings_ms,
+            trace_id=None,
+            at=time.time(),
         )
     )
     return json_response(

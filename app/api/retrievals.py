@@ -1,0 +1,47 @@
+"""Recorded retrievals: GET /api/v1/retrievals/{id} and POST /api/v1/feedback."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.api.codec import decode, json_response, read_body
+from app.domain import DEFAULT_TENANT
+from app.errors import InvalidRequest, NotFound
+from app.events import FeedbackGiven
+from app.schemas import FeedbackAccepted, FeedbackRequest
+from app.wiring import Services
+
+
+async def get_retrieval(request: Request) -> Response:
+    services: Services = request.app.state.services
+    retrieval_id = request.path_params["retrieval_id"]
+    event = await services.recorder.find(DEFAULT_TENANT, retrieval_id)
+    if event is None:
+        raise NotFound(f"retrieval {retrieval_id!r} is not recorded (or has expired)")
+    return json_response(event)
+
+
+async def feedback(request: Request) -> Response:
+    services: Services = request.app.state.services
+    body = decode(await read_body(request, services.settings.max_body_bytes), FeedbackRequest)
+    if (body.doc_id is None) == (body.chunk_id is None):
+        raise InvalidRequest("name exactly one of doc_id and chunk_id", field="doc_id")
+    if await services.recorder.find(DEFAULT_TENANT, body.retrieval_id) is None:
+        raise NotFound(f"retrieval {body.retrieval_id!r} is not recorded (or has expired)")
+    event_id = await services.event_log.append(
+        services.streams.feedback,
+        FeedbackGiven(
+            retrieval_id=body.retrieval_id,
+            tenant=DEFAULT_TENANT,
+            doc_id=body.doc_id,
+            chunk_id=body.chunk_id,
+            relevance=body.relevance,
+            at=time.time(),
+        ),
+    )
+    return json_response(
+        FeedbackAccepted(retrieval_id=body.retrieval_id, event_id=event_id), status=201
+    )
