@@ -30,8 +30,7 @@ from app.events import Streams
 from app.indexing import Indexer, document_version
 from app.ingest import LoggedIngest
 from app.projector import GROUP
-from tests.e2e.server import Server
-from tests.integration.redis_fixtures import MACHINE_REDIS_URL, delete_prefixed
+from tests.e2e.server import REDIS_URL, Server, drop_keys
 
 KILLS = int(os.environ.get("RAG_KILL_TEST_KILLS", "10"))
 SEED = int(os.environ.get("RAG_KILL_TEST_SEED", "20261126"))
@@ -90,18 +89,18 @@ class Report(msgspec.Struct, kw_only=True):
 @pytest.fixture()
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """One backend is enough here: the machine's Redis when set, else an embedded Valkey."""
-    if MACHINE_REDIS_URL:
-        yield MACHINE_REDIS_URL
+    if REDIS_URL:
+        yield REDIS_URL
         return
     with EmbeddedRedis(tmp_path / "valkey") as server:
         yield server.url
 
 
 @pytest.fixture()
-def prefix(redis_url: str) -> Iterator[str]:
+def prefix() -> Iterator[str]:
     value = f"test:kill:{uuid.uuid4().hex}:"
     yield value
-    delete_prefixed(redis_url, value)
+    drop_keys({value})  # on the machine's Redis; an embedded Valkey goes with its directory
 
 
 @pytest.fixture(scope="module")
