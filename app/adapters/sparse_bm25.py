@@ -16,10 +16,10 @@ BM25_B = 0.75
 DEFAULT_AVG_LEN = 88.0
 
 
-def bm25_config(avg_len: float) -> qe.Bm25Config:
+def bm25_config(avg_len: float, *, b: float = BM25_B) -> qe.Bm25Config:
     return qe.Bm25Config(
         k=BM25_K,
-        b=BM25_B,
+        b=b,
         avg_len=avg_len,
         tokenizer=qe.TokenizerType.Word,
         lowercase=True,
@@ -43,6 +43,7 @@ class SparseBm25:
     def __init__(self, avg_len: float = DEFAULT_AVG_LEN) -> None:
         self.avg_len = avg_len
         self._model = qe.Bm25(bm25_config(avg_len))
+        self._unnormalised: qe.Bm25 | None = None
 
     def document(self, text: str) -> tuple[list[int], list[float]]:
         """Indices and weights of a document; both empty when no token survives."""
@@ -53,3 +54,11 @@ class SparseBm25:
         """Indices and weights of a query; both empty when no token survives."""
         vector = self._model.embed_query(text)
         return list(vector.indices), list(vector.values)
+
+    def token_count(self, text: str) -> int:
+        """Tokens BM25 counts in a text (its length): to measure a corpus's mean length."""
+        if self._unnormalised is None:
+            self._unnormalised = qe.Bm25(bm25_config(1.0, b=0.0))
+        # Without length normalisation a weight is tf * (k + 1) / (tf + k): solve for tf.
+        weights = self._unnormalised.embed_document(text).values
+        return round(sum(w * BM25_K / (BM25_K + 1 - w) for w in weights))

@@ -581,8 +581,11 @@ def test_the_overlays_image_setting_takes_effect(
 ) -> None:
     """`kustomize edit set image rag-pipeline=...` in an overlay is how a release rolls out: the
     entry must match the image name the base uses, or it is silently ignored."""
-    entries = [i for i in load_yaml(TARGETS[overlay] / "kustomization.yaml")["images"]
-               if i["name"] == "rag-pipeline"]
+    entries = [
+        i
+        for i in load_yaml(TARGETS[overlay] / "kustomization.yaml")["images"]
+        if i["name"] == "rag-pipeline"
+    ]
     assert len(entries) == 1
     wanted = f"{entries[0]['newName']}:{entries[0]['newTag']}"
     if entries[0].get("digest"):

@@ -18,8 +18,14 @@ def test_defaults_need_nothing() -> None:
 
 def test_values_are_parsed_from_strings() -> None:
     settings = Settings.from_env(
-        {"RAG_TOP_K": "25", "RAG_RERANK": "false", "RAG_MIN_SCORE": "0.3", "LOG_LEVEL": "DEBUG",
-         "RAG_METADATA_INDEXES": "source:keyword, year:integer", "UNRELATED": "x"}
+        {
+            "RAG_TOP_K": "25",
+            "RAG_RERANK": "false",
+            "RAG_MIN_SCORE": "0.3",
+            "LOG_LEVEL": "DEBUG",
+            "RAG_METADATA_INDEXES": "source:keyword, year:integer",
+            "UNRELATED": "x",
+        }
     )
     assert (settings.top_k, settings.rerank, settings.min_score) == (25, False, 0.3)
     assert settings.metadata_index_fields() == {"source": "keyword", "year": "integer"}
@@ -28,14 +34,21 @@ def test_values_are_parsed_from_strings() -> None:
 def test_event_log_settings() -> None:
     defaults = Settings.from_env({})
     assert (defaults.redis_url, defaults.stream_prefix, defaults.redis_pool_size) == (
-        "", "rag:", 16
+        "",
+        "rag:",
+        16,
     )
     assert defaults.retrieval_retention_seconds == 7 * 86400
     assert defaults.cache_ttl_seconds == 7 * 86400
     settings = Settings.from_env(
-        {"REDIS_URL": "redis://:secret@cache:6380/2", "RAG_STREAM_PREFIX": "blue:",
-         "RAG_EVENT_REDACT_QUERIES": "true", "RAG_PROJECTOR_MAX_DELIVERIES": "3",
-         "RAG_PROJECTOR_BATCH": "128", "RAG_PROJECTOR_CLAIM_IDLE_MS": "5000"}
+        {
+            "REDIS_URL": "redis://:secret@cache:6380/2",
+            "RAG_STREAM_PREFIX": "blue:",
+            "RAG_EVENT_REDACT_QUERIES": "true",
+            "RAG_PROJECTOR_MAX_DELIVERIES": "3",
+            "RAG_PROJECTOR_BATCH": "128",
+            "RAG_PROJECTOR_CLAIM_IDLE_MS": "5000",
+        }
     )
     assert settings.redis_url == "redis://:secret@cache:6380/2"
     assert settings.stream_prefix == "blue:"
@@ -46,8 +59,14 @@ def test_event_log_settings() -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("3600", 3600), ("45s", 45), ("90m", 5400), ("36h", 129600), ("7d", 604800),
-     (" 2 d ", 172800)],
+    [
+        ("3600", 3600),
+        ("45s", 45),
+        ("90m", 5400),
+        ("36h", 129600),
+        ("7d", 604800),
+        (" 2 d ", 172800),
+    ],
 )
 def test_retention_units(value: str, seconds: int) -> None:
     settings = Settings.from_env({"RAG_RETRIEVAL_RETENTION": value})
