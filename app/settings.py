@@ -187,7 +187,7 @@ def _check_qdrant_url(url: str) -> None:
     if url and url != ":memory:" and urlsplit(url).scheme not in ("http", "https"):
         raise SettingsError(
             f"QDRANT_URL: expected empty (the embedded index), :memory: (qdrant-client's "
-            f"local mode) or an http:// or https:// URL, got {url!r}"
+            f"local mode) or an http:// or https:// URL, got scheme {urlsplit(url).scheme!r}"
         )
 
 

@@ -34,9 +34,6 @@ from tests.deploy._support import (
 # test_pending_settings_are_not_yet_read_by_the_app fails until you do.
 PENDING_SETTINGS = {
     # Production adapters: Qdrant cluster, OpenAI-compatible embeddings, resilience
-    "QDRANT_URL",
-    "QDRANT_API_KEY",
-    "QDRANT_POOL_SIZE",
     "RAG_EMBEDDER",
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",

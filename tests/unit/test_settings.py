@@ -79,6 +79,28 @@ def test_a_bad_redis_url_is_named_without_echoing_it() -> None:
     assert "hunter2" not in str(err.value)
 
 
+def test_qdrant_settings() -> None:
+    assert Settings.from_env({}).qdrant_url == ""  # the embedded index
+    assert Settings.from_env({"QDRANT_URL": ":memory:"}).qdrant_url == ":memory:"
+    settings = Settings.from_env(
+        {
+            "QDRANT_URL": "https://qdrant.example:6333",
+            "QDRANT_API_KEY": "k",
+            "QDRANT_POOL_SIZE": "4",
+            "QDRANT_TIMEOUT_SECONDS": "3",
+            "QDRANT_PREFER_GRPC": "true",
+            "QDRANT_COLLECTION_PREFIX": "prod_",
+        }
+    )
+    assert (
+        settings.qdrant_api_key,
+        settings.qdrant_pool_size,
+        settings.qdrant_timeout_seconds,
+        settings.qdrant_prefer_grpc,
+        settings.qdrant_collection_prefix,
+    ) == ("k", 4, 3, True, "prod_")
+
+
 def test_empty_values_mean_unset() -> None:
     assert Settings.from_env({"RAG_TOP_K": "  "}).top_k == 10
 
@@ -107,6 +129,12 @@ def test_empty_values_mean_unset() -> None:
         ({"RAG_PROJECTOR_MAX_DELIVERIES": "0"}, "RAG_PROJECTOR_MAX_DELIVERIES"),
         ({"RAG_PROJECTOR_BATCH": "many"}, "RAG_PROJECTOR_BATCH"),
         ({"RAG_PROJECTOR_CLAIM_IDLE_MS": "10"}, "RAG_PROJECTOR_CLAIM_IDLE_MS"),
+        ({"QDRANT_URL": "qdrant:6333"}, "QDRANT_URL"),
+        ({"QDRANT_URL": "grpc://qdrant:6334"}, "QDRANT_URL"),
+        ({"QDRANT_POOL_SIZE": "0"}, "QDRANT_POOL_SIZE"),
+        ({"QDRANT_TIMEOUT_SECONDS": "0.5"}, "QDRANT_TIMEOUT_SECONDS"),
+        ({"QDRANT_PREFER_GRPC": "perhaps"}, "QDRANT_PREFER_GRPC"),
+        ({"QDRANT_COLLECTION_PREFIX": "rag/"}, "QDRANT_COLLECTION_PREFIX"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
