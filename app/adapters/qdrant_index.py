@@ -135,10 +135,14 @@ class QdrantIndex:
 
     # --- generations --------------------------------------------------------------------
 
-    async def create_generation(self, name: str | None = None) -> str:
-        """Create an empty generation collection with the index's schema; returns its name."""
+    async def create_generation(
+        self, name: str | None = None, *, bm25_avg_len: float | None = None
+    ) -> str:
+        """Create an empty generation collection with the index's schema; returns its name.
+        `bm25_avg_len`: the mean chunk length to normalise BM25 by (a replay can measure it
+        with SparseBm25.token_count); by default this index's."""
         collection = name or f"{self.alias}--g{time.time_ns() // 1_000_000}"
-        await self._call(self._create_collection, collection)
+        await self._call(self._create_collection, collection, bm25_avg_len)
         return collection
 
     async def current_generation(self) -> str | None:
@@ -185,7 +189,7 @@ class QdrantIndex:
             raise RagError(f"{collection} is the live generation of {self.alias}: switch first")
         await self._call(self.client.delete_collection, collection)
 
-    async def _create_collection(self, collection: str) -> None:
+    async def _create_collection(self, collection: str, avg_len: float | None = None) -> None:
         await self.client.create_collection(
             collection,
             vectors_config={DENSE: qm.VectorParams(size=self.dim, distance=qm.Distance.COSINE)},
@@ -199,7 +203,7 @@ class QdrantIndex:
             metadata={
                 "model_id": self.model_id,
                 "dim": self.dim,
-                "bm25_avg_len": self._default_avg_len,
+                "bm25_avg_len": self._default_avg_len if avg_len is None else avg_len,
                 "bm25_k": BM25_K,
                 "bm25_b": BM25_B,
             },

@@ -68,7 +68,9 @@ def test_a_replay_builds_a_generation_and_swaps_it_in() -> None:
         first = await index.current_generation()
         assert first is not None
 
-        fresh = await index.create_generation()
+        fresh = await index.create_generation(bm25_avg_len=42.0)
+        meta = (await index.client.get_collection(fresh)).config.metadata or {}
+        assert meta["bm25_avg_len"] == 42.0
         writer = index.on_collection(fresh)
         await writer.upsert([indexed(make_chunk("a", "new", 0, "lima"), v)])
         # until the swap, searches still read the live generation
