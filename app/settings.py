@@ -90,6 +90,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     ingest_wait_seconds: Annotated[float, Meta(gt=0, le=600)] = msgspec.field(
         default=30.0, name="RAG_INGEST_WAIT_SECONDS"
     )
+    qdrant_url: str = msgspec.field(default="", name="QDRANT_URL")
+    qdrant_api_key: str = msgspec.field(default="", name="QDRANT_API_KEY")
+    qdrant_pool_size: Annotated[int, Meta(ge=1, le=1024)] = msgspec.field(
+        default=10, name="QDRANT_POOL_SIZE"
+    )
+    # Whole seconds: qdrant-client passes the value to its gRPC and HTTP clients as an int.
+    qdrant_timeout_seconds: Annotated[int, Meta(ge=1, le=600)] = msgspec.field(
+        default=5, name="QDRANT_TIMEOUT_SECONDS"
+    )
+    qdrant_prefer_grpc: bool = msgspec.field(default=False, name="QDRANT_PREFER_GRPC")
+    qdrant_collection_prefix: Annotated[str, Meta(max_length=100, pattern=r"^[A-Za-z0-9_-]*$")] = (
+        msgspec.field(default="rag_", name="QDRANT_COLLECTION_PREFIX")
+    )
 
     @property
     def data_path(self) -> Path:
@@ -119,6 +132,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         _parse_metadata_indexes(settings.metadata_indexes)
         _parse_duration("RAG_RETRIEVAL_RETENTION", settings.retrieval_retention)
         _check_redis_url(settings.redis_url)
+        _check_qdrant_url(settings.qdrant_url)
         if settings.chunk_overlap >= settings.chunk_size:
             raise SettingsError(
                 f"RAG_CHUNK_OVERLAP ({settings.chunk_overlap}) must be smaller than "
@@ -166,6 +180,14 @@ def _check_redis_url(url: str) -> None:
         raise SettingsError(
             f"REDIS_URL: expected a redis://, rediss:// or unix:// URL, got scheme "
             f"{urlsplit(url).scheme!r}"
+        )
+
+
+def _check_qdrant_url(url: str) -> None:
+    if url and url != ":memory:" and urlsplit(url).scheme not in ("http", "https"):
+        raise SettingsError(
+            f"QDRANT_URL: expected empty (the embedded index), :memory: (qdrant-client's "
+            f"local mode) or an http:// or https:// URL, got scheme {urlsplit(url).scheme!r}"
         )
 
 
@@ -230,6 +252,18 @@ SETTINGS_DOC: dict[str, str] = {
     "runs (events wait in the stream).",
     "RAG_INGEST_WAIT_SECONDS": "Longest an ingest or delete with `?wait=true` waits for the "
     "projector before answering 202 with status pending.",
+    "QDRANT_URL": "The Qdrant cluster holding the index, e.g. `http://qdrant:6333`; serve "
+    "replicas and workers share it. Empty: the embedded Qdrant Edge shard under `RAG_DATA_DIR` "
+    "(one writer). `:memory:`: qdrant-client's in-process local mode (tests and trials only: "
+    "nothing is kept, and every call runs on the event loop).",
+    "QDRANT_API_KEY": "API key of the Qdrant cluster (a secret); empty sends none.",
+    "QDRANT_POOL_SIZE": "Connections (HTTP) or channels (gRPC) each process keeps to Qdrant.",
+    "QDRANT_TIMEOUT_SECONDS": "Longest a call to Qdrant may take before the request fails with "
+    "503 and `Retry-After`.",
+    "QDRANT_PREFER_GRPC": "Talk to Qdrant over gRPC (port 6334) instead of HTTP.",
+    "QDRANT_COLLECTION_PREFIX": "Prefix of the alias (`<prefix><model id>`) search and the "
+    "projector use, and of the generation collections behind it, so several deployments can "
+    "share one cluster.",
 }
 
 if set(SETTINGS_DOC) != set(ENV_NAMES):  # pragma: no cover - caught at import in every test run

@@ -16,6 +16,7 @@ import threadpoolctl
 
 from app.adapters.edge_index import EdgeIndex
 from app.adapters.local_embedder import LocalEmbedder
+from app.adapters.qdrant_index import QdrantIndex
 from app.adapters.redis_cache import RedisEmbeddingCache
 from app.adapters.redis_doc_status import RedisDocStatus
 from app.adapters.redis_streams import RedisEventLog
@@ -98,8 +99,8 @@ class Projection(msgspec.Struct, kw_only=True):
     """What applies document events to the index: everything a `worker` runs."""
 
     embedder: Embedder
-    index: EdgeIndex
-    ownership: IndexOwnership
+    index: EdgeIndex | QdrantIndex
+    ownership: IndexOwnership | None  # only the embedded index has a single-writer claim
     event_log: RedisEventLog
     cache: RedisEmbeddingCache
     status: RedisDocStatus
@@ -110,8 +111,12 @@ class Projection(msgspec.Struct, kw_only=True):
         await self.event_log.close()
         await self.cache.close()
         await self.status.close()
-        self.index.close()
-        self.ownership.release()
+        if isinstance(self.index, QdrantIndex):
+            await self.index.aclose()
+        else:
+            self.index.close()
+        if self.ownership is not None:
+            self.ownership.release()
         self.embedder.close()
 
 
@@ -131,7 +136,7 @@ class Services(msgspec.Struct, kw_only=True):
         return self.projection.embedder
 
     @property
-    def index(self) -> EdgeIndex:
+    def index(self) -> EdgeIndex | QdrantIndex:
         return self.projection.index
 
     @property
@@ -169,15 +174,34 @@ def build_projection(settings: Settings, role: str) -> Projection:
     )
     with contextlib.ExitStack() as undo:
         undo.callback(embedder.close)
-        ownership = IndexOwnership(settings.data_path, embedder.model_id, role).acquire()
-        undo.callback(ownership.release)
-        index = EdgeIndex(
-            settings.data_path,
-            model_id=embedder.model_id,
-            dim=embedder.dim,
-            metadata_indexes=settings.metadata_index_fields(),
-        )
-        undo.callback(index.close)
+        index: EdgeIndex | QdrantIndex
+        ownership: IndexOwnership | None = None
+        if settings.qdrant_url:
+            # A cluster has any number of writers: serve replicas and workers share it, and
+            # the index is created (or found) on first use, so nothing is claimed or opened.
+            index = QdrantIndex.connect(
+                settings.qdrant_url,
+                api_key=settings.qdrant_api_key,
+                pool_size=settings.qdrant_pool_size,
+                timeout_seconds=settings.qdrant_timeout_seconds,
+                prefer_grpc=settings.qdrant_prefer_grpc,
+                model_id=embedder.model_id,
+                dim=embedder.dim,
+                prefix=settings.qdrant_collection_prefix,
+                metadata_indexes=settings.metadata_index_fields(),
+            )
+            where = f"Qdrant {settings.qdrant_url} alias {index.alias}"
+        else:
+            ownership = IndexOwnership(settings.data_path, embedder.model_id, role).acquire()
+            undo.callback(ownership.release)
+            index = EdgeIndex(
+                settings.data_path,
+                model_id=embedder.model_id,
+                dim=embedder.dim,
+                metadata_indexes=settings.metadata_index_fields(),
+            )
+            undo.callback(index.close)
+            where = f"{index.path} (held by this {role})"
         # Constructing the Redis clients connects nothing; they cannot fail on an outage.
         event_log = RedisEventLog(settings.redis_url, pool_size=settings.redis_pool_size)
         cache = RedisEmbeddingCache(
@@ -203,11 +227,12 @@ def build_projection(settings: Settings, role: str) -> Projection:
             max_deliveries=settings.projector_max_deliveries,
             claim_idle_ms=settings.projector_claim_idle_ms,
             # The Edge shard has no other writer (IndexOwnership), so whatever another
-            # consumer left pending was left by a process that is gone.
-            exclusive=True,
+            # consumer left pending was left by a process that is gone. Cluster consumers
+            # run side by side and take over only what sat idle.
+            exclusive=ownership is not None,
         ),
     )
-    log.info("index %s at %s (held by this %s)", embedder.model_id, index.path, role)
+    log.info("index %s at %s", embedder.model_id, where)
     return Projection(
         embedder=embedder,
         index=index,
@@ -248,7 +273,7 @@ def build_services(settings: Settings) -> Services:
         wait_seconds=settings.ingest_wait_seconds,
         index=projection.index,
     )
-    if not settings.projector_in_process:
+    if not settings.projector_in_process and projection.ownership is not None:
         log.warning(
             "RAG_PROJECTOR_IN_PROCESS=false: indexing is paused. This process holds the "
             "embedded index, so no other can apply document events to it; they wait in the "

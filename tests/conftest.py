@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact-train"
+# Beside the repository; from a git worktree under a sibling directory, one level further up.
+SCIFACT = next(
+    (
+        base / "shared" / "datasets" / "scifact-train"
+        for base in (ROOT.parent, ROOT.parent.parent)
+        if (base / "shared" / "datasets" / "scifact-train").is_dir()
+    ),
+    ROOT.parent / "shared" / "datasets" / "scifact-train",
+)
 
 
 @pytest.fixture(scope="session")

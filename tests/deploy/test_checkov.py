@@ -23,18 +23,32 @@ _SKIP_VALUE = re.compile(r"^(CKV2?_K8S_\d+)=(.+)$")
 
 
 @pytest.fixture(scope="module")
-def checkov_report(rendered: dict[str, list[Doc]], tmp_path_factory: pytest.TempPathFactory
-                   ) -> dict[str, Any]:
-    checkov = require_tool("checkov", "its own venv; set CHECKOV_BIN or put it on PATH, see "
-                           "docs/deploy.md", "CHECKOV_BIN")
+def checkov_report(
+    rendered: dict[str, list[Doc]], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    checkov = require_tool(
+        "checkov",
+        "its own venv; set CHECKOV_BIN or put it on PATH, see docs/deploy.md",
+        "CHECKOV_BIN",
+    )
     directory: Path = tmp_path_factory.mktemp("rendered")
     for name in SCANNED:
         (directory / f"{name}.yaml").write_text(yaml.safe_dump_all(rendered[name]))
     proc = subprocess.run(
         # --skip-download: no calls home; checks and suppressions are all local.
-        [checkov, "--directory", str(directory), "--framework", "kubernetes",
-         "--skip-download", "--output", "json"],
-        capture_output=True, text=True, timeout=600,
+        [
+            checkov,
+            "--directory",
+            str(directory),
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode in (0, 1), proc.stderr  # 1 = failed checks; the tests say which
     report = json.loads(proc.stdout)
@@ -47,8 +61,9 @@ def test_checkov_finds_no_failed_check(checkov_report: dict[str, Any]) -> None:
     assert not failed, "\n".join(lines)
 
 
-def test_checkov_parsed_and_checked_every_object(checkov_report: dict[str, Any],
-                                                  rendered: dict[str, list[Doc]]) -> None:
+def test_checkov_parsed_and_checked_every_object(
+    checkov_report: dict[str, Any], rendered: dict[str, list[Doc]]
+) -> None:
     summary = checkov_report["summary"]
     assert summary["parsing_errors"] == 0
     assert summary["resource_count"] >= sum(len(rendered[name]) for name in SCANNED) - 3

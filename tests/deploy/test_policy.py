@@ -34,9 +34,6 @@ from tests.deploy._support import (
 # test_pending_settings_are_not_yet_read_by_the_app fails until you do.
 PENDING_SETTINGS = {
     # Production adapters: Qdrant cluster, OpenAI-compatible embeddings, resilience
-    "QDRANT_URL",
-    "QDRANT_API_KEY",
-    "QDRANT_POOL_SIZE",
     "RAG_EMBEDDER",
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
@@ -581,8 +578,11 @@ def test_the_overlays_image_setting_takes_effect(
 ) -> None:
     """`kustomize edit set image rag-pipeline=...` in an overlay is how a release rolls out: the
     entry must match the image name the base uses, or it is silently ignored."""
-    entries = [i for i in load_yaml(TARGETS[overlay] / "kustomization.yaml")["images"]
-               if i["name"] == "rag-pipeline"]
+    entries = [
+        i
+        for i in load_yaml(TARGETS[overlay] / "kustomization.yaml")["images"]
+        if i["name"] == "rag-pipeline"
+    ]
     assert len(entries) == 1
     wanted = f"{entries[0]['newName']}:{entries[0]['newTag']}"
     if entries[0].get("digest"):

@@ -28,19 +28,26 @@ UNIT_TESTS = PROMETHEUS / "tests" / "rules_test.yaml"
 # What the app exports on /metrics (issue "Traces to Jaeger and Prometheus metrics"): counters
 # get _total, histograms _bucket/_sum/_count, and process_* comes from prometheus-client.
 APP_COUNTERS = {
-    "rag_requests_total", "rag_embedding_cache_hits_total", "rag_embedding_cache_misses_total",
-    "rag_events_appended_total", "rag_events_dropped_total", "rag_projector_dead_letters_total",
+    "rag_requests_total",
+    "rag_embedding_cache_hits_total",
+    "rag_embedding_cache_misses_total",
+    "rag_events_appended_total",
+    "rag_events_dropped_total",
+    "rag_projector_dead_letters_total",
 }
 APP_HISTOGRAMS = {"rag_latency_seconds", "rag_stage_latency_seconds"}
 APP_GAUGES = {"rag_embedding_queue_size", "rag_index_points"}
 APP_METRICS = (
-    APP_COUNTERS | APP_GAUGES | APP_HISTOGRAMS
+    APP_COUNTERS
+    | APP_GAUGES
+    | APP_HISTOGRAMS
     | {f"{h}_{suffix}" for h in APP_HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 )
 # A pod that crashes before it serves /metrics is only visible from outside: kube-state-metrics
 # (installed with kube-prometheus-stack) is the one other source the rules may name.
 KUBE_STATE_METRICS = {
-    "kube_pod_container_status_waiting_reason", "kube_pod_container_status_restarts_total",
+    "kube_pod_container_status_waiting_reason",
+    "kube_pod_container_status_restarts_total",
 }
 
 
@@ -131,14 +138,20 @@ def test_adapter_serves_the_recorded_metric_per_pod() -> None:
 def test_rules_shipped_by_the_overlays_are_the_file(rendered: dict[str, list[Doc]]) -> None:
     for overlay in ("dev", "prod"):
         assert one(rendered[overlay], "PrometheusRule", "rag-pipeline")["spec"] == _rule_spec()
-    assert TARGETS["base"].joinpath("kustomization.yaml").read_text().count(
-        "../../observability/prometheus") == 1
+    assert (
+        TARGETS["base"]
+        .joinpath("kustomization.yaml")
+        .read_text()
+        .count("../../observability/prometheus")
+        == 1
+    )
 
 
 @pytest.fixture(scope="module")
 def promtool_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    promtool = require_tool("promtool", "from the Debian package prometheus; see docs/deploy.md",
-                            "PROMTOOL_BIN")
+    promtool = require_tool(
+        "promtool", "from the Debian package prometheus; see docs/deploy.md", "PROMTOOL_BIN"
+    )
     directory = tmp_path_factory.mktemp("promtool")
     # promtool reads plain rule files: the PrometheusRule's spec is exactly one.
     (directory / "rag-pipeline.rules.yaml").write_text(yaml.safe_dump(_rule_spec()))
@@ -148,8 +161,13 @@ def promtool_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
 
 def test_promtool_checks_the_rules(promtool_dir: tuple[str, Path]) -> None:
     promtool, directory = promtool_dir
-    proc = subprocess.run([promtool, "check", "rules", "rag-pipeline.rules.yaml"], cwd=directory,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [promtool, "check", "rules", "rag-pipeline.rules.yaml"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout + proc.stderr
 
@@ -157,6 +175,11 @@ def test_promtool_checks_the_rules(promtool_dir: tuple[str, Path]) -> None:
 def test_promtool_unit_tests_pass(promtool_dir: tuple[str, Path]) -> None:
     """Alerts fire (and stay quiet) on synthetic series; the recording rule computes per pod."""
     promtool, directory = promtool_dir
-    proc = subprocess.run([promtool, "test", "rules", UNIT_TESTS.name], cwd=directory,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [promtool, "test", "rules", UNIT_TESTS.name],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -36,36 +36,67 @@ GROUP = "indexer"
 
 def upserted(doc_id: str, text: str = "some text") -> DocumentUpserted:
     return DocumentUpserted(
-        tenant="acme", doc_id=doc_id, version=f"v-{doc_id}", title="Title", text=text,
+        tenant="acme",
+        doc_id=doc_id,
+        version=f"v-{doc_id}",
+        title="Title",
+        text=text,
         metadata={"year": 2020, "tags": ["a", "b"], "score": 0.5, "ok": True, "none": None},
-        chunk_size=128, chunk_overlap=16, at=1_700_000_000.123456,
+        chunk_size=128,
+        chunk_overlap=16,
+        at=1_700_000_000.123456,
         traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     )
 
 
 EVERY_EVENT = [
-    upserted("d1", text="ünïcødé, \"quotes\", newlines\n and \x00 nulls"),
+    upserted("d1", text='ünïcødé, "quotes", newlines\n and \x00 nulls'),
     DocumentDeleted(tenant="acme", doc_id="d1", at=1_700_000_001.5, traceparent=None),
     RetrievalRecorded(
-        retrieval_id="r1", tenant="acme", query="what is insulin", query_sha256=None,
+        retrieval_id="r1",
+        tenant="acme",
+        query="what is insulin",
+        query_sha256=None,
         params={"top_k": 5, "mode": "hybrid", "filters": {"year": {"gte": 2010}}},
         results=[
-            RecordedResult(chunk_id="c1", doc_id="d1", score=1.0,
-                           scores={"dense": 0.71, "bm25": 3.25, "fusion": 0.9}),
+            RecordedResult(
+                chunk_id="c1",
+                doc_id="d1",
+                score=1.0,
+                scores={"dense": 0.71, "bm25": 3.25, "fusion": 0.9},
+            ),
             RecordedResult(chunk_id="c2", doc_id="d2", score=0.0, scores={}),
         ],
-        timings_ms={"embed": 4.2, "retrieve": 10.01}, trace_id="0af7651916cd43dd", at=1.25,
+        timings_ms={"embed": 4.2, "retrieve": 10.01},
+        trace_id="0af7651916cd43dd",
+        at=1.25,
     ),
     RetrievalRecorded(
-        retrieval_id="r2", tenant="acme", query=None, query_sha256="ab" * 32, params={},
-        results=[], timings_ms={}, trace_id=None, at=2.5,
+        retrieval_id="r2",
+        tenant="acme",
+        query=None,
+        query_sha256="ab" * 32,
+        params={},
+        results=[],
+        timings_ms={},
+        trace_id=None,
+        at=2.5,
     ),
-    FeedbackGiven(retrieval_id="r1", tenant="acme", doc_id="d1", chunk_id=None, relevance=2,
-                  at=3.0),
-    FeedbackGiven(retrieval_id="r1", tenant="acme", doc_id=None, chunk_id="c2", relevance=0,
-                  at=3.5),
-    EventDeadLettered(source_stream="rag:documents", source_id="1-0", group=GROUP,
-                      raw=b"\xff\x00garbage", error="not a valid event", deliveries=5, at=4.0),
+    FeedbackGiven(
+        retrieval_id="r1", tenant="acme", doc_id="d1", chunk_id=None, relevance=2, at=3.0
+    ),
+    FeedbackGiven(
+        retrieval_id="r1", tenant="acme", doc_id=None, chunk_id="c2", relevance=0, at=3.5
+    ),
+    EventDeadLettered(
+        source_stream="rag:documents",
+        source_id="1-0",
+        group=GROUP,
+        raw=b"\xff\x00garbage",
+        error="not a valid event",
+        deliveries=5,
+        at=4.0,
+    ),
 ]
 
 
@@ -153,8 +184,10 @@ async def test_pending_entries_come_back_to_a_restarted_consumer(
         assert [e.event for e in again] == [e.event for e in got]
         assert await restarted.delivery_counts(stream, GROUP, ids) == dict.fromkeys(ids[:3], 2)
         # Paging through the pending list with `after`.
-        assert [e.id for e in await restarted.read_pending(
-            stream, GROUP, "worker-1", count=10, after=ids[0])] == ids[1:3]
+        assert [
+            e.id
+            for e in await restarted.read_pending(stream, GROUP, "worker-1", count=10, after=ids[0])
+        ] == ids[1:3]
         assert await restarted.read_pending(stream, GROUP, "someone-else", count=10) == []
         assert await restarted.ack(stream, GROUP, ids[:3]) == 3
         assert await restarted.read_pending(stream, GROUP, "worker-1", count=10) == []
@@ -240,13 +273,18 @@ async def test_poison_entries_arrive_with_the_error_and_their_bytes(
     assert entries[0].event == upserted("before") and entries[-1].event == upserted("after")
     poison = entries[1:5]
     assert all(e.event is None and e.error for e in poison)
-    assert [e.raw for e in poison[:3]] == [garbage, b'{"type":"DocumentExploded","schema":1}',
-                                           newer]
+    assert [e.raw for e in poison[:3]] == [
+        garbage,
+        b'{"type":"DocumentExploded","schema":1}',
+        newer,
+    ]
     assert "schema 9" in (poison[2].error or "")
     # No `event` field at all: every field and value survives, msgpack-encoded.
     assert "no 'event' field" in (poison[3].error or "")
-    assert sorted(msgspec.msgpack.decode(poison[3].raw)) == [[b"kind", b"x"],
-                                                             [b"payload", b"\x01\x02"]]
+    assert sorted(msgspec.msgpack.decode(poison[3].raw)) == [
+        [b"kind", b"x"],
+        [b"payload", b"\x01\x02"],
+    ]
     # Poison is still delivered and acknowledged like anything else.
     assert await event_log.ack(stream, GROUP, [e.id for e in poison]) == 4
 
@@ -337,9 +375,7 @@ async def test_a_cancelled_blocking_read_leaves_the_log_usable(
 ) -> None:
     stream = Streams(prefix).documents
     await event_log.ensure_group(stream, GROUP)
-    reader = asyncio.create_task(
-        event_log.read_group(stream, GROUP, "c", count=1, block_ms=5000)
-    )
+    reader = asyncio.create_task(event_log.read_group(stream, GROUP, "c", count=1, block_ms=5000))
     await asyncio.sleep(0.1)
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -18,8 +18,14 @@ def test_defaults_need_nothing() -> None:
 
 def test_values_are_parsed_from_strings() -> None:
     settings = Settings.from_env(
-        {"RAG_TOP_K": "25", "RAG_RERANK": "false", "RAG_MIN_SCORE": "0.3", "LOG_LEVEL": "DEBUG",
-         "RAG_METADATA_INDEXES": "source:keyword, year:integer", "UNRELATED": "x"}
+        {
+            "RAG_TOP_K": "25",
+            "RAG_RERANK": "false",
+            "RAG_MIN_SCORE": "0.3",
+            "LOG_LEVEL": "DEBUG",
+            "RAG_METADATA_INDEXES": "source:keyword, year:integer",
+            "UNRELATED": "x",
+        }
     )
     assert (settings.top_k, settings.rerank, settings.min_score) == (25, False, 0.3)
     assert settings.metadata_index_fields() == {"source": "keyword", "year": "integer"}
@@ -28,14 +34,21 @@ def test_values_are_parsed_from_strings() -> None:
 def test_event_log_settings() -> None:
     defaults = Settings.from_env({})
     assert (defaults.redis_url, defaults.stream_prefix, defaults.redis_pool_size) == (
-        "", "rag:", 16
+        "",
+        "rag:",
+        16,
     )
     assert defaults.retrieval_retention_seconds == 7 * 86400
     assert defaults.cache_ttl_seconds == 7 * 86400
     settings = Settings.from_env(
-        {"REDIS_URL": "redis://:secret@cache:6380/2", "RAG_STREAM_PREFIX": "blue:",
-         "RAG_EVENT_REDACT_QUERIES": "true", "RAG_PROJECTOR_MAX_DELIVERIES": "3",
-         "RAG_PROJECTOR_BATCH": "128", "RAG_PROJECTOR_CLAIM_IDLE_MS": "5000"}
+        {
+            "REDIS_URL": "redis://:secret@cache:6380/2",
+            "RAG_STREAM_PREFIX": "blue:",
+            "RAG_EVENT_REDACT_QUERIES": "true",
+            "RAG_PROJECTOR_MAX_DELIVERIES": "3",
+            "RAG_PROJECTOR_BATCH": "128",
+            "RAG_PROJECTOR_CLAIM_IDLE_MS": "5000",
+        }
     )
     assert settings.redis_url == "redis://:secret@cache:6380/2"
     assert settings.stream_prefix == "blue:"
@@ -46,8 +59,14 @@ def test_event_log_settings() -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("3600", 3600), ("45s", 45), ("90m", 5400), ("36h", 129600), ("7d", 604800),
-     (" 2 d ", 172800)],
+    [
+        ("3600", 3600),
+        ("45s", 45),
+        ("90m", 5400),
+        ("36h", 129600),
+        ("7d", 604800),
+        (" 2 d ", 172800),
+    ],
 )
 def test_retention_units(value: str, seconds: int) -> None:
     settings = Settings.from_env({"RAG_RETRIEVAL_RETENTION": value})
@@ -58,6 +77,28 @@ def test_a_bad_redis_url_is_named_without_echoing_it() -> None:
     with pytest.raises(SettingsError) as err:
         Settings.from_env({"REDIS_URL": "http://user:hunter2@cache:6379"})
     assert "hunter2" not in str(err.value)
+
+
+def test_qdrant_settings() -> None:
+    assert Settings.from_env({}).qdrant_url == ""  # the embedded index
+    assert Settings.from_env({"QDRANT_URL": ":memory:"}).qdrant_url == ":memory:"
+    settings = Settings.from_env(
+        {
+            "QDRANT_URL": "https://qdrant.example:6333",
+            "QDRANT_API_KEY": "k",
+            "QDRANT_POOL_SIZE": "4",
+            "QDRANT_TIMEOUT_SECONDS": "3",
+            "QDRANT_PREFER_GRPC": "true",
+            "QDRANT_COLLECTION_PREFIX": "prod_",
+        }
+    )
+    assert (
+        settings.qdrant_api_key,
+        settings.qdrant_pool_size,
+        settings.qdrant_timeout_seconds,
+        settings.qdrant_prefer_grpc,
+        settings.qdrant_collection_prefix,
+    ) == ("k", 4, 3, True, "prod_")
 
 
 def test_empty_values_mean_unset() -> None:
@@ -88,6 +129,12 @@ def test_empty_values_mean_unset() -> None:
         ({"RAG_PROJECTOR_MAX_DELIVERIES": "0"}, "RAG_PROJECTOR_MAX_DELIVERIES"),
         ({"RAG_PROJECTOR_BATCH": "many"}, "RAG_PROJECTOR_BATCH"),
         ({"RAG_PROJECTOR_CLAIM_IDLE_MS": "10"}, "RAG_PROJECTOR_CLAIM_IDLE_MS"),
+        ({"QDRANT_URL": "qdrant:6333"}, "QDRANT_URL"),
+        ({"QDRANT_URL": "grpc://qdrant:6334"}, "QDRANT_URL"),
+        ({"QDRANT_POOL_SIZE": "0"}, "QDRANT_POOL_SIZE"),
+        ({"QDRANT_TIMEOUT_SECONDS": "0.5"}, "QDRANT_TIMEOUT_SECONDS"),
+        ({"QDRANT_PREFER_GRPC": "perhaps"}, "QDRANT_PREFER_GRPC"),
+        ({"QDRANT_COLLECTION_PREFIX": "rag/"}, "QDRANT_COLLECTION_PREFIX"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
