@@ -90,6 +90,33 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     ingest_wait_seconds: Annotated[float, Meta(gt=0, le=600)] = msgspec.field(
         default=30.0, name="RAG_INGEST_WAIT_SECONDS"
     )
+    embedder: Literal["local", "openai"] = msgspec.field(default="local", name="RAG_EMBEDDER")
+    # A secret: from the Secret rag-pipeline-secrets, never the ConfigMap; never logged.
+    openai_api_key: str = msgspec.field(default="", name="OPENAI_API_KEY")
+    openai_base_url: str = msgspec.field(
+        default="https://api.openai.com/v1", name="OPENAI_BASE_URL"
+    )
+    embedding_model: Annotated[str, Meta(min_length=1, max_length=200)] = msgspec.field(
+        default="text-embedding-3-small", name="RAG_EMBEDDING_MODEL"
+    )
+    embedding_dimensions: Annotated[int, Meta(ge=0, le=16384)] = msgspec.field(
+        default=0, name="RAG_EMBEDDING_DIMENSIONS"
+    )
+    embedder_timeout_seconds: Annotated[float, Meta(gt=0, le=600)] = msgspec.field(
+        default=10.0, name="RAG_EMBEDDER_TIMEOUT_SECONDS"
+    )
+    embedder_max_retries: Annotated[int, Meta(ge=0, le=20)] = msgspec.field(
+        default=4, name="RAG_EMBEDDER_MAX_RETRIES"
+    )
+    embedder_breaker_failures: Annotated[int, Meta(ge=1, le=1000)] = msgspec.field(
+        default=5, name="RAG_EMBEDDER_BREAKER_FAILURES"
+    )
+    embedder_breaker_cooldown_seconds: Annotated[float, Meta(gt=0, le=3600)] = msgspec.field(
+        default=5.0, name="RAG_EMBEDDER_BREAKER_COOLDOWN_SECONDS"
+    )
+    max_memory_mb: Annotated[int, Meta(ge=0, le=1 << 20)] = msgspec.field(
+        default=2048, name="RAG_MAX_MEMORY_MB"
+    )
 
     @property
     def data_path(self) -> Path:
@@ -119,6 +146,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         _parse_metadata_indexes(settings.metadata_indexes)
         _parse_duration("RAG_RETRIEVAL_RETENTION", settings.retrieval_retention)
         _check_redis_url(settings.redis_url)
+        _check_embedder(settings)
         if settings.chunk_overlap >= settings.chunk_size:
             raise SettingsError(
                 f"RAG_CHUNK_OVERLAP ({settings.chunk_overlap}) must be smaller than "
@@ -167,6 +195,19 @@ def _check_redis_url(url: str) -> None:
             f"REDIS_URL: expected a redis://, rediss:// or unix:// URL, got scheme "
             f"{urlsplit(url).scheme!r}"
         )
+
+
+def _check_embedder(settings: Settings) -> None:
+    if settings.embedder != "openai":
+        return
+    parts = urlsplit(settings.openai_base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(
+            "OPENAI_BASE_URL: expected an http:// or https:// URL, got "
+            f"{settings.openai_base_url!r}"
+        )
+    if not settings.openai_api_key and parts.hostname == "api.openai.com":
+        raise SettingsError("OPENAI_API_KEY: required when RAG_EMBEDDER=openai talks to OpenAI")
 
 
 def _name_the_variable(message: str) -> str:
@@ -230,6 +271,30 @@ SETTINGS_DOC: dict[str, str] = {
     "runs (events wait in the stream).",
     "RAG_INGEST_WAIT_SECONDS": "Longest an ingest or delete with `?wait=true` waits for the "
     "projector before answering 202 with status pending.",
+    "RAG_EMBEDDER": "`local` (MiniLM in process) or `openai`: any OpenAI-compatible "
+    "`/v1/embeddings` API (OpenAI, vLLM, TEI, Ollama, LiteLLM). An API embedder gives no token "
+    "vectors, so its index has no late-interaction rerank (searches say `rerank_skipped`).",
+    "OPENAI_API_KEY": "API key for `RAG_EMBEDDER=openai` (a secret: from the Secret, never the "
+    "ConfigMap); may be empty for a server that needs none.",
+    "OPENAI_BASE_URL": "Base URL of the OpenAI-compatible API, e.g. `http://vllm:8000/v1`.",
+    "RAG_EMBEDDING_MODEL": "Model `RAG_EMBEDDER=openai` asks for. With its dimension it names "
+    "the index: changing either builds a new index (replay) rather than mixing vectors.",
+    "RAG_EMBEDDING_DIMENSIONS": "Vector dimension of the API model; 0 = the model's own "
+    "(known for OpenAI's text-embedding-3-small/-large and ada-002, required for others). For "
+    "text-embedding-3 models a smaller value is requested from the API (`dimensions`); for "
+    "other models it declares the dimension and a response of another size is an error.",
+    "RAG_EMBEDDER_TIMEOUT_SECONDS": "Timeout of one embeddings API request (connect, send, "
+    "wait, read).",
+    "RAG_EMBEDDER_MAX_RETRIES": "Retries of a failed embeddings API request while indexing "
+    "(capped exponential backoff with jitter, or the server's Retry-After); a search retries "
+    "at most once. None for 400, 401, 403, 404 or insufficient_quota.",
+    "RAG_EMBEDDER_BREAKER_FAILURES": "Consecutive failed embeddings API requests that open the "
+    "circuit breaker: searches then answer 503 at once and the projector stops taking events.",
+    "RAG_EMBEDDER_BREAKER_COOLDOWN_SECONDS": "How long the breaker stays open before one probe "
+    "request may test the API (longer if the API's Retry-After asks for more).",
+    "RAG_MAX_MEMORY_MB": "Memory budget of the process: a request is refused with 503 and "
+    "Retry-After when resident memory plus what admitted requests may still allocate (their "
+    "body size times 4) would pass it. 0 = no limit.",
 }
 
 if set(SETTINGS_DOC) != set(ENV_NAMES):  # pragma: no cover - caught at import in every test run
