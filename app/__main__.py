@@ -159,11 +159,20 @@ def _run_http(
         services = await asyncio.to_thread(build, settings)
         try:
             stop = asyncio.Event()
+            app = make_app(settings, services)
+
+            def drain() -> None:
+                # /ready answers false from now on; Hypercorn stops accepting, lets requests
+                # in flight finish within RAG_GRACEFUL_TIMEOUT_SECONDS, then the lifespan
+                # stops the projector and flushes the recorder.
+                log.info("signal received: draining")
+                app.state.draining = True
+                stop.set()
+
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, drain)
             log.info("%s on http://%s (data in %s)", what, config.bind[0], settings.data_path)
-            app = make_app(settings, services)
             await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
         finally:
             await services.aclose()

@@ -119,12 +119,15 @@ class SearchResult(msgspec.Struct, kw_only=True):
     scores: dict[str, float]
 
 
-class SearchResponse(msgspec.Struct, kw_only=True):
+class SearchResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     results: list[SearchResult]
     retrieval_id: str
     mode: Mode
     reranked: bool
     timings_ms: dict[str, float]
+    # Set when a rerank was asked for (or is the default) and could not run: an index built
+    # by an API embedder has no token vectors for late interaction.
+    rerank_skipped: str | None = None
 
 
 class DocumentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):

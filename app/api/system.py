@@ -37,6 +37,8 @@ async def _readiness(request: Request, projection: Projection | None) -> Respons
     task: asyncio.Task[None] | None = getattr(request.app.state, "projector_task", None)
     if task is not None:
         checks["projector"] = not task.done()
+    # Set on SIGTERM: the load balancer should stop sending while in-flight requests finish.
+    checks["accepting"] = not getattr(request.app.state, "draining", False)
     ok = all(checks.values())
     return json_response(
         Readiness(ready=ok, checks=checks), 200 if ok else 503, None if ok else {"Retry-After": "1"}
