@@ -176,10 +176,20 @@ class CacheInfo(msgspec.Struct, kw_only=True):
     errors: int
 
 
+class RetrievalsInfo(msgspec.Struct, kw_only=True):
+    """This process's retrieval recording since it started: recorded on the stream, buffered
+    waiting for Redis, and dropped (lost: the buffer was full while Redis was away)."""
+
+    recorded: int
+    buffered: int
+    dropped: int
+
+
 class Stats(msgspec.Struct, kw_only=True):
     index: IndexInfo
     events: EventsInfo
     cache: CacheInfo
+    retrievals: RetrievalsInfo | None = None
 
 
 class Health(msgspec.Struct, kw_only=True):

@@ -10,7 +10,15 @@ from starlette.responses import Response
 from app.api.codec import json_response
 from app.domain import DEFAULT_TENANT
 from app.projector import GROUP
-from app.schemas import CacheInfo, EventsInfo, Health, IndexInfo, Readiness, Stats
+from app.schemas import (
+    CacheInfo,
+    EventsInfo,
+    Health,
+    IndexInfo,
+    Readiness,
+    RetrievalsInfo,
+    Stats,
+)
 from app.wiring import Projection, Services
 
 
@@ -74,6 +82,11 @@ async def stats(request: Request) -> Response:
             ),
             cache=CacheInfo(
                 hits=cache.hits, misses=cache.misses, writes=cache.writes, errors=cache.errors
+            ),
+            retrievals=RetrievalsInfo(
+                recorded=services.recorder.appended,
+                buffered=services.recorder.buffered,
+                dropped=services.recorder.dropped,
             ),
         )
     )
