@@ -37,11 +37,6 @@ PENDING_SETTINGS = {
     "QDRANT_URL",
     "QDRANT_API_KEY",
     "QDRANT_POOL_SIZE",
-    "RAG_EMBEDDER",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "RAG_EMBEDDING_MODEL",
-    "RAG_MAX_MEMORY_MB",
     # Traces to Jaeger and Prometheus metrics: the standard OpenTelemetry SDK variables
     "OTEL_SERVICE_NAME",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
