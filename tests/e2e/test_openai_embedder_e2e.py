@@ -154,14 +154,12 @@ def test_sigterm_under_load_drops_no_request(fake: FakeEmbeddings, data_dir: Pat
         # Every request connected before SIGTERM was answered, in flight at the signal or not.
         before = [o for o in accepted if o.connected is not None and o.connected < signalled[0]]
         assert [o for o in before if o.status != 200] == []
-        # After it, a request is answered or refused. The one exception the kernel allows: a
-        # connection that completed its handshake in the instant the listener closed, sitting
-        # in the accept queue, is reset with nothing read, so the request was never seen and
-        # is safe to retry (in Kubernetes the preStop pause means none arrive then).
-        after = [o for o in accepted if o not in before]
-        assert [o for o in after if o.status != 200 and o.body] == []
-        assert all(o.status == 200 or o.error == "no response (0 bytes)" for o in after)
-        assert sum(o.status is None for o in after) <= 2
+        # After it, a request is answered or refused (not accepted), never dropped: new
+        # connections are refused at the kernel before the listening socket closes, so none
+        # is reset in its accept queue (app/listener.py).
+        assert {o.kind for o in outcomes} <= {"200", "refused"}, [
+            (o.kind, o.error) for o in outcomes if o.kind not in ("200", "refused")
+        ]
         assert len(accepted) >= 50  # the first second's requests, at least
         in_flight = [
             o
