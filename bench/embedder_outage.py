@@ -18,6 +18,7 @@ import asyncio
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,29 +57,38 @@ def one_run(args: argparse.Namespace, extra_env: dict[str, str]) -> dict[str, An
                 outage_started = time.monotonic()
                 sent_before = fake.requests_count()
                 ingested: list[str] = []
+                done = threading.Event()
 
-                def ingest_one(elapsed: float) -> None:
-                    if len(ingested) < int(elapsed) + 1 and elapsed < args.outage:
-                        doc_id = f"outage-{len(ingested)}"
-                        response = http.post(
-                            "/api/v1/ingest",
-                            json={"documents": [{"id": doc_id, "text": f"written {doc_id}"}]},
+                def ingest_one_a_second() -> None:
+                    # Its own thread and client: a blocking call on the load generator's loop
+                    # would delay reading the searches' answers and inflate their latency.
+                    with server.client() as writer:
+                        while not done.wait(1.0 if ingested else 0.0):
+                            doc_id = f"outage-{len(ingested)}"
+                            response = writer.post(
+                                "/api/v1/ingest",
+                                json={"documents": [{"id": doc_id, "text": f"written {doc_id}"}]},
+                            )
+                            assert response.status_code == 202, response.text
+                            ingested.append(doc_id)
+
+                writer_thread = threading.Thread(target=ingest_one_a_second)
+                writer_thread.start()
+                try:
+                    outcomes: list[Outcome] = asyncio.run(
+                        open_loop(
+                            "127.0.0.1",
+                            server.port,
+                            "/api/v1/search",
+                            lambda i: {"query": f"volcano lava {i}"},
+                            rate=args.rate,
+                            seconds=args.outage,
+                            timeout=30,
                         )
-                        assert response.status_code == 202, response.text
-                        ingested.append(doc_id)
-
-                outcomes: list[Outcome] = asyncio.run(
-                    open_loop(
-                        "127.0.0.1",
-                        server.port,
-                        "/api/v1/search",
-                        lambda i: {"query": f"volcano lava {i}"},
-                        rate=args.rate,
-                        seconds=args.outage,
-                        timeout=30,
-                        at=ingest_one,
                     )
-                )
+                finally:
+                    done.set()
+                    writer_thread.join()
                 api_calls = fake.requests_count() - sent_before
                 fake.outage = None
                 recovered = time.monotonic()
