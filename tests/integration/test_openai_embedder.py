@@ -78,7 +78,7 @@ def test_batches_keep_input_order_and_vectors_are_unit(fake: FakeEmbeddings) -> 
     for text, vector in zip(TEXTS, encoded.vectors, strict=True):
         np.testing.assert_allclose(vector, unit(text), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(encoded.vectors, axis=1), 1.0, atol=1e-5)
-    assert [len(r["input"]) for r in fake.received] == [4, 4, 3]
+    assert sorted(len(r["input"]) for r in fake.received) == [3, 4, 4]  # two in flight
     assert {r["model"] for r in fake.received} == {"test-model"}
     assert {r["encoding_format"] for r in fake.received} == {"float"}
     # A declared dimension of an unknown model is not sent: servers may refuse the parameter.
