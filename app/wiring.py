@@ -114,6 +114,8 @@ class Projection(msgspec.Struct, kw_only=True):
         await self.status.close()
         self.index.close()
         self.ownership.release()
+        if isinstance(self.embedder, OpenAIEmbedder):
+            await self.embedder.aclose()
         self.embedder.close()
 
 

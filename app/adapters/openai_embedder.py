@@ -178,6 +178,12 @@ class OpenAIEmbedder:
         )
         return EncodedQuery(vector=vectors[0], token_vectors=None)
 
+    async def aclose(self) -> None:
+        """Close the running loop's HTTP connections (before the loop ends)."""
+        if self._client is not None and self._client[0] is asyncio.get_running_loop():
+            client, self._client = self._client[1], None
+            await client.close()
+
     def close(self) -> None:
         """Close the HTTP connections when a loop is there to do it (it always is in serve)."""
         try:

@@ -678,6 +678,7 @@ async def test_an_embeddings_api_outage_dead_letters_nothing(
         assert await event_log.length(streams.dead_letter) == 0
     finally:
         index.close()
+        await api.aclose()
 
 
 async def test_an_open_breaker_pauses_the_projector(
@@ -726,3 +727,4 @@ async def test_an_open_breaker_pauses_the_projector(
         stop.set()
         await task
         index.close()
+        await api.aclose()
