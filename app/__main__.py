@@ -14,12 +14,16 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import msgspec
 
 from app.errors import RagError, SettingsError
+from app.listener import Listener
 from app.settings import Settings
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
 log = logging.getLogger("rag_pipeline")
+
+# After SIGTERM, how long connections already in the accept queue are still taken in.
+_ACCEPT_QUEUED_SECONDS = 0.2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,11 +147,11 @@ def _run_http(
     }
     settings = settings.replace(**changes)
     config = Config()
-    config.bind = [
+    where = (
         f"[{settings.host}]:{settings.port}"
         if ":" in settings.host
         else f"{settings.host}:{settings.port}"
-    ]
+    )
     config.graceful_timeout = settings.graceful_timeout_seconds
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -157,15 +161,35 @@ def _run_http(
 
     async def run() -> None:
         services = await asyncio.to_thread(build, settings)
+        listener: Listener | None = None
         try:
+            listener = Listener(settings.host, settings.port, config.backlog)
+            config.bind = [listener.bind]
             stop = asyncio.Event()
+            app = make_app(settings, services)
+
+            def drain() -> None:
+                # /ready answers false from now on; new connections are dropped at the
+                # kernel, those already queued are still accepted for a moment; then
+                # Hypercorn closes the socket, lets requests in flight finish within
+                # RAG_GRACEFUL_TIMEOUT_SECONDS, and the lifespan stops the projector and
+                # flushes the recorder.
+                if getattr(app.state, "draining", False):
+                    return
+                log.info("signal received: draining")
+                app.state.draining = True
+                assert listener is not None
+                filtered = listener.refuse_new()
+                loop.call_later(_ACCEPT_QUEUED_SECONDS if filtered else 0.0, stop.set)
+
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            log.info("%s on http://%s (data in %s)", what, config.bind[0], settings.data_path)
-            app = make_app(settings, services)
+                loop.add_signal_handler(sig, drain)
+            log.info("%s on http://%s (data in %s)", what, where, settings.data_path)
             await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
         finally:
+            if listener is not None:
+                listener.close()
             await services.aclose()
 
     try:

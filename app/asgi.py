@@ -10,10 +10,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.admission import AdmissionMiddleware, MemoryBudget
 from app.api import system
 from app.api.codec import error_response, response_for
 from app.api.routes import routes
@@ -49,7 +51,21 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             if services is None:
                 await built.aclose()
 
-    return Starlette(routes=routes(), lifespan=lifespan, exception_handlers=_handlers())
+    middleware = []
+    if settings.max_memory_mb > 0:
+        middleware.append(
+            Middleware(
+                AdmissionMiddleware,
+                budget=MemoryBudget(settings.max_memory_mb * 1024 * 1024),
+                max_body_bytes=settings.max_body_bytes,
+            )
+        )
+    return Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers=_handlers(),
+        middleware=middleware,
+    )
 
 
 def create_worker_app(settings: Settings, projection: Projection) -> Starlette:

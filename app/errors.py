@@ -52,3 +52,13 @@ class EventDecodeError(RagError):
 class EventLogError(RagError):
     """The event log refused a command for a reason a retry cannot fix (bad credentials, a key
     of the wrong type): a misconfiguration or a bug, not an outage."""
+
+
+class EmbedderUnavailable(DependencyUnavailable):
+    """The embeddings API cannot embed now (outage, rate limit, breaker open, bad credentials,
+    no quota): the texts are not at fault, so the projector holds their events, never
+    dead-letters them."""
+
+
+class EmbedderRejected(RagError):
+    """The embeddings API refused these texts (400/422): a retry of the same texts fails too."""

@@ -50,6 +50,7 @@ class SearchOutcome(msgspec.Struct, kw_only=True):
     hits: list[Hit]
     reranked: bool
     timings_ms: dict[str, float]
+    rerank_skipped: str | None = None  # why a rerank that was asked for did not run
 
 
 class Pipeline:
@@ -71,9 +72,14 @@ class Pipeline:
         cfg = self.config
         top_k = params.top_k or cfg.default_top_k
         min_score = cfg.default_min_score if params.min_score is None else params.min_score
-        rerank = self.reranker is not None and (
-            cfg.rerank_by_default if params.rerank is None else params.rerank
-        )
+        wants_rerank = cfg.rerank_by_default if params.rerank is None else params.rerank
+        rerank = self.reranker is not None and wants_rerank
+        skipped = None
+        if wants_rerank and self.reranker is None:
+            skipped = (
+                f"the index's embedder ({self.embedder.model_id}) gives no token vectors, "
+                "which late-interaction rerank needs"
+            )
         clock = _Clock()
 
         with clock.stage("embed"):
@@ -127,6 +133,7 @@ class Pipeline:
             hits=hits,
             reranked=rerank,
             timings_ms=clock.finish(),
+            rerank_skipped=skipped,
         )
 
 

@@ -18,8 +18,11 @@ embedder sees large batches across documents. When a batch fails, its entries ar
 by one to find the culprits; an entry that keeps failing (or that was delivered more than
 RAG_PROJECTOR_MAX_DELIVERIES times without finishing, e.g. because it kills the process) is
 moved to the dead-letter stream with the error and acknowledged, so it cannot block the rest.
-Failures while the index itself does not answer are an outage, not poison: nothing is
-dead-lettered, the entries wait and are retried with backoff.
+Failures while the index itself does not answer, or while the embeddings API cannot embed
+(EmbedderUnavailable), are an outage, not poison: nothing is dead-lettered, the entries wait
+and are retried with backoff. While the embedder's circuit breaker is open (`pause`), the
+projector takes no new entries at all: they wait in the stream, undelivered, and are
+applied once a probe finds the API back.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -37,7 +40,7 @@ import numpy as np
 
 from app.doc_status import Applied, DocStatusStore, id_key
 from app.domain import Chunk, ChunkingParams, DocumentIn, IndexedChunk, Vector
-from app.errors import DependencyUnavailable
+from app.errors import DependencyUnavailable, EmbedderUnavailable
 from app.events import DocumentDeleted, DocumentUpserted, Entry, EventDeadLettered, Streams
 from app.indexing import Indexer
 from app.ports import CachedEmbedding, EmbeddingCache, EventLog
@@ -73,6 +76,7 @@ class ProjectorCounts(msgspec.Struct, kw_only=True):
     skipped: int = 0  # events already reflected by an equal or newer one
     failures: int = 0  # failed attempts (each retried or dead-lettered)
     dead_lettered: int = 0
+    paused_waits: int = 0  # waits while the embedder's breaker was open
 
 
 class _Item(NamedTuple):
@@ -93,8 +97,12 @@ class Projector:
         streams: Streams,
         consumer: str,
         config: ProjectorConfig,
+        pause: Callable[[], float] | None = None,
     ) -> None:
         self.log = log
+        # Seconds to hold off before the embedder may be called again (its breaker is open);
+        # 0 to go on.
+        self._pause = pause
         self.indexer = indexer
         self.cache = cache
         self.status = status
@@ -124,6 +132,18 @@ class Projector:
         claim_every = max(self.config.claim_idle_ms / 2000, 0.05)
         next_claim = time.monotonic() + claim_every
         while not stop.is_set():
+            paused = self._pause() if self._pause is not None else 0.0
+            if paused > 0:
+                # Take nothing new and retry nothing: every call would be refused, and what
+                # is refused must not count as a delivery. Look again soon, for `stop`.
+                self.counts.paused_waits += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(paused, 1.0))
+                if self._held or self._retry_at is not None:
+                    self._retry_at = time.monotonic()  # first thing once the API is back
+                    self._retry_delay = _FIRST_BACKOFF_SECONDS
+                backoff = _FIRST_BACKOFF_SECONDS
+                continue
             try:
                 if not joined:
                     await self.log.ensure_group(self.stream, GROUP, start="0")
@@ -147,11 +167,15 @@ class Projector:
             except Exception as exc:
                 # Redis or the index is down, or a bug: log it, wait, go on. What was in
                 # hand stays pending (or held) and is retried; the loop itself must not die.
+                self._schedule_retry()
+                paused = self._pause() if self._pause is not None else 0.0
+                if isinstance(exc, EmbedderUnavailable) and paused > 0:
+                    log.warning("projector paused, the embeddings API is failing: %s", exc)
+                    continue  # the pause above waits for the breaker, not the backoff
                 if isinstance(exc, DependencyUnavailable):
                     log.warning("projector waiting %.1f s: %s", backoff, exc)
                 else:
                     log.exception("projector step failed; retrying in %.1f s", backoff)
-                self._schedule_retry()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
@@ -288,8 +312,9 @@ class Projector:
             try:
                 await self._apply(group)
             except Exception as exc:
-                if len(group) == 1:
-                    failures[group[0].entry.id] = (group[0], exc)
+                if len(group) == 1 or isinstance(exc, EmbedderUnavailable):
+                    # An embedder outage fails every entry alike: no culprit to look for.
+                    failures.update({i.entry.id: (i, exc) for i in group})
                 else:
                     # Which one is it? Apply them one by one; the good ones go through.
                     failures.update(await self._apply_each(group))
@@ -311,6 +336,14 @@ class Projector:
 
     async def _failed(self, failures: dict[str, tuple[_Item, BaseException]]) -> None:
         self.counts.failures += len(failures)
+        outage = next((e for _, e in failures.values() if isinstance(e, EmbedderUnavailable)), None)
+        if outage is not None:
+            # Not the entries' fault: held and retried as they are, like an index outage.
+            self._held += [item.entry for item, _ in failures.values()]
+            raise EmbedderUnavailable(
+                f"{len(failures)} entries wait for the embeddings API: {outage}",
+                retry_after=outage.retry_after,
+            ) from outage
         if not await self.indexer.index.ready():
             # Nothing can be applied now; these entries are not at fault. They are held and
             # retried as they are, without counting deliveries against them.

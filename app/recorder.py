@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -66,9 +67,15 @@ class RetrievalRecorder:
         self.dropped = 0
         self._last_trim = 0.0
 
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
     def record(self, event: RetrievalRecorded) -> None:
         if len(self._buffer) >= self.capacity:
             self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("retrieval events lost: %d (buffer full, Redis away)", self.dropped)
             return
         self._buffer.append(event)
         self._wake.set()
@@ -83,7 +90,10 @@ class RetrievalRecorder:
             stopper.cancel()
             self._wake.clear()
             if not await self.flush():
-                await asyncio.sleep(1.0)  # Redis is away; keep buffering, try again soon
+                # Redis is away; keep buffering and try again soon, searches or not.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                self._wake.set()
         await self.flush()
 
     async def flush(self) -> bool:

@@ -119,12 +119,15 @@ class SearchResult(msgspec.Struct, kw_only=True):
     scores: dict[str, float]
 
 
-class SearchResponse(msgspec.Struct, kw_only=True):
+class SearchResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     results: list[SearchResult]
     retrieval_id: str
     mode: Mode
     reranked: bool
     timings_ms: dict[str, float]
+    # Set when a rerank was asked for (or is the default) and could not run: an index built
+    # by an API embedder has no token vectors for late interaction.
+    rerank_skipped: str | None = None
 
 
 class DocumentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -173,10 +176,20 @@ class CacheInfo(msgspec.Struct, kw_only=True):
     errors: int
 
 
+class RetrievalsInfo(msgspec.Struct, kw_only=True):
+    """This process's retrieval recording since it started: recorded on the stream, buffered
+    waiting for Redis, and dropped (lost: the buffer was full while Redis was away)."""
+
+    recorded: int
+    buffered: int
+    dropped: int
+
+
 class Stats(msgspec.Struct, kw_only=True):
     index: IndexInfo
     events: EventsInfo
     cache: CacheInfo
+    retrievals: RetrievalsInfo | None = None
 
 
 class Health(msgspec.Struct, kw_only=True):

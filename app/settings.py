@@ -103,6 +103,33 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     qdrant_collection_prefix: Annotated[str, Meta(max_length=100, pattern=r"^[A-Za-z0-9_-]*$")] = (
         msgspec.field(default="rag_", name="QDRANT_COLLECTION_PREFIX")
     )
+    embedder: Literal["local", "openai"] = msgspec.field(default="local", name="RAG_EMBEDDER")
+    # A secret: from the Secret rag-pipeline-secrets, never the ConfigMap; never logged.
+    openai_api_key: str = msgspec.field(default="", name="OPENAI_API_KEY")
+    openai_base_url: str = msgspec.field(
+        default="https://api.openai.com/v1", name="OPENAI_BASE_URL"
+    )
+    embedding_model: Annotated[str, Meta(min_length=1, max_length=200)] = msgspec.field(
+        default="text-embedding-3-small", name="RAG_EMBEDDING_MODEL"
+    )
+    embedding_dimensions: Annotated[int, Meta(ge=0, le=16384)] = msgspec.field(
+        default=0, name="RAG_EMBEDDING_DIMENSIONS"
+    )
+    embedder_timeout_seconds: Annotated[float, Meta(gt=0, le=600)] = msgspec.field(
+        default=10.0, name="RAG_EMBEDDER_TIMEOUT_SECONDS"
+    )
+    embedder_max_retries: Annotated[int, Meta(ge=0, le=20)] = msgspec.field(
+        default=4, name="RAG_EMBEDDER_MAX_RETRIES"
+    )
+    embedder_breaker_failures: Annotated[int, Meta(ge=1, le=1000)] = msgspec.field(
+        default=5, name="RAG_EMBEDDER_BREAKER_FAILURES"
+    )
+    embedder_breaker_cooldown_seconds: Annotated[float, Meta(gt=0, le=3600)] = msgspec.field(
+        default=5.0, name="RAG_EMBEDDER_BREAKER_COOLDOWN_SECONDS"
+    )
+    max_memory_mb: Annotated[int, Meta(ge=0, le=1 << 20)] = msgspec.field(
+        default=2048, name="RAG_MAX_MEMORY_MB"
+    )
 
     @property
     def data_path(self) -> Path:
@@ -133,6 +160,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         _parse_duration("RAG_RETRIEVAL_RETENTION", settings.retrieval_retention)
         _check_redis_url(settings.redis_url)
         _check_qdrant_url(settings.qdrant_url)
+        _check_embedder(settings)
         if settings.chunk_overlap >= settings.chunk_size:
             raise SettingsError(
                 f"RAG_CHUNK_OVERLAP ({settings.chunk_overlap}) must be smaller than "
@@ -189,6 +217,19 @@ def _check_qdrant_url(url: str) -> None:
             f"QDRANT_URL: expected empty (the embedded index), :memory: (qdrant-client's "
             f"local mode) or an http:// or https:// URL, got scheme {urlsplit(url).scheme!r}"
         )
+
+
+def _check_embedder(settings: Settings) -> None:
+    if settings.embedder != "openai":
+        return
+    parts = urlsplit(settings.openai_base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(
+            "OPENAI_BASE_URL: expected an http:// or https:// URL, got "
+            f"{settings.openai_base_url!r}"
+        )
+    if not settings.openai_api_key and parts.hostname == "api.openai.com":
+        raise SettingsError("OPENAI_API_KEY: required when RAG_EMBEDDER=openai talks to OpenAI")
 
 
 def _name_the_variable(message: str) -> str:
@@ -264,6 +305,30 @@ SETTINGS_DOC: dict[str, str] = {
     "QDRANT_COLLECTION_PREFIX": "Prefix of the alias (`<prefix><model id>`) search and the "
     "projector use, and of the generation collections behind it, so several deployments can "
     "share one cluster.",
+    "RAG_EMBEDDER": "`local` (MiniLM in process) or `openai`: any OpenAI-compatible "
+    "`/v1/embeddings` API (OpenAI, vLLM, TEI, Ollama, LiteLLM). An API embedder gives no token "
+    "vectors, so its index has no late-interaction rerank (searches say `rerank_skipped`).",
+    "OPENAI_API_KEY": "API key for `RAG_EMBEDDER=openai` (a secret: from the Secret, never the "
+    "ConfigMap); may be empty for a server that needs none.",
+    "OPENAI_BASE_URL": "Base URL of the OpenAI-compatible API, e.g. `http://vllm:8000/v1`.",
+    "RAG_EMBEDDING_MODEL": "Model `RAG_EMBEDDER=openai` asks for. With its dimension it names "
+    "the index: changing either builds a new index (replay) rather than mixing vectors.",
+    "RAG_EMBEDDING_DIMENSIONS": "Vector dimension of the API model; 0 = the model's own "
+    "(known for OpenAI's text-embedding-3-small/-large and ada-002, required for others). For "
+    "text-embedding-3 models a smaller value is requested from the API (`dimensions`); for "
+    "other models it declares the dimension and a response of another size is an error.",
+    "RAG_EMBEDDER_TIMEOUT_SECONDS": "Timeout of one embeddings API request (connect, send, "
+    "wait, read).",
+    "RAG_EMBEDDER_MAX_RETRIES": "Retries of a failed embeddings API request while indexing "
+    "(capped exponential backoff with jitter, or the server's Retry-After); a search retries "
+    "at most once. None for 400, 401, 403, 404 or insufficient_quota.",
+    "RAG_EMBEDDER_BREAKER_FAILURES": "Consecutive failed embeddings API requests that open the "
+    "circuit breaker: searches then answer 503 at once and the projector stops taking events.",
+    "RAG_EMBEDDER_BREAKER_COOLDOWN_SECONDS": "How long the breaker stays open before one probe "
+    "request may test the API (longer if the API's Retry-After asks for more).",
+    "RAG_MAX_MEMORY_MB": "Memory budget of the process: a request is refused with 503 and "
+    "Retry-After when resident memory plus what admitted requests may still allocate (their "
+    "body size times 4) would pass it. 0 = no limit.",
 }
 
 if set(SETTINGS_DOC) != set(ENV_NAMES):  # pragma: no cover - caught at import in every test run

@@ -261,6 +261,22 @@ class LocalEmbedder:
         return self._slots[1]
 
 
+def minilm_token_counter() -> Callable[[str], int]:
+    """MiniLM's WordPiece token count (no specials, no truncation), without loading the model:
+    the chunker's measure for embedders that expose no tokenizer of their own."""
+    data = _read_verified(
+        resources.files("app") / "assets" / "minilm-tokenizer.json", TOKENIZER_SHA256, "tokenizer"
+    )
+    counter = Tokenizer.from_str(data.decode())
+    counter.no_padding()
+    counter.no_truncation()
+
+    def count(text: str) -> int:
+        return len(counter.encode(text, add_special_tokens=False))
+
+    return count
+
+
 def _read_verified(file: Traversable, sha256: str, what: str) -> bytes:
     try:
         data = file.read_bytes()

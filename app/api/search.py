@@ -81,6 +81,7 @@ async def search(request: Request) -> Response:
             mode=body.mode,
             reranked=outcome.reranked,
             timings_ms=outcome.timings_ms,
+            rerank_skipped=outcome.rerank_skipped,
         )
     )
 

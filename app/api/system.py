@@ -10,7 +10,15 @@ from starlette.responses import Response
 from app.api.codec import json_response
 from app.domain import DEFAULT_TENANT
 from app.projector import GROUP
-from app.schemas import CacheInfo, EventsInfo, Health, IndexInfo, Readiness, Stats
+from app.schemas import (
+    CacheInfo,
+    EventsInfo,
+    Health,
+    IndexInfo,
+    Readiness,
+    RetrievalsInfo,
+    Stats,
+)
 from app.wiring import Projection, Services
 
 
@@ -37,6 +45,8 @@ async def _readiness(request: Request, projection: Projection | None) -> Respons
     task: asyncio.Task[None] | None = getattr(request.app.state, "projector_task", None)
     if task is not None:
         checks["projector"] = not task.done()
+    # Set on SIGTERM: the load balancer should stop sending while in-flight requests finish.
+    checks["accepting"] = not getattr(request.app.state, "draining", False)
     ok = all(checks.values())
     return json_response(
         Readiness(ready=ok, checks=checks), 200 if ok else 503, None if ok else {"Retry-After": "1"}
@@ -72,6 +82,11 @@ async def stats(request: Request) -> Response:
             ),
             cache=CacheInfo(
                 hits=cache.hits, misses=cache.misses, writes=cache.writes, errors=cache.errors
+            ),
+            retrievals=RetrievalsInfo(
+                recorded=services.recorder.appended,
+                buffered=services.recorder.buffered,
+                dropped=services.recorder.dropped,
             ),
         )
     )

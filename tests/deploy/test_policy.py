@@ -34,11 +34,6 @@ from tests.deploy._support import (
 # test_pending_settings_are_not_yet_read_by_the_app fails until you do.
 PENDING_SETTINGS = {
     # Production adapters: Qdrant cluster, OpenAI-compatible embeddings, resilience
-    "RAG_EMBEDDER",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "RAG_EMBEDDING_MODEL",
-    "RAG_MAX_MEMORY_MB",
     # Traces to Jaeger and Prometheus metrics: the standard OpenTelemetry SDK variables
     "OTEL_SERVICE_NAME",
     "OTEL_EXPORTER_OTLP_ENDPOINT",

@@ -157,7 +157,11 @@ def test_status_moves_from_pending_to_applied_and_the_index_has_one_writer(
             assert (status["status"], status.get("version")) == ("pending", None)
             assert http.delete("/api/v1/documents/p2").status_code == 404  # already going
             assert http.get("/api/v1/stats").json()["events"]["indexer_lag"] == 4
-            assert http.get("/ready").json()["checks"] == {"index": True, "event_log": True}
+            assert http.get("/ready").json()["checks"] == {
+                "index": True,
+                "event_log": True,
+                "accepting": True,
+            }
 
         # The serving process holds the embedded index: a worker is refused, by name.
         refused = subprocess.run(

@@ -14,16 +14,19 @@ import redis.asyncio
 
 from app.adapters.edge_index import EdgeIndex
 from app.adapters.local_embedder import LocalEmbedder
+from app.adapters.openai_embedder import OpenAIEmbedder
 from app.adapters.redis_cache import RedisEmbeddingCache
 from app.adapters.redis_doc_status import RedisDocStatus
 from app.adapters.redis_streams import EVENT_FIELD, RedisEventLog
+from app.circuit_breaker import CircuitBreaker
 from app.doc_status import Applied, Written
 from app.domain import ChunkingParams, DocumentIn
-from app.errors import DependencyUnavailable
+from app.errors import DependencyUnavailable, EmbedderUnavailable
 from app.events import DocumentUpserted, EventDeadLettered, FeedbackGiven, Streams
 from app.indexing import Indexer, document_version
 from app.ingest import LoggedIngest
 from app.projector import GROUP, Projector, ProjectorConfig
+from tests.openai_wire import FakeEmbeddings, Reply
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio
@@ -589,3 +592,139 @@ async def test_status_records_only_move_forwards(status: RedisDocStatus) -> None
     assert await status.applied("m", TENANT, ["a"]) == [late]
     assert await status.applied("other-model", TENANT, ["a"]) == [None]
     assert await status.both("m", TENANT, ["a"]) == [(newer, late)]
+
+
+# --- the embeddings API failing (OpenAI-wire server) --------------------------------------
+
+
+@pytest.fixture()
+def fake_api() -> Iterator[FakeEmbeddings]:
+    with FakeEmbeddings(dim=64) as server:
+        yield server
+
+
+def api_projector(
+    fake_api: FakeEmbeddings,
+    tmp_path: Path,
+    event_log: RedisEventLog,
+    cache: RedisEmbeddingCache,
+    status: RedisDocStatus,
+    streams: Streams,
+    *,
+    threshold: int,
+) -> tuple[Projector, OpenAIEmbedder, EdgeIndex]:
+    api = OpenAIEmbedder(
+        api_key="test-key",
+        base_url=fake_api.url,
+        model="wire",
+        dimensions=64,
+        timeout_seconds=2,
+        batch_size=8,
+        max_concurrent_batches=1,
+        max_retries=0,
+        breaker=CircuitBreaker(failure_threshold=threshold, cooldown_seconds=0.5),
+    )
+    index = EdgeIndex(tmp_path / "api", model_id=api.model_id, dim=api.dim)
+    projector = Projector(
+        event_log,
+        Indexer(api, index),
+        cache,
+        status,
+        streams=streams,
+        consumer="p",
+        config=ProjectorConfig(max_deliveries=2, claim_idle_ms=60_000, block_ms=50),
+        pause=api.breaker.retry_after,
+    )
+    return projector, api, index
+
+
+async def test_an_embeddings_api_outage_dead_letters_nothing(
+    fake_api: FakeEmbeddings,
+    tmp_path: Path,
+    event_log: RedisEventLog,
+    cache: RedisEmbeddingCache,
+    status: RedisDocStatus,
+    streams: Streams,
+) -> None:
+    # The breaker never opens here: every failure reaches the projector as EmbedderUnavailable.
+    projector, api, index = api_projector(
+        fake_api, tmp_path, event_log, cache, status, streams, threshold=1000
+    )
+    ingest = LoggedIngest(
+        event_log,
+        status,
+        streams=streams,
+        projection=api.model_id,
+        max_documents=10,
+        wait_seconds=10,
+    )
+    try:
+        fake_api.outage = Reply(status=500)
+        docs = [doc(f"d{i}", f"Note {i} about storms.") for i in range(3)]
+        await ingest.ingest(TENANT, docs, SMALL)
+        for _ in range(4):  # retries of held entries are not deliveries
+            with pytest.raises(EmbedderUnavailable):
+                await (projector.retry_pending() if projector.counts.failures else drain(projector))
+        assert await event_log.length(streams.dead_letter) == 0
+        counts = await event_log.delivery_counts(
+            streams.documents, GROUP, [e.id for e in await event_log.range(streams.documents)]
+        )
+        assert set(counts.values()) == {1}  # max_deliveries is 2: none is near it
+
+        fake_api.outage = None
+        await projector.retry_pending()
+        assert set(await points(index)) == {d.id for d in docs}
+        assert await settled(event_log, streams) == (0, 0)
+        assert await event_log.length(streams.dead_letter) == 0
+    finally:
+        index.close()
+        await api.aclose()
+
+
+async def test_an_open_breaker_pauses_the_projector(
+    fake_api: FakeEmbeddings,
+    tmp_path: Path,
+    event_log: RedisEventLog,
+    cache: RedisEmbeddingCache,
+    status: RedisDocStatus,
+    streams: Streams,
+) -> None:
+    projector, api, index = api_projector(
+        fake_api, tmp_path, event_log, cache, status, streams, threshold=1
+    )
+    ingest = LoggedIngest(
+        event_log,
+        status,
+        streams=streams,
+        projection=api.model_id,
+        max_documents=10,
+        wait_seconds=10,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        fake_api.outage = Reply(status=429, retry_after=1)
+        await ingest.ingest(TENANT, [doc("first", "Storms at sea.")], SMALL)
+        await asyncio.sleep(0.5)
+        assert api.breaker.state != "closed"
+        await ingest.ingest(TENANT, [doc(f"later{i}", f"Later note {i}.") for i in range(3)], SMALL)
+        await asyncio.sleep(2.5)
+        # One failure opened it (Retry-After 1 s); since then only probes, one a second.
+        assert fake_api.requests_count() <= 4
+        assert projector.counts.paused_waits > 0
+        info = await event_log.group_info(streams.documents, GROUP)
+        assert info is not None and info.lag == 3  # the later ones were not even read
+        assert await event_log.length(streams.dead_letter) == 0
+
+        fake_api.outage = None
+        for _ in range(50):
+            if len(await points(index)) == 4:
+                break
+            await asyncio.sleep(0.1)
+        assert set(await points(index)) == {"first", "later0", "later1", "later2"}
+        assert await event_log.length(streams.dead_letter) == 0
+    finally:
+        stop.set()
+        await task
+        index.close()
+        await api.aclose()

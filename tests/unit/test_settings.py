@@ -155,3 +155,27 @@ def test_readme_table_matches_the_code() -> None:
     end = readme.index("<!-- settings-table:end -->")
     assert readme[start:end].strip() == settings_table()
     assert all(f"`{name}`" in readme for name in ENV_NAMES)
+
+
+def test_openai_embedder_settings() -> None:
+    settings = Settings.from_env(
+        {"RAG_EMBEDDER": "openai", "OPENAI_API_KEY": "sk-test", "RAG_EMBEDDING_DIMENSIONS": "256",
+         "OPENAI_BASE_URL": "http://vllm:8000/v1", "RAG_EMBEDDER_BREAKER_FAILURES": "3"}
+    )
+    assert (settings.embedder, settings.embedding_model) == ("openai", "text-embedding-3-small")
+    assert (settings.embedding_dimensions, settings.embedder_breaker_failures) == (256, 3)
+    assert Settings.from_env({}).embedder == "local"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"RAG_EMBEDDER": "cohere"}, "RAG_EMBEDDER"),
+        ({"RAG_EMBEDDER": "openai", "OPENAI_BASE_URL": "vllm:8000"}, "OPENAI_BASE_URL"),
+        ({"RAG_EMBEDDER": "openai"}, "OPENAI_API_KEY"),
+        ({"RAG_MAX_MEMORY_MB": "-1"}, "RAG_MAX_MEMORY_MB"),
+    ],
+)
+def test_bad_embedder_settings_are_named(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
