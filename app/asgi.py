@@ -10,16 +10,18 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.api import system
+from app.api import metrics, system
 from app.api.codec import error_response, response_for
 from app.api.routes import routes
 from app.errors import RagError
 from app.projector import Projector
 from app.settings import Settings
+from app.telemetry.http import TelemetryMiddleware
 from app.wiring import Projection, Services, build_services
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,12 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             if services is None:
                 await built.aclose()
 
-    return Starlette(routes=routes(), lifespan=lifespan, exception_handlers=_handlers())
+    return Starlette(
+        routes=[*routes(), Route("/metrics", metrics.scrape, methods=["GET"])],
+        lifespan=lifespan,
+        exception_handlers=_handlers(),
+        middleware=[Middleware(TelemetryMiddleware)],
+    )
 
 
 def create_worker_app(settings: Settings, projection: Projection) -> Starlette:
@@ -65,6 +72,7 @@ def create_worker_app(settings: Settings, projection: Projection) -> Starlette:
         routes=[
             Route("/health", system.health, methods=["GET"]),
             Route("/ready", system.worker_ready, methods=["GET"]),
+            Route("/metrics", metrics.scrape, methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers=_handlers(),

@@ -8,9 +8,12 @@ import os
 import time
 import uuid
 
+from opentelemetry.trace import Span, Status, StatusCode
+
 from app.errors import RagError
 from app.events import Entry, RetrievalRecorded
 from app.ports import EventLog
+from app.telemetry import metrics, schema, tracing
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +64,28 @@ class RetrievalRecorder:
         self.capacity = capacity
         self.batch = batch
         self._buffer: list[RetrievalRecorded] = []
+        # The rag.record span of each buffered event, in step with _buffer: started in the
+        # request's trace, ended once the event is on the stream (with its id).
+        self._spans: list[Span] = []
         self._wake = asyncio.Event()
         self.appended = 0
         self.dropped = 0
         self._last_trim = 0.0
 
     def record(self, event: RetrievalRecorded) -> None:
+        span = tracing.tracer().start_span(
+            schema.RECORD,
+            attributes={schema.STREAM: self.stream, schema.RETRIEVAL_ID: event.retrieval_id},
+        )
         if len(self._buffer) >= self.capacity:
             self.dropped += 1
+            metrics.event_dropped()
+            span.set_attribute(schema.DROPPED, True)
+            span.set_status(Status(StatusCode.ERROR, "recorder buffer full"))
+            span.end()
             return
         self._buffer.append(event)
+        self._spans.append(span)
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -91,12 +106,16 @@ class RetrievalRecorder:
         while self._buffer:
             batch = self._buffer[: self.batch]
             try:
-                await self.event_log.append_many(self.stream, batch)
+                ids = await self.event_log.append_many(self.stream, batch)
             except RagError as exc:
                 log.warning(
                     "retrieval events not recorded yet (%d buffered): %s", len(self._buffer), exc
                 )
                 return False
+            for span, entry_id in zip(self._spans, ids, strict=False):
+                span.set_attribute(schema.EVENT_ID, entry_id)
+                span.end()
+            del self._spans[: len(batch)]
             del self._buffer[: len(batch)]
             self.appended += len(batch)
         await self._trim()

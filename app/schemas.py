@@ -125,6 +125,9 @@ class SearchResponse(msgspec.Struct, kw_only=True):
     mode: Mode
     reranked: bool
     timings_ms: dict[str, float]
+    # The search's trace (32 hex digits), also in the x-trace-id header; null when tracing
+    # is off. Find it in Jaeger by this id (observability/README.md).
+    trace_id: str | None = None
 
 
 class DocumentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):

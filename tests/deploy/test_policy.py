@@ -42,13 +42,6 @@ PENDING_SETTINGS = {
     "OPENAI_BASE_URL",
     "RAG_EMBEDDING_MODEL",
     "RAG_MAX_MEMORY_MB",
-    # Traces to Jaeger and Prometheus metrics: the standard OpenTelemetry SDK variables
-    "OTEL_SERVICE_NAME",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG",
-    "OTEL_RESOURCE_ATTRIBUTES",
 }
 
 # Never in a ConfigMap: referenced from the Secret rag-pipeline-secrets.
