@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
@@ -128,8 +128,8 @@ def tracer() -> trace.Tracer:
 
 
 def trace_id_of(span: Span) -> str | None:
-    context = span.get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
+    span_context = span.get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else None
 
 
 def current_trace_id() -> str | None:
@@ -161,8 +161,8 @@ def span_context_of(traceparent: str | None) -> SpanContext | None:
     """The remote span a traceparent names; None if it names none."""
     if not traceparent:
         return None
-    context = trace.get_current_span(_propagator.extract({"traceparent": traceparent}))
-    span_context = context.get_span_context()
+    remote = trace.get_current_span(_propagator.extract({"traceparent": traceparent}))
+    span_context = remote.get_span_context()
     return span_context if span_context.is_valid else None
 
 
@@ -186,17 +186,31 @@ def stage(
 ) -> Iterator[Span]:
     """A stage's span `rag.<name>` (current while it runs), timed into rag_stage_latency_seconds."""
     started = time.perf_counter()
-    with _tracer.start_as_current_span(
-        f"rag.{name}", kind=kind, links=links, attributes=attributes
-    ) as span:
-        try:
+    span = _tracer.start_span(f"rag.{name}", kind=kind, links=links, attributes=attributes)
+    exemplar = trace_id_of(span) if span.is_recording() else None
+    try:
+        with _current(span):
             yield span
-        finally:
-            metrics.observe_stage(
-                name,
-                time.perf_counter() - started,
-                trace_id_of(span) if span.is_recording() else None,
-            )
+    finally:
+        metrics.observe_stage(name, time.perf_counter() - started, exemplar)
+
+
+@contextmanager
+def _current(span: Span) -> Iterator[None]:
+    """`span` current while the block runs; ended after, with the error if one escaped.
+    What start_as_current_span does, by hand: its two nested context managers cost a
+    measurable share of a span on the search path (bench/telemetry_overhead.py)."""
+    token = context.attach(trace.set_span_in_context(span))
+    try:
+        yield
+    except BaseException as exc:
+        if span.is_recording():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        context.detach(token)
+        span.end()
 
 
 def client_span(
@@ -216,7 +230,7 @@ def client_span(
         async def traced(*args: P.args, **kwargs: P.kwargs) -> R:
             if not trace.get_current_span().is_recording():
                 return await fn(*args, **kwargs)
-            with _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes):
+            with _current(_tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)):
                 return await fn(*args, **kwargs)
 
         return traced

@@ -263,12 +263,18 @@ def test_projector_span_is_linked_to_the_ingest_request(
     (server,) = [s for s in ingest_spans if s.name == "POST /api/v1/ingest"]
     assert server.context is not None
 
-    projects = [
-        s
-        for s in running.exporter.get_finished_spans()
-        if s.name == schema.PROJECT
-        and any(link.context.span_id == server.context.span_id for link in s.links)
-    ]
+    # ?wait=true answers once the document is applied; the batch's span ends a moment later.
+    deadline = time.monotonic() + 10
+    while True:
+        projects = [
+            s
+            for s in running.exporter.get_finished_spans()
+            if s.name == schema.PROJECT
+            and any(link.context.span_id == server.context.span_id for link in s.links)
+        ]
+        if projects or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(projects) == 1, "no rag.project span links to the ingest request"
     project = projects[0]
     assert project.kind == SpanKind.CONSUMER
