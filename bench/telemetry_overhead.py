@@ -9,10 +9,14 @@ its own data directory, ingested once):
        metrics on (RAG_METRICS=true);
 - off: OTEL_SDK_DISABLED=true and RAG_METRICS=false.
 
-Runs alternate on/off (ABBA order, so neither always goes first), each sending the same
-SciFact queries one at a time from one client; p50 per run, medians over --runs runs.
+The machine is shared and noisy, so on and off are interleaved query by query: each query goes
+to both servers, one after the other, the order alternating (on first for even queries, off
+first for odd ones), so both see the same background load. Each run sends --queries SciFact
+queries this way; per run the p50 of each server and the median of the paired differences
+(on - off for the same query) are taken, then the medians over --runs runs.
 
     python bench/telemetry_overhead.py [--docs 300] [--queries 200] [--runs 7] [--out FILE]
+        [--work-dir DIR]   # keep the two data directories: a second run skips the ingest
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -76,19 +81,32 @@ class Receiver:
         return count
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def run_queries(url: str, queries: list[str]) -> list[float]:
-    latencies = []
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-        for q in queries:
-            t0 = time.perf_counter()
-            r = await http.post("/api/v1/search", json={"query": q})
-            latencies.append((time.perf_counter() - t0) * 1000)
-            r.raise_for_status()
+async def run_queries(urls: dict[str, str], queries: list[str]) -> dict[str, list[float]]:
+    """Every query to every server, in an order that alternates query by query."""
+    latencies: dict[str, list[float]] = {name: [] for name in urls}
+    clients = {name: httpx.AsyncClient(base_url=url, timeout=30) for name, url in urls.items()}
+    try:
+        names = list(urls)
+        for i, q in enumerate(queries):
+            for name in names if i % 2 == 0 else names[::-1]:
+                t0 = time.perf_counter()
+                r = await clients[name].post("/api/v1/search", json={"query": q})
+                latencies[name].append((time.perf_counter() - t0) * 1000)
+                r.raise_for_status()
+    finally:
+        for client in clients.values():
+            await client.aclose()
     return latencies
 
 
@@ -106,6 +124,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep data directories here")
     args = parser.parse_args()
 
     docs = [
@@ -125,28 +144,44 @@ def main() -> int:
     }
     p50s: dict[str, list[float]] = {"on": [], "off": []}
     p95s: dict[str, list[float]] = {"on": [], "off": []}
+    paired: list[float] = []
     with tempfile.TemporaryDirectory(prefix="telemetry-bench-") as tmp:
-        servers = {name: Server(Path(tmp) / name, env=env) for name, env in envs.items()}
+        base = args.work_dir or Path(tmp)
+        servers = {name: Server(base / name, env=env) for name, env in envs.items()}
+        urls = {name: server.url for name, server in servers.items()}
         try:
             for name, server in servers.items():
                 server.start(timeout=180)
                 t0 = time.perf_counter()
                 ingest(server.url, docs)
                 print(f"{name}: {len(docs)} docs ingested in {time.perf_counter() - t0:.0f} s")
-                asyncio.run(run_queries(server.url, queries[:30]))  # warm up
+            asyncio.run(run_queries(urls, queries[:30]))  # warm up
+            pids = {name: server.pid for name, server in servers.items()}
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items() if pid}
             for run in range(args.runs):
-                order = ["on", "off"] if run % 2 == 0 else ["off", "on"]
-                for name in order:
-                    latencies = asyncio.run(run_queries(servers[name].url, queries))
-                    p50s[name].append(percentile(latencies, 50))
-                    p95s[name].append(percentile(latencies, 95))
+                latencies = asyncio.run(run_queries(urls, queries))
+                for name, values in latencies.items():
+                    p50s[name].append(percentile(values, 50))
+                    p95s[name].append(percentile(values, 95))
+                diffs = [a - b for a, b in zip(latencies["on"], latencies["off"], strict=True)]
+                paired.append(statistics.median(diffs))
                 print(
-                    f"run {run + 1}: p50 on {p50s['on'][-1]:.2f} ms, off {p50s['off'][-1]:.2f} ms"
+                    f"run {run + 1}: p50 on {p50s['on'][-1]:.2f} ms, off {p50s['off'][-1]:.2f} "
+                    f"ms, median paired difference {paired[-1]:+.2f} ms"
                 )
+            # Server CPU per search: far less sensitive to the other load on the machine than
+            # wall time (the export thread's encoding counts here too).
+            searches = args.runs * len(queries)
+            cpu_ms = {
+                name: round((cpu_seconds(pid) - cpu_before[name]) / searches * 1000, 3)
+                for name, pid in pids.items()
+                if pid
+            }
         finally:
             for server in servers.values():
                 server.stop()
-            drop_keys(PREFIXES)
+            if args.work_dir is None:
+                drop_keys(PREFIXES)
     result = {
         "docs": len(docs),
         "queries_per_run": len(queries),
@@ -154,11 +189,18 @@ def main() -> int:
         "p50_ms": {k: round(statistics.median(v), 2) for k, v in p50s.items()},
         "p95_ms": {k: round(statistics.median(v), 2) for k, v in p95s.items()},
         "p50_runs_ms": {k: [round(x, 2) for x in v] for k, v in p50s.items()},
+        "paired_difference_ms": round(statistics.median(paired), 3),
+        "paired_runs_ms": [round(x, 3) for x in paired],
+        "server_cpu_ms_per_search": cpu_ms,
         "spans_exported": receiver.spans(),
         "export_requests": len(receiver.bodies),
     }
     on, off = result["p50_ms"]["on"], result["p50_ms"]["off"]  # type: ignore[index]
     result["p50_overhead_pct"] = round((on - off) / off * 100, 1)
+    result["paired_overhead_pct_of_off_p50"] = round(
+        float(result["paired_difference_ms"]) / off * 100,
+        1,  # type: ignore[arg-type]
+    )
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -38,7 +38,7 @@ class TelemetryMiddleware:
             _text(headers.get(b"traceparent")), _text(headers.get(b"tracestate"))
         )
         status = 500
-        with tracing.tracer().start_as_current_span(
+        span = tracing.tracer().start_span(
             f"{method} {route}" if route else method,
             context=parent,
             kind=SpanKind.SERVER,
@@ -48,9 +48,8 @@ class TelemetryMiddleware:
                 schema.OPERATION: operation,
                 **({schema.HTTP_ROUTE: route} if route else {}),
             },
-            record_exception=True,
-            set_status_on_exception=True,
-        ) as span:
+        )
+        with tracing.activated(span):
             trace_id = tracing.trace_id_of(span)
 
             async def send_with_trace_id(message: Message) -> None:

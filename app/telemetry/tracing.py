@@ -189,14 +189,14 @@ def stage(
     span = _tracer.start_span(f"rag.{name}", kind=kind, links=links, attributes=attributes)
     exemplar = trace_id_of(span) if span.is_recording() else None
     try:
-        with _current(span):
+        with activated(span):
             yield span
     finally:
         metrics.observe_stage(name, time.perf_counter() - started, exemplar)
 
 
 @contextmanager
-def _current(span: Span) -> Iterator[None]:
+def activated(span: Span) -> Iterator[None]:
     """`span` current while the block runs; ended after, with the error if one escaped.
     What start_as_current_span does, by hand: its two nested context managers cost a
     measurable share of a span on the search path (bench/telemetry_overhead.py)."""
@@ -230,7 +230,7 @@ def client_span(
         async def traced(*args: P.args, **kwargs: P.kwargs) -> R:
             if not trace.get_current_span().is_recording():
                 return await fn(*args, **kwargs)
-            with _current(_tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)):
+            with activated(_tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)):
                 return await fn(*args, **kwargs)
 
         return traced
