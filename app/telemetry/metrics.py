@@ -3,6 +3,8 @@ their exposition: OpenMetrics (with trace-id exemplars) when the scraper asks fo
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
@@ -47,6 +49,17 @@ for _state in ("pending", "lag"):
     _queue.labels(_state)
 
 _enabled = True
+# Label children by label values: .labels() validates and locks on every call, a measurable
+# part of what a metric costs on the search path.
+_children: dict[tuple[object, ...], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
 
 
 def configure(enabled: bool) -> None:
@@ -63,13 +76,13 @@ def observe_request(operation: str, status: int, seconds: float, trace_id: str |
     if not _enabled:
         return
     exemplar = _exemplar(trace_id)
-    _requests.labels(operation, str(status)).inc(exemplar=exemplar)
-    _latency.labels(operation).observe(seconds, exemplar=exemplar)
+    _child(_requests, operation, str(status)).inc(exemplar=exemplar)
+    _child(_latency, operation).observe(seconds, exemplar=exemplar)
 
 
 def observe_stage(stage: str, seconds: float, trace_id: str | None) -> None:
     if _enabled:
-        _stage_latency.labels(stage).observe(seconds, exemplar=_exemplar(trace_id))
+        _child(_stage_latency, stage).observe(seconds, exemplar=_exemplar(trace_id))
 
 
 def cache_lookups(hits: int, misses: int) -> None:
@@ -82,7 +95,7 @@ def cache_lookups(hits: int, misses: int) -> None:
 
 def events_appended(stream: str, count: int) -> None:
     if _enabled and count:
-        _appended.labels(stream).inc(count)
+        _child(_appended, stream).inc(count)
 
 
 def event_dropped() -> None:
