@@ -139,6 +139,7 @@ def _run_http(
     from hypercorn.config import Config
 
     from app.adapters.embedded_redis import resolve_redis_url
+    from app.telemetry import tracing
 
     changes = {
         name: value
@@ -192,9 +193,12 @@ def _run_http(
                 listener.close()
             await services.aclose()
 
+    provider = tracing.install(settings)
     try:
         asyncio.run(run())
     finally:
+        if provider is not None:
+            provider.shutdown()  # exports the spans still batched
         if embedded is not None:
             embedded.stop()
     return 0

@@ -16,12 +16,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.admission import AdmissionMiddleware, MemoryBudget
-from app.api import system
+from app.api import metrics, system
 from app.api.codec import error_response, response_for
 from app.api.routes import routes
 from app.errors import RagError
 from app.projector import Projector
 from app.settings import Settings
+from app.telemetry.http import TelemetryMiddleware
 from app.wiring import Projection, Services, build_services
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             if services is None:
                 await built.aclose()
 
-    middleware = []
+    # Telemetry outermost, so requests the memory budget refuses are counted and traced too.
+    middleware = [Middleware(TelemetryMiddleware)]
     if settings.max_memory_mb > 0:
         middleware.append(
             Middleware(
@@ -61,7 +63,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             )
         )
     return Starlette(
-        routes=routes(),
+        routes=[*routes(), Route("/metrics", metrics.scrape, methods=["GET"])],
         lifespan=lifespan,
         exception_handlers=_handlers(),
         middleware=middleware,
@@ -81,6 +83,7 @@ def create_worker_app(settings: Settings, projection: Projection) -> Starlette:
         routes=[
             Route("/health", system.health, methods=["GET"]),
             Route("/ready", system.worker_ready, methods=["GET"]),
+            Route("/metrics", metrics.scrape, methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers=_handlers(),

@@ -8,12 +8,15 @@ from contextlib import contextmanager
 
 import msgspec
 import numpy as np
+from opentelemetry.trace import Span
 
 from app.domain import FieldFilter, Hit, IndexQuery, SearchMode
 from app.ports import Embedder, Reranker, VectorIndex
 from app.recorder import new_retrieval_id
 from app.retrieval.fusion import minmax, stable_order, weighted_sum
 from app.retrieval.mmr import mmr_select
+from app.telemetry import schema as t
+from app.telemetry import tracing
 
 
 class FusionWeights(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,6 +35,7 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     rerank_top_k: int
     mmr_max_candidates: int
     weights: FusionWeights = FusionWeights()
+    trace_query_text: bool = False  # RAG_TRACE_QUERY_TEXT: the query in the rag.search span
 
 
 class SearchParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,16 +86,22 @@ class Pipeline:
             )
         clock = _Clock()
 
-        with clock.stage("embed"):
+        with clock.stage("embed") as span:
+            if span.is_recording():
+                # Query embeddings are not cached (the embedder batches concurrent queries).
+                span.set_attributes(
+                    {t.MODEL: self.embedder.model_id, t.BATCH_SIZE: 1, t.CACHE: "off"}
+                )
             query = await self.embedder.embed_query(params.query)
 
-        with clock.stage("search"):
+        with clock.stage("search") as span:
+            limit = candidate_pool(top_k, rerank, params.diversity, cfg)
             hits = await self.index.retrieve(
                 IndexQuery(
                     tenant=params.tenant,
                     text=params.query,
                     vector=query.vector,
-                    limit=candidate_pool(top_k, rerank, params.diversity, cfg),
+                    limit=limit,
                     dense=params.mode != "bm25",
                     bm25=params.mode != "dense",
                     filters=params.filters,
@@ -101,13 +111,37 @@ class Pipeline:
                 # BM25 decides membership; cosines are still computed so min_score means
                 # the same thing in every mode.
                 hits = [h for h in hits if h.bm25 is not None]
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        t.TENANT: params.tenant,
+                        t.MODE: params.mode,
+                        t.LIMIT: limit,
+                        t.CANDIDATES: len(hits),
+                        t.FILTERS: len(params.filters),
+                        **({t.QUERY_TEXT: params.query} if cfg.trace_query_text else {}),
+                    }
+                )
 
-        with clock.stage("fusion"):
+        with clock.stage("fusion") as span:
+            candidates = len(hits)
             hits = fuse(hits, params.mode, cfg.weights)
             hits = [h for h in hits if h.dense >= min_score]
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        t.MODE: params.mode,
+                        t.CANDIDATES: candidates,
+                        t.KEPT: len(hits),
+                        t.MIN_SCORE: min_score,
+                    }
+                )
 
         if rerank and hits and self.reranker is not None:
-            with clock.stage("rerank"):
+            with clock.stage("rerank") as span:
+                span.set_attributes(
+                    {t.RERANKER: self.reranker.name, t.RERANKED: min(len(hits), cfg.rerank_top_k)}
+                )
                 head = hits[: cfg.rerank_top_k]
                 signatures = await self.index.token_signatures([h.chunk_id for h in head])
                 for h in head:
@@ -116,8 +150,9 @@ class Pipeline:
                 hits = rescore(head, late, params.mode, cfg.weights) + hits[cfg.rerank_top_k :]
 
         if params.diversity > 0 and len(hits) > 1:
-            with clock.stage("mmr"):
+            with clock.stage("mmr") as span:
                 pool = hits[: self.config.mmr_max_candidates]
+                span.set_attributes({t.DIVERSITY: params.diversity, t.POOL: len(pool)})
                 vectors = await self.index.vectors([h.chunk_id for h in pool])
                 for h in pool:
                     h.vector = vectors[h.chunk_id]
@@ -205,10 +240,11 @@ class _Clock:
         self.stages: dict[str, float] = {}
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str) -> Iterator[Span]:
         t0 = time.perf_counter()
         try:
-            yield
+            with tracing.stage(name) as span:  # the span rag.<name>, and its histogram
+                yield span
         finally:
             self.stages[name] = round((time.perf_counter() - t0) * 1000, 3)
 

@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import msgspec
 import numpy as np
+from opentelemetry.trace import Span, SpanKind
 
 from app.doc_status import Applied, DocStatusStore, id_key
 from app.domain import Chunk, ChunkingParams, DocumentIn, IndexedChunk, Vector
@@ -44,6 +45,7 @@ from app.errors import DependencyUnavailable, EmbedderUnavailable
 from app.events import DocumentDeleted, DocumentUpserted, Entry, EventDeadLettered, Streams
 from app.indexing import Indexer
 from app.ports import CachedEmbedding, EmbeddingCache, EventLog
+from app.telemetry import metrics, schema, tracing
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +266,28 @@ class Projector:
         `redelivered`: they may have been delivered before, so their counts are checked."""
         if not entries:
             return
+        # A batch is its own trace, linked to the request trace of each event that has one.
+        links = tracing.links_to(
+            [
+                (e.event.traceparent, e.id)
+                for e in entries
+                if isinstance(e.event, DocumentUpserted | DocumentDeleted)
+            ]
+        )
+        with tracing.stage(
+            "project",
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                schema.STREAM: self.stream,
+                schema.EVENTS: len(entries),
+                schema.REDELIVERED: redelivered,
+                schema.LINKS: len(links),
+            },
+        ):
+            await self._process(entries, redelivered=redelivered)
+
+    async def _process(self, entries: Sequence[Entry], *, redelivered: bool) -> None:
         self.counts.batches += 1
         gone: list[str] = []
         poison: list[tuple[Entry, str]] = []
@@ -415,6 +439,7 @@ class Projector:
             await self.status.record_applied(self.projection, tenant, records)
         await self.log.ack(self.stream, GROUP, ids)
         self.counts.dead_lettered += len(entries)
+        metrics.dead_lettered(len(entries))
 
     # --- applying -----------------------------------------------------------------------
 
@@ -534,6 +559,12 @@ class Projector:
 
     async def _embed(self, chunks: Sequence[Chunk]) -> list[tuple[Vector, bytes | None]]:
         """Vectors and token signatures of the chunks, from the cache or the embedder."""
+        with tracing.tracer().start_as_current_span(schema.EMBED) as span:
+            return await self._embed_traced(chunks, span)
+
+    async def _embed_traced(
+        self, chunks: Sequence[Chunk], span: Span
+    ) -> list[tuple[Vector, bytes | None]]:
         model = self.indexer.embedder.model_id
         dim = self.indexer.embedder.dim
         by_tenant: dict[str, list[str]] = defaultdict(list)
@@ -551,6 +582,15 @@ class Projector:
                     found[(tenant, text)] = (np.frombuffer(item.vector, np.float32), item.signature)
                 else:  # a miss, or written for another dimension
                     missing.append((tenant, text))
+        span.set_attributes(
+            {
+                schema.MODEL: model,
+                schema.BATCH_SIZE: len(missing),
+                schema.CACHE_HITS: len(found),
+                schema.CACHE_MISSES: len(missing),
+                schema.CACHE: "miss" if not found else "partial" if missing else "hit",
+            }
+        )
         if missing:
             encoded = await self.indexer.embedder.embed_documents([text for _, text in missing])
             signatures = encoded.token_signatures

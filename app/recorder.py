@@ -9,9 +9,12 @@ import os
 import time
 import uuid
 
+from opentelemetry.trace import Span, Status, StatusCode
+
 from app.errors import RagError
 from app.events import Entry, RetrievalRecorded
 from app.ports import EventLog
+from app.telemetry import metrics, schema, tracing
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,9 @@ class RetrievalRecorder:
         self.capacity = capacity
         self.batch = batch
         self._buffer: list[RetrievalRecorded] = []
+        # The rag.record span of each buffered event, in step with _buffer: started in the
+        # request's trace, ended once the event is on the stream (with its id).
+        self._spans: list[Span] = []
         self._wake = asyncio.Event()
         self.appended = 0
         self.dropped = 0
@@ -72,12 +78,21 @@ class RetrievalRecorder:
         return len(self._buffer)
 
     def record(self, event: RetrievalRecorded) -> None:
+        span = tracing.tracer().start_span(
+            schema.RECORD,
+            attributes={schema.STREAM: self.stream, schema.RETRIEVAL_ID: event.retrieval_id},
+        )
         if len(self._buffer) >= self.capacity:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("retrieval events lost: %d (buffer full, Redis away)", self.dropped)
+            metrics.event_dropped()
+            span.set_attribute(schema.DROPPED, True)
+            span.set_status(Status(StatusCode.ERROR, "recorder buffer full"))
+            span.end()
             return
         self._buffer.append(event)
+        self._spans.append(span)
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -101,12 +116,16 @@ class RetrievalRecorder:
         while self._buffer:
             batch = self._buffer[: self.batch]
             try:
-                await self.event_log.append_many(self.stream, batch)
+                ids = await self.event_log.append_many(self.stream, batch)
             except RagError as exc:
                 log.warning(
                     "retrieval events not recorded yet (%d buffered): %s", len(self._buffer), exc
                 )
                 return False
+            for span, entry_id in zip(self._spans, ids, strict=False):
+                span.set_attribute(schema.EVENT_ID, entry_id)
+                span.end()
+            del self._spans[: len(batch)]
             del self._buffer[: len(batch)]
             self.appended += len(batch)
         await self._trim()

@@ -128,6 +128,9 @@ class SearchResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     # Set when a rerank was asked for (or is the default) and could not run: an index built
     # by an API embedder has no token vectors for late interaction.
     rerank_skipped: str | None = None
+    # The search's trace (32 hex digits), also in the x-trace-id header; null when tracing
+    # is off. Find it in Jaeger by this id (observability/README.md).
+    trace_id: str | None = None
 
 
 class DocumentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):

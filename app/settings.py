@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -130,6 +130,30 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     max_memory_mb: Annotated[int, Meta(ge=0, le=1 << 20)] = msgspec.field(
         default=2048, name="RAG_MAX_MEMORY_MB"
     )
+    # Telemetry: the standard OpenTelemetry SDK variables (the subset this service supports),
+    # read here like every other setting and passed to the SDK explicitly (app/telemetry).
+    otel_sdk_disabled: bool = msgspec.field(default=False, name="OTEL_SDK_DISABLED")
+    otel_service_name: Annotated[str, Meta(min_length=1, max_length=200)] = msgspec.field(
+        default="rag-pipeline", name="OTEL_SERVICE_NAME"
+    )
+    otel_exporter_otlp_endpoint: str = msgspec.field(default="", name="OTEL_EXPORTER_OTLP_ENDPOINT")
+    otel_exporter_otlp_protocol: Literal["grpc", "http/protobuf"] = msgspec.field(
+        default="http/protobuf", name="OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
+    otel_traces_sampler: Literal[
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ] = msgspec.field(default="parentbased_always_on", name="OTEL_TRACES_SAMPLER")
+    otel_traces_sampler_arg: Annotated[float, Meta(ge=0.0, le=1.0)] = msgspec.field(
+        default=1.0, name="OTEL_TRACES_SAMPLER_ARG"
+    )
+    otel_resource_attributes: str = msgspec.field(default="", name="OTEL_RESOURCE_ATTRIBUTES")
+    trace_query_text: bool = msgspec.field(default=False, name="RAG_TRACE_QUERY_TEXT")
+    metrics: bool = msgspec.field(default=True, name="RAG_METRICS")
 
     @property
     def data_path(self) -> Path:
@@ -143,6 +167,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     def retrieval_retention_seconds(self) -> int:
         """`RAG_RETRIEVAL_RETENTION` in seconds."""
         return _parse_duration("RAG_RETRIEVAL_RETENTION", self.retrieval_retention)
+
+    def resource_attributes(self) -> dict[str, str]:
+        """`OTEL_RESOURCE_ATTRIBUTES` parsed: `key=value` pairs, percent-encoded values."""
+        return _parse_resource_attributes(self.otel_resource_attributes)
 
     def replace(self, **changes: object) -> Settings:
         return msgspec.structs.replace(self, **changes)
@@ -161,6 +189,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         _check_redis_url(settings.redis_url)
         _check_qdrant_url(settings.qdrant_url)
         _check_embedder(settings)
+        _check_otlp_endpoint(settings.otel_exporter_otlp_endpoint)
+        _parse_resource_attributes(settings.otel_resource_attributes)
         if settings.chunk_overlap >= settings.chunk_size:
             raise SettingsError(
                 f"RAG_CHUNK_OVERLAP ({settings.chunk_overlap}) must be smaller than "
@@ -230,6 +260,26 @@ def _check_embedder(settings: Settings) -> None:
         )
     if not settings.openai_api_key and parts.hostname == "api.openai.com":
         raise SettingsError("OPENAI_API_KEY: required when RAG_EMBEDDER=openai talks to OpenAI")
+def _check_otlp_endpoint(url: str) -> None:
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("http", "https") or not parts.netloc):
+        raise SettingsError(
+            f"OTEL_EXPORTER_OTLP_ENDPOINT: expected an http:// or https:// URL such as "
+            f"http://jaeger:4317, got {url!r}"
+        )
+
+
+def _parse_resource_attributes(spec: str) -> dict[str, str]:
+    attributes: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(
+                f"OTEL_RESOURCE_ATTRIBUTES: expected 'key=value' items separated by commas, "
+                f"got {item!r}"
+            )
+        attributes[key.strip()] = unquote(value.strip())
+    return attributes
 
 
 def _name_the_variable(message: str) -> str:
@@ -329,6 +379,24 @@ SETTINGS_DOC: dict[str, str] = {
     "RAG_MAX_MEMORY_MB": "Memory budget of the process: a request is refused with 503 and "
     "Retry-After when resident memory plus what admitted requests may still allocate (their "
     "body size times 4) would pass it. 0 = no limit.",
+    "OTEL_SDK_DISABLED": "`true` turns tracing off: no spans, no `trace_id` in responses.",
+    "OTEL_SERVICE_NAME": "`service.name` of this process's traces (the worker Deployment sets "
+    "`rag-pipeline-worker`).",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "Where spans are sent over OTLP, e.g. `http://jaeger:4317` "
+    "(gRPC) or `http://jaeger:4318` (HTTP; `/v1/traces` is appended). Empty: spans are made "
+    "(trace ids in responses, links) but not exported.",
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "`grpc` or `http/protobuf`.",
+    "OTEL_TRACES_SAMPLER": "always_on, always_off, traceidratio, parentbased_always_on, "
+    "parentbased_always_off or parentbased_traceidratio (parentbased: an incoming "
+    "`traceparent`'s sampled flag decides).",
+    "OTEL_TRACES_SAMPLER_ARG": "Share of traces sampled (0..1) by the traceidratio samplers.",
+    "OTEL_RESOURCE_ATTRIBUTES": "Extra resource attributes as `key=value` pairs separated by "
+    "commas, e.g. `deployment.environment=prod`; `service.name` and `service.version` are set "
+    "by the service.",
+    "RAG_TRACE_QUERY_TEXT": "Put query text in the `rag.search` span (`rag.query.text`); off, "
+    "spans carry no query or document text.",
+    "RAG_METRICS": "Count requests, stages and events for `GET /metrics`; `false` only to "
+    "measure what that costs (bench/telemetry_overhead.py).",
 }
 
 if set(SETTINGS_DOC) != set(ENV_NAMES):  # pragma: no cover - caught at import in every test run

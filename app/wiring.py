@@ -287,6 +287,7 @@ def build_services(settings: Settings) -> Services:
             rerank_by_default=settings.rerank,
             rerank_top_k=settings.rerank_top_k,
             mmr_max_candidates=settings.mmr_max_candidates,
+            trace_query_text=settings.trace_query_text,
         ),
     )
     ingest = LoggedIngest(

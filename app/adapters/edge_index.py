@@ -24,6 +24,13 @@ from app.domain import (
     Vector,
 )
 from app.errors import DependencyUnavailable, RagError
+from app.telemetry.schema import (
+    QDRANT_DELETE,
+    QDRANT_FETCH,
+    QDRANT_RETRIEVE,
+    QDRANT_UPSERT,
+)
+from app.telemetry.tracing import client_span
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,6 +133,7 @@ class EdgeIndex:
 
     # --- writes -------------------------------------------------------------------------
 
+    @client_span(QDRANT_UPSERT, "qdrant", "upsert")
     async def upsert(self, chunks: Sequence[IndexedChunk]) -> None:
         if chunks:
             await self._run(self._upsert, chunks)
@@ -140,6 +148,7 @@ class EdgeIndex:
             self._unindexed += len(points)
         self._maybe_optimize()
 
+    @client_span(QDRANT_DELETE, "qdrant", "delete")
     async def delete_document(
         self, tenant: str, doc_id: str, *, keep_version: str | None = None
     ) -> int:
@@ -191,6 +200,7 @@ class EdgeIndex:
 
     # --- reads --------------------------------------------------------------------------
 
+    @client_span(QDRANT_FETCH, "qdrant", "count")
     async def document(self, tenant: str, doc_id: str) -> DocumentState | None:
         return await self._run(self._document, tenant, doc_id)
 
@@ -207,6 +217,7 @@ class EdgeIndex:
         chunks = self._shard.count(qe.CountRequest(filter=flt, exact=True))
         return DocumentState(doc_id=doc_id, version=version, chunks=int(chunks))
 
+    @client_span(QDRANT_RETRIEVE, "qdrant", "query")
     async def retrieve(self, query: IndexQuery) -> list[Hit]:
         return await self._run(self._retrieve, query)
 
@@ -273,6 +284,7 @@ class EdgeIndex:
             with_vector=False,
         )
 
+    @client_span(QDRANT_FETCH, "qdrant", "retrieve")
     async def hydrate(self, hits: Sequence[Hit]) -> None:
         if hits:
             await self._run(self._hydrate, hits)
@@ -293,6 +305,7 @@ class EdgeIndex:
             h.section = list(payload.get("section") or [])
             h.metadata = dict(payload.get("metadata") or {})
 
+    @client_span(QDRANT_FETCH, "qdrant", "retrieve")
     async def vectors(self, chunk_ids: Sequence[str]) -> dict[str, Vector]:
         return await self._run(self._vectors, chunk_ids)
 
@@ -305,6 +318,7 @@ class EdgeIndex:
             out[str(record.id)] = np.asarray(dense, dtype=np.float32)
         return out
 
+    @client_span(QDRANT_FETCH, "qdrant", "retrieve")
     async def token_signatures(self, chunk_ids: Sequence[str]) -> dict[str, bytes]:
         return await self._run(self._token_signatures, chunk_ids)
 

@@ -21,6 +21,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.ports import CachedEmbedding, CacheStats
+from app.telemetry import metrics
+from app.telemetry.schema import (
+    REDIS_CACHE_GET,
+    REDIS_CACHE_PUT,
+)
+from app.telemetry.tracing import client_span
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,7 @@ class RedisEmbeddingCache:
         digest = hashlib.sha256(f"{tenant}\x1f{model_id}\x1f{text}".encode()).hexdigest()
         return f"{self._prefix}emb:{tenant}:{model_id}:{digest}"
 
+    @client_span(REDIS_CACHE_GET, "redis", "MGET")
     async def get_many(
         self, tenant: str, model_id: str, texts: Sequence[str]
     ) -> list[CachedEmbedding | None]:
@@ -75,19 +82,23 @@ class RedisEmbeddingCache:
         if self._skipping():
             self._misses += len(texts)
             self._errors += 1
+            metrics.cache_lookups(0, len(texts))
             return [None] * len(texts)
         try:
             values = await self._redis.mget([self.key(tenant, model_id, t) for t in texts])
         except (RedisError, OSError) as exc:
             self._failed("read", exc)
             self._misses += len(texts)
+            metrics.cache_lookups(0, len(texts))
             return [None] * len(texts)
         found = [self._decode(value) for value in values]
         hits = sum(item is not None for item in found)
         self._hits += hits
         self._misses += len(found) - hits
+        metrics.cache_lookups(hits, len(found) - hits)
         return found
 
+    @client_span(REDIS_CACHE_PUT, "redis", "SET")
     async def put_many(
         self, tenant: str, model_id: str, texts: Sequence[str], items: Sequence[CachedEmbedding]
     ) -> None:

@@ -25,6 +25,10 @@ from redis.exceptions import (
 
 from app.doc_status import Applied, Written
 from app.errors import DependencyUnavailable, EventLogError
+from app.telemetry.schema import (
+    REDIS_STATUS,
+)
+from app.telemetry.tracing import client_span
 
 T = TypeVar("T")
 
@@ -138,6 +142,7 @@ class RedisDocStatus:
     def applied_key(self, projection: str, tenant: str) -> str:
         return f"{self._prefix}applied:{projection}:{tenant}"
 
+    @client_span(REDIS_STATUS, "redis", "HMGET")
     async def written(self, tenant: str, doc_ids: Sequence[str]) -> list[Written | None]:
         if not doc_ids:
             return []
@@ -145,6 +150,7 @@ class RedisDocStatus:
             values = await self._redis.hmget(self.written_key(tenant), list(doc_ids))
         return [_decode(v, Written) for v in values]
 
+    @client_span(REDIS_STATUS, "redis", "HMGET")
     async def applied(
         self, projection: str, tenant: str, doc_ids: Sequence[str]
     ) -> list[Applied | None]:
@@ -154,6 +160,7 @@ class RedisDocStatus:
             values = await self._redis.hmget(self.applied_key(projection, tenant), list(doc_ids))
         return [_decode(v, Applied) for v in values]
 
+    @client_span(REDIS_STATUS, "redis", "HMGET")
     async def both(
         self, projection: str, tenant: str, doc_ids: Sequence[str]
     ) -> list[tuple[Written | None, Applied | None]]:
@@ -177,6 +184,7 @@ class RedisDocStatus:
     ) -> None:
         await self._store(self.applied_key(projection, tenant), records)
 
+    @client_span(REDIS_STATUS, "redis", "HSET")
     async def _store(self, key: str, records: Mapping[str, Written | Applied]) -> None:
         if not records:
             return

@@ -22,6 +22,13 @@ from redis.exceptions import (
 
 from app.errors import DependencyUnavailable, EventDecodeError, EventLogError, NotFound
 from app.events import Entry, Event, GroupInfo, decode_event, encode_event
+from app.telemetry import metrics
+from app.telemetry.schema import (
+    REDIS_ACK,
+    REDIS_APPEND,
+    REDIS_READ,
+)
+from app.telemetry.tracing import client_span
 
 # Each entry holds one field; its value is the encoded event (see app/events.py).
 EVENT_FIELD = b"event"
@@ -141,11 +148,14 @@ class RedisEventLog:
         # consumer -> (client, the socket timeout it was made with)
         self._readers: dict[str, tuple[Redis, float]] = {}
 
+    @client_span(REDIS_APPEND, "redis", "XADD")
     async def append(self, stream: str, event: Event) -> str:
         with _translated(f"XADD {stream}"):
             entry_id = await self._redis.xadd(stream, {EVENT_FIELD: encode_event(event)})
+        metrics.events_appended(stream, 1)
         return _text(entry_id)
 
+    @client_span(REDIS_APPEND, "redis", "MULTI XADD")
     async def append_many(self, stream: str, events: Sequence[Event]) -> list[str]:
         if not events:
             return []
@@ -155,6 +165,7 @@ class RedisEventLog:
                 for event in events:
                     pipe.xadd(stream, {EVENT_FIELD: encode_event(event)})
                 ids = await pipe.execute()
+        metrics.events_appended(stream, len(ids))
         return [_text(entry_id) for entry_id in ids]
 
     async def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
@@ -165,6 +176,7 @@ class RedisEventLog:
                 if not str(exc).startswith("BUSYGROUP"):  # BUSYGROUP: it exists already
                     raise
 
+    @client_span(REDIS_READ, "redis", "XREADGROUP")
     async def read_group(
         self, stream: str, group: str, consumer: str, *, count: int, block_ms: int
     ) -> list[Entry]:
@@ -205,6 +217,7 @@ class RedisEventLog:
         self._readers[consumer] = (client, timeout)
         return client
 
+    @client_span(REDIS_READ, "redis", "XREADGROUP")
     async def read_pending(
         self, stream: str, group: str, consumer: str, *, count: int, after: str = "0"
     ) -> list[Entry]:
@@ -212,6 +225,7 @@ class RedisEventLog:
             reply = await self._redis.xreadgroup(group, consumer, {stream: after}, count=count)
         return _read_reply(reply)
 
+    @client_span(REDIS_READ, "redis", "XAUTOCLAIM")
     async def claim_idle(
         self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int
     ) -> list[Entry]:
@@ -230,12 +244,14 @@ class RedisEventLog:
                     break
         return claimed
 
+    @client_span(REDIS_ACK, "redis", "XACK")
     async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
         if not ids:
             return 0
         with _translated(f"XACK {stream} {group}"):
             return int(await self._redis.xack(stream, group, *ids))
 
+    @client_span(REDIS_READ, "redis", "XPENDING")
     async def delivery_counts(self, stream: str, group: str, ids: Sequence[str]) -> dict[str, int]:
         if not ids:
             return {}
@@ -252,6 +268,7 @@ class RedisEventLog:
             for row in reply
         }
 
+    @client_span(REDIS_READ, "redis", "XRANGE")
     async def range(
         self, stream: str, *, start: str = "-", end: str = "+", count: int = 1000
     ) -> list[Entry]:
@@ -259,6 +276,7 @@ class RedisEventLog:
             rows = await self._redis.xrange(stream, min=start, max=end, count=count)
         return _entries(rows)
 
+    @client_span(REDIS_READ, "redis", "XRANGE")
     async def get(self, stream: str, entry_id: str) -> Entry | None:
         if not _STREAM_ID.match(entry_id):
             return None

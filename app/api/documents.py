@@ -18,6 +18,7 @@ from app.schemas import (
     IngestRequest,
     IngestResponse,
 )
+from app.telemetry.tracing import current_traceparent
 from app.wiring import Services
 
 # W3C trace context; anything else in the header is dropped rather than stored in an event.
@@ -103,5 +104,9 @@ def _wait(request: Request) -> bool:
 
 
 def _traceparent(request: Request) -> str | None:
+    """The request's span, for the projector to link to; with tracing off, the caller's."""
+    current = current_traceparent()
+    if current is not None:
+        return current
     value = request.headers.get("traceparent", "").strip().lower()
     return value if _TRACEPARENT.match(value) else None

@@ -14,6 +14,7 @@ from app.errors import InvalidRequest
 from app.events import RecordedResult, RetrievalRecorded, query_sha256
 from app.pipeline import SearchParams
 from app.schemas import Condition, Scalar, SearchRequest, SearchResponse, SearchResult
+from app.telemetry.tracing import current_trace_id
 from app.wiring import Services
 
 
@@ -34,6 +35,7 @@ async def search(request: Request) -> Response:
             rerank=body.rerank,
         )
     )
+    trace_id = current_trace_id()
     services.recorder.record(
         RetrievalRecorded(
             retrieval_id=outcome.retrieval_id,
@@ -57,7 +59,7 @@ async def search(request: Request) -> Response:
                 for h in outcome.hits
             ],
             timings_ms=outcome.timings_ms,
-            trace_id=None,
+            trace_id=trace_id,
             at=time.time(),
         )
     )
@@ -82,6 +84,7 @@ async def search(request: Request) -> Response:
             reranked=outcome.reranked,
             timings_ms=outcome.timings_ms,
             rerank_skipped=outcome.rerank_skipped,
+            trace_id=trace_id,
         )
     )
 

@@ -32,16 +32,7 @@ from tests.deploy._support import (
 # Settings that the manifests already set but app/settings.py does not read yet: each arrives with
 # a later issue. When an issue adds one to Settings (ENV_NAMES), delete it here --
 # test_pending_settings_are_not_yet_read_by_the_app fails until you do.
-PENDING_SETTINGS = {
-    # Production adapters: Qdrant cluster, OpenAI-compatible embeddings, resilience
-    # Traces to Jaeger and Prometheus metrics: the standard OpenTelemetry SDK variables
-    "OTEL_SERVICE_NAME",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG",
-    "OTEL_RESOURCE_ATTRIBUTES",
-}
+PENDING_SETTINGS: set[str] = set()
 
 # Never in a ConfigMap: referenced from the Secret rag-pipeline-secrets.
 SECRET_SETTINGS = {"REDIS_URL", "QDRANT_API_KEY", "OPENAI_API_KEY"}

@@ -121,7 +121,13 @@ def test_events_carry_the_requests_trace_context(server: Server, http: httpx.Cli
             found[event.doc_id] = event.traceparent
     finally:
         client.close()
-    assert found == {"traced": TRACEPARENT, "untraced": None}
+    # The event carries the ingest request's own span (a child of the caller's, in the same
+    # trace), for the projector to link to; a request without usable context starts a trace.
+    version, trace_id, span_id, flags = str(found["traced"]).split("-")
+    assert (version, trace_id, flags) == ("00", TRACEPARENT.split("-")[1], "01")
+    assert span_id != TRACEPARENT.split("-")[2]
+    untraced_id = str(found["untraced"]).split("-")[1]
+    assert len(untraced_id) == 32 and untraced_id not in (trace_id, "0" * 32)
 
 
 def test_status_moves_from_pending_to_applied_and_the_index_has_one_writer(

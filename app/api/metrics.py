@@ -1,0 +1,52 @@
+"""GET /metrics: the Prometheus exposition of the API and of the worker, gauges read at scrape."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.errors import RagError
+from app.projector import GROUP
+from app.telemetry import metrics
+from app.wiring import Projection, Services
+
+log = logging.getLogger(__name__)
+
+# A scrape must answer even while Redis or the index does not: the gauges keep their last
+# values and every counter is still there.
+_GAUGE_TIMEOUT_SECONDS = 2.0
+
+
+async def scrape(request: Request) -> Response:
+    services: Services | None = getattr(request.app.state, "services", None)
+    projection: Projection | None = (
+        services.projection
+        if services is not None
+        else getattr(request.app.state, "projection", None)
+    )
+    if projection is not None:
+        try:
+            await asyncio.wait_for(_refresh(projection), _GAUGE_TIMEOUT_SECONDS)
+        except (TimeoutError, RagError) as exc:
+            log.debug("gauges not refreshed for this scrape: %s", exc)
+    body, content_type = metrics.exposition(request.headers.get("accept", ""))
+    return Response(body, headers={"Content-Type": content_type})
+
+
+async def _refresh(projection: Projection) -> None:
+    stream = projection.projector.streams.documents
+    length, group, stats = await asyncio.gather(
+        projection.event_log.length(stream),
+        projection.event_log.group_info(stream, GROUP),
+        projection.index.stats(),
+    )
+    metrics.set_queue(
+        0 if group is None else group.pending,
+        # No group yet: nothing was ever delivered, so everything is lag; a lag Redis cannot
+        # tell (after trims) counts as none rather than as a guess.
+        length if group is None else (group.lag or 0),
+    )
+    metrics.set_index_points(stats.points)

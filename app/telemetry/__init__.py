@@ -1,0 +1,1 @@
+"""Traces (OpenTelemetry) and metrics (Prometheus); names in `schema`, held to the YAML registry."""
