@@ -28,6 +28,8 @@ from app.domain import (
     Vector,
 )
 from app.errors import DependencyUnavailable, RagError, SettingsError
+from app.telemetry.schema import QDRANT_DELETE, QDRANT_FETCH, QDRANT_RETRIEVE, QDRANT_UPSERT
+from app.telemetry.tracing import client_span
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -265,6 +267,7 @@ class QdrantIndex:
 
     # --- writes -------------------------------------------------------------------------
 
+    @client_span(QDRANT_UPSERT, "qdrant", "upsert")
     async def upsert(self, chunks: Sequence[IndexedChunk]) -> None:
         if not chunks:
             return
@@ -276,6 +279,7 @@ class QdrantIndex:
 
         await self._call(write)
 
+    @client_span(QDRANT_DELETE, "qdrant", "delete")
     async def delete_document(
         self, tenant: str, doc_id: str, *, keep_version: str | None = None
     ) -> int:
@@ -298,6 +302,7 @@ class QdrantIndex:
 
     # --- reads --------------------------------------------------------------------------
 
+    @client_span(QDRANT_FETCH, "qdrant", "count")
     async def document(self, tenant: str, doc_id: str) -> DocumentState | None:
         flt = _doc_filter(tenant, doc_id)
 
@@ -314,6 +319,7 @@ class QdrantIndex:
 
         return await self._call(read)
 
+    @client_span(QDRANT_RETRIEVE, "qdrant", "query")
     async def retrieve(self, query: IndexQuery) -> list[Hit]:
         return await self._call(self._retrieve, query)
 
@@ -355,6 +361,7 @@ class QdrantIndex:
                 hit.bm25 = float(point.score)
         return list(hits.values())
 
+    @client_span(QDRANT_FETCH, "qdrant", "retrieve")
     async def hydrate(self, hits: Sequence[Hit]) -> None:
         if not hits:
             return
@@ -379,6 +386,7 @@ class QdrantIndex:
 
         await self._call(read)
 
+    @client_span(QDRANT_FETCH, "qdrant", "retrieve")
     async def vectors(self, chunk_ids: Sequence[str]) -> dict[str, Vector]:
         async def read() -> dict[str, Vector]:
             await self._ensure()
@@ -389,6 +397,7 @@ class QdrantIndex:
 
         return await self._call(read)
 
+    @client_span(QDRANT_FETCH, "qdrant", "retrieve")
     async def token_signatures(self, chunk_ids: Sequence[str]) -> dict[str, bytes]:
         async def read() -> dict[str, bytes]:
             await self._ensure()
