@@ -1,4 +1,4 @@
-"""The `rag-pipeline` command: serve | worker | ingest | eval."""
+"""The `rag-pipeline` command: serve | worker | ingest | eval | keys."""
 
 from __future__ import annotations
 
@@ -70,6 +70,27 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--url", default=None, help="server URL (default http://RAG_HOST:RAG_PORT)")
     ingest.add_argument("--batch", type=int, default=64, help="documents per request")
     ingest.set_defaults(run=_ingest)
+
+    keys = sub.add_parser(
+        "keys", help="make an API key (`keys new`) or check a keys file (`keys check FILE`)"
+    )
+    keys_sub = keys.add_subparsers(required=True, metavar="ACTION")
+    new = keys_sub.add_parser(
+        "new", help="print a new random key and the entry to add to RAG_API_KEYS_FILE"
+    )
+    new.add_argument("--tenant", required=True, help="the tenant the key acts for")
+    new.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=["search", "ingest", "admin"],
+        help="a scope the key has (repeatable)",
+    )
+    new.add_argument("--name", default="", help="who holds the key (shown in logs)")
+    new.set_defaults(run=_keys_new)
+    check = keys_sub.add_parser("check", help="validate a keys file and count its keys")
+    check.add_argument("file", type=Path)
+    check.set_defaults(run=_keys_check)
 
     ev = sub.add_parser("eval", help="score a BEIR dataset through the HTTP API")
     ev.add_argument("dataset", type=Path, help="folder with corpus.jsonl, queries.jsonl, qrels/")
@@ -203,6 +224,33 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
     counts = asyncio.run(run())
     print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    return 0
+
+
+def _keys_new(args: argparse.Namespace, settings: Settings) -> int:
+    from app.api_keys import KeyEntry, digest, new_key, parse
+
+    key = new_key()
+    entry = KeyEntry(
+        sha256=digest(key), tenant=args.tenant, scopes=sorted(set(args.scope)), name=args.name
+    )
+    line = msgspec.json.encode(entry).decode()
+    parse(f'{{"keys": [{line}]}}'.encode(), "the new entry")  # a bad --tenant stops here
+    # The key alone on stdout (KEY=$(rag-pipeline keys new ...)); it is stored nowhere.
+    print(key)
+    print(f"add to the keys file's `keys` list: {line}", file=sys.stderr)
+    return 0
+
+
+def _keys_check(args: argparse.Namespace, settings: Settings) -> int:
+    from app.api_keys import parse
+
+    try:
+        entries = parse(args.file.read_bytes(), str(args.file))
+    except OSError as exc:
+        raise SettingsError(f"{args.file}: {exc}") from exc
+    tenants = sorted({e.tenant for e in entries})
+    print(f"{args.file}: {len(entries)} keys, tenants: {', '.join(tenants) or 'none'}")
     return 0
 
 

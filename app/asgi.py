@@ -10,6 +10,8 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -49,7 +51,35 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             if services is None:
                 await built.aclose()
 
-    return Starlette(routes=routes(), lifespan=lifespan, exception_handlers=_handlers())
+    return Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers=_handlers(),
+        middleware=_cors(settings),
+    )
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """CORS only for the origins RAG_CORS_ORIGINS names; without it browsers get no CORS
+    headers and so refuse cross-origin calls."""
+    origins = settings.cors_origin_list()
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "traceparent"],
+            expose_headers=[
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
+            max_age=600,
+        )
+    ]
 
 
 def create_worker_app(settings: Settings, projection: Projection) -> Starlette:

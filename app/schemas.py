@@ -8,7 +8,8 @@ import msgspec
 from msgspec import Meta
 
 DocId = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$")]
-Query = Annotated[str, Meta(min_length=1, max_length=4096)]
+# Not only whitespace (`\S` somewhere), so the published schema rejects what the server does.
+Query = Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"\S")]
 TopK = Annotated[int, Meta(ge=1, le=100)]
 Score = Annotated[float, Meta(ge=-1.0, le=1.0)]
 Diversity = Annotated[float, Meta(ge=0.0, le=1.0)]
@@ -25,7 +26,7 @@ class DocumentInput(_Strict):
     """A document to index. `id` is yours; re-sending the same id replaces the document."""
 
     id: DocId
-    text: Annotated[str, Meta(min_length=1, max_length=1_000_000)]
+    text: Annotated[str, Meta(min_length=1, max_length=1_000_000, pattern=r"\S")]
     title: Annotated[str, Meta(max_length=1024)] = ""
     metadata: dict[MetadataKey, Any] = msgspec.field(default_factory=dict)
 
@@ -65,7 +66,12 @@ class IngestResponse(msgspec.Struct, kw_only=True):
 class Condition(_Strict):
     """A metadata condition: `any` of a list of values, or a numeric range."""
 
-    any: list[str | int] | None = None
+    any: (
+        Annotated[
+            list[Annotated[str, Meta(max_length=1024)] | int], Meta(min_length=1, max_length=256)
+        ]
+        | None
+    ) = None
     gte: float | None = None
     gt: float | None = None
     lte: float | None = None

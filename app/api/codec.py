@@ -10,7 +10,15 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.errors import DependencyUnavailable, InvalidRequest, NotFound, RagError
+from app.errors import (
+    DependencyUnavailable,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RagError,
+    RateLimited,
+    Unauthenticated,
+)
 from app.schemas import ErrorBody, ErrorDetail
 
 log = logging.getLogger(__name__)
@@ -56,6 +64,10 @@ def decode(body: bytes, type_: type[T]) -> T:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(str(exc), field=field_of(str(exc)), code="validation_error") from exc
+    except RecursionError as exc:
+        raise InvalidRequest(
+            "request body is nested too deeply", field="body", code="validation_error"
+        ) from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(
             f"request body is not valid UTF-8 JSON: {exc}",
@@ -99,6 +111,21 @@ def response_for(exc: Exception) -> Response:
         return error_response(exc.status, exc.code, exc.message, field=exc.field)
     if isinstance(exc, NotFound):
         return error_response(404, "not_found", str(exc))
+    if isinstance(exc, Unauthenticated):
+        challenge = 'Bearer realm="rag-pipeline"'
+        if exc.token_given:
+            challenge += ', error="invalid_token"'
+        return error_response(
+            401,
+            "unauthenticated",
+            str(exc),
+            field="Authorization",
+            headers={"WWW-Authenticate": challenge},
+        )
+    if isinstance(exc, Forbidden):
+        return error_response(403, "forbidden", str(exc), field="Authorization")
+    if isinstance(exc, RateLimited):
+        return error_response(429, "rate_limited", str(exc), headers=exc.headers)
     if isinstance(exc, DependencyUnavailable):
         retry = max(1, round(exc.retry_after))
         return error_response(503, "unavailable", str(exc), headers={"Retry-After": str(retry)})

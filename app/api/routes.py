@@ -13,6 +13,8 @@ from starlette.routing import Route
 from app import __version__
 from app.api import documents, retrievals, search, system
 from app.api.codec import json_response
+from app.api.guard import guard
+from app.api_keys import Scope
 from app.events import RetrievalRecorded
 from app.schemas import (
     Condition,
@@ -40,6 +42,9 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     summary: str
     request: type | None = None
     responses: dict[int, type] = msgspec.field(default_factory=dict)
+    # The API-key scope a caller needs (app/api/guard.py enforces it, and adds 401/403/429 to
+    # the OpenAPI responses); None: open to anyone, and no tenant to act for.
+    scope: Scope | None = None
 
 
 _ERRORS = {400: ErrorBody, 413: ErrorBody, 422: ErrorBody, 503: ErrorBody}
@@ -52,6 +57,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         summary="Hybrid search with rerank, min score and MMR",
         request=SearchRequest,
         responses={200: SearchResponse, **_ERRORS},
+        scope="search",
     ),
     Endpoint(
         method="POST",
@@ -61,6 +67,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "once their events are in the log, or with ?wait=true 200 once indexed",
         request=IngestRequest,
         responses={200: IngestResponse, 202: IngestResponse, **_ERRORS},
+        scope="ingest",
     ),
     Endpoint(
         method="GET",
@@ -68,6 +75,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=documents.get_document,
         summary="A document's status (pending, indexed, deleted, failed) and version",
         responses={200: DocumentStatus, 404: ErrorBody, 503: ErrorBody},
+        scope="ingest",
     ),
     Endpoint(
         method="DELETE",
@@ -76,6 +84,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         summary="Delete a document: 202 once the delete is in the log, or with ?wait=true "
         "200 once its chunks are gone",
         responses={200: DeleteResponse, 202: DeleteResponse, 404: ErrorBody, 503: ErrorBody},
+        scope="ingest",
     ),
     Endpoint(
         method="GET",
@@ -83,6 +92,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=retrievals.get_retrieval,
         summary="A recorded retrieval: query (or its hash), parameters, results, stage scores",
         responses={200: RetrievalRecorded, 404: ErrorBody, 503: ErrorBody},
+        scope="search",
     ),
     Endpoint(
         method="POST",
@@ -91,6 +101,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         summary="Judge a result of a recorded retrieval (appended to the feedback stream)",
         request=FeedbackRequest,
         responses={201: FeedbackAccepted, 404: ErrorBody, **_ERRORS},
+        scope="search",
     ),
     Endpoint(
         method="GET",
@@ -98,6 +109,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=system.stats,
         summary="Index, event log and embedding cache figures",
         responses={200: Stats, 503: ErrorBody},
+        scope="admin",
     ),
     Endpoint(
         method="GET",
@@ -147,6 +159,8 @@ def openapi_spec() -> dict[str, Any]:
                 for status, t in e.responses.items()
             },
         }
+        if e.scope is not None:
+            _secure(op, e.scope)
         parameters: list[dict[str, Any]] = [
             {
                 "name": name,
@@ -183,8 +197,67 @@ def openapi_spec() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "rag-pipeline", "version": __version__},
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key from RAG_API_KEYS_FILE (docs/security.md); "
+                    "not needed when the server runs without one",
+                }
+            },
+        },
     }
+
+
+_RATE_HEADERS = {
+    name: {"description": description, "schema": {"type": "integer", "minimum": 0}}
+    for name, description in (
+        ("RateLimit-Limit", "requests the key may make at once (its bucket's size)"),
+        ("RateLimit-Remaining", "requests left in the bucket"),
+        ("RateLimit-Reset", "seconds until the bucket is full again"),
+    )
+}
+
+
+def _secure(op: dict[str, Any], scope: str) -> None:
+    """An endpoint behind an API key: what it needs, and the 401/403/429 it may answer."""
+    op["security"] = [{"bearer": []}]
+    op["description"] = f"Needs an API key with the `{scope}` scope."
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for answer in op["responses"].values():
+        answer["headers"] = dict(_RATE_HEADERS)
+    op["responses"]["401"] = {
+        "description": "no API key, or not a valid one",
+        "headers": {
+            "WWW-Authenticate": {"required": True, "schema": {"type": "string"}},
+        },
+        "content": error,
+    }
+    op["responses"]["403"] = {
+        "description": f"the API key lacks the `{scope}` scope",
+        "content": error,
+    }
+    op["responses"]["429"] = {
+        "description": "the API key's rate limit is exhausted",
+        "headers": {
+            "Retry-After": {
+                "required": True,
+                "description": "seconds to wait",
+                "schema": {"type": "integer", "minimum": 1},
+            },
+            **_RATE_HEADERS,
+        },
+        "content": error,
+    }
+
+
+def _handler(endpoint: Endpoint) -> Handler:
+    """The endpoint's handler, behind its scope's guard when it names one."""
+    if endpoint.scope is None:
+        return endpoint.handler
+    return guard(endpoint.handler, endpoint.scope)
 
 
 def routes() -> list[Route]:
@@ -193,6 +266,6 @@ def routes() -> list[Route]:
     async def openapi(request: Request) -> Response:
         return json_response(spec)
 
-    table = [Route(e.path, e.handler, methods=[e.method]) for e in ENDPOINTS]
+    table = [Route(e.path, _handler(e), methods=[e.method]) for e in ENDPOINTS]
     table.append(Route("/openapi.json", openapi, methods=["GET"]))
     return table
