@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("paths", nargs="+", type=Path)
     ingest.add_argument("--url", default=None, help="server URL (default http://RAG_HOST:RAG_PORT)")
     ingest.add_argument("--batch", type=int, default=64, help="documents per request")
+    ingest.add_argument("--api-key-file", type=Path, help=_API_KEY_FILE_HELP)
     ingest.set_defaults(run=_ingest)
 
     keys = sub.add_parser(
@@ -106,8 +107,25 @@ def _parser() -> argparse.ArgumentParser:
         help="also score the default pipeline with MMR at this diversity (repeatable)",
     )
     ev.add_argument("--only-diversity", action="store_true", help="skip the four mode variants")
+    ev.add_argument("--api-key-file", type=Path, help=_API_KEY_FILE_HELP)
     ev.set_defaults(run=_eval)
     return parser
+
+
+# A file, not an argument or a variable: a key on the command line shows in `ps`.
+_API_KEY_FILE_HELP = "file holding the API key to send (servers with RAG_API_KEYS_FILE)"
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key_file is None:
+        return None
+    try:
+        key: str = args.api_key_file.read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"--api-key-file: {exc}") from exc
+    if not key:
+        raise SettingsError(f"--api-key-file: {args.api_key_file} is empty")
+    return key
 
 
 def _url(args: argparse.Namespace, settings: Settings) -> str:
@@ -211,7 +229,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
     async def run() -> dict[str, int]:
         counts: dict[str, int] = {}
-        async with Client(_url(args, settings)) as client:
+        async with Client(_url(args, settings), api_key=_api_key(args)) as client:
             with tqdm(total=len(docs), desc="ingest", unit="doc") as bar:
 
                 def done(response: IngestResponse, sent: int) -> None:
@@ -259,7 +277,7 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from app.evaluation import DEFAULT_VARIANTS, Variant, ensure_corpus, evaluate, format_table
 
     async def run() -> int:
-        async with Client(_url(args, settings)) as client:
+        async with Client(_url(args, settings), api_key=_api_key(args)) as client:
             loaded = await ensure_corpus(client, args.dataset)
             if loaded:
                 log.info("ingested %d documents", loaded)

@@ -63,6 +63,11 @@ def decode(body: bytes, type_: type[T]) -> T:
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
+        whole: T | None = (
+            with_whole_numbers_as_int(body, type_) if "got `float`" in str(exc) else None
+        )
+        if whole is not None:
+            return whole
         raise InvalidRequest(str(exc), field=field_of(str(exc)), code="validation_error") from exc
     except RecursionError as exc:
         raise InvalidRequest(
@@ -75,6 +80,27 @@ def decode(body: bytes, type_: type[T]) -> T:
             status=400,
             code="malformed_json",
         ) from exc
+
+
+def with_whole_numbers_as_int(body: bytes, type_: Any) -> Any:
+    """`type_` from JSON whose integers were written as whole floats (`"top_k": 5.0`):
+    JSON Schema's `integer` admits them, msgspec does not. None if that is not the problem.
+    (Re-encoded rather than converted, so msgspec.Raw fields still get their raw JSON.)"""
+    try:
+        fixed = msgspec.json.encode(_ints(msgspec.json.decode(body)))
+        return msgspec.json.decode(fixed, type=type_)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+
+
+def _ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    return value
 
 
 def field_of(message: str) -> str:

@@ -8,7 +8,13 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.codec import decode, field_of, json_response, read_body
+from app.api.codec import (
+    decode,
+    field_of,
+    json_response,
+    read_body,
+    with_whole_numbers_as_int,
+)
 from app.api.guard import tenant_of
 from app.domain import FieldFilter
 from app.errors import InvalidRequest
@@ -99,12 +105,14 @@ def to_filters(filters: dict[str, msgspec.Raw]) -> list[FieldFilter]:
         try:
             value = msgspec.json.decode(raw, type=Scalar | Condition)
         except msgspec.ValidationError as exc:
-            inner = field_of(str(exc))
-            raise InvalidRequest(
-                str(exc),
-                field=f"filters.{key}" + ("" if inner == "body" else f".{inner}"),
-                code="validation_error",
-            ) from exc
+            value = with_whole_numbers_as_int(raw, Scalar | Condition)
+            if value is None:
+                inner = field_of(str(exc))
+                raise InvalidRequest(
+                    str(exc),
+                    field=f"filters.{key}" + ("" if inner == "body" else f".{inner}"),
+                    code="validation_error",
+                ) from exc
         if not isinstance(value, Condition):
             out.append(FieldFilter(key=key, equals=value))
             continue

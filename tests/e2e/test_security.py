@@ -7,6 +7,8 @@ texts, ids, retrieval ids and metadata through every endpoint and must see nothi
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -297,6 +299,56 @@ def _eventually(call: object, status: int, timeout: float = 10.0) -> bool:
     return False
 
 
+SENT_KEYS: list[str] = []  # keys made during the tests, for the log scan at the end
+
+
+def test_keys_made_by_the_cli_work_for_the_cli(
+    secured: Server, keys_file: Path, tmp_path: Path
+) -> None:
+    made = rag("keys", "new", "--tenant", "tenant-cli", "--scope", "ingest", "--name", "cli")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    SENT_KEYS.append(key)
+    entry = json.loads(made.stderr.split("list: ", 1)[1])
+    assert entry == {
+        "sha256": digest(key),
+        "tenant": "tenant-cli",
+        "scopes": ["ingest"],
+        "name": "cli",
+    }
+    candidate = tmp_path / "candidate.json"
+    write_keys(candidate, [*KEYS, entry])
+    checked = rag("keys", "check", str(candidate))
+    assert checked.returncode == 0 and "5 keys" in checked.stdout, checked.stderr
+    bad = rag("keys", "new", "--tenant", "no spaces", "--scope", "search")
+    assert bad.returncode == 1 and "tenant" in bad.stderr
+
+    note = tmp_path / "note.txt"
+    note.write_text("Capybaras are the largest living rodents.")
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    refused = rag("ingest", str(note), "--url", secured.url, "--api-key-file", str(key_file))
+    assert refused.returncode == 1 and "HTTP 401" in refused.stderr
+    write_keys(keys_file, [*KEYS, entry])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            sent = rag("ingest", str(note), "--url", secured.url, "--api-key-file", str(key_file))
+            if sent.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert sent.returncode == 0 and "1 indexed" in sent.stdout, sent.stderr
+        assert key not in sent.stdout + sent.stderr
+    finally:
+        write_keys(keys_file, KEYS)
+
+
+def rag(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=120
+    )
+
+
 # --- Limits --------------------------------------------------------------------------------
 
 
@@ -433,6 +485,6 @@ def test_keys_never_reach_the_log(secured: Server) -> None:
         http.post("/api/v1/search", json={"query": "q"})
     log = secured.log.read_text()
     assert "API keys reloaded" in log  # the rotation test did reach the log
-    for key in (A_KEY, B_KEY, SEARCH_ONLY, SLOW, ROTATED, WRONG):
+    for key in (A_KEY, B_KEY, SEARCH_ONLY, SLOW, ROTATED, WRONG, *SENT_KEYS):
         assert key not in log
         assert digest(key) not in log
