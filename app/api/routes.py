@@ -197,6 +197,9 @@ def openapi_spec() -> dict[str, Any]:
         }
         if e.scope is not None:
             _secure(op, e.scope)
+        for status, answer in op["responses"].items():
+            if status.startswith("2") and (e.method, e.path) in _LINKS:
+                answer["links"] = _LINKS[e.method, e.path]
         parameters: list[dict[str, Any]] = [
             {
                 "name": name,
@@ -246,6 +249,27 @@ def openapi_spec() -> dict[str, Any]:
         },
     }
 
+
+# OpenAPI links: what a response's ids can be used for next (clients, and fuzzers' stateful
+# phase, which otherwise only ever asks for retrieval ids that do not exist). None from ingest
+# to the document: a deleted document's GET answers 200 `deleted` by design (a client polling
+# its delete sees it applied), which a fuzzer's use-after-free check reads as a survivor.
+_LINKS: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/api/v1/search"): {
+        "GetRetrieval": {
+            "operationId": "get_get_retrieval",
+            "parameters": {"retrieval_id": "$response.body#/retrieval_id"},
+        },
+        "JudgeRetrieval": {
+            "operationId": "post_feedback",
+            "requestBody": {
+                "retrieval_id": "$response.body#/retrieval_id",
+                "doc_id": "$response.body#/results/0/doc_id",
+                "relevance": 1,
+            },
+        },
+    },
+}
 
 _RATE_HEADERS = {
     name: {"description": description, "schema": {"type": "integer", "minimum": 0}}

@@ -3,7 +3,9 @@
 schema says; valid data accepted, invalid data rejected, auth not ignored).
 
 tests/e2e/schemathesis_hooks.py makes generated ingest bodies meet the two cross-field rules
-JSON Schema cannot state; nothing else is filtered. The seed is fixed so a failure reproduces
+JSON Schema cannot state; nothing else is filtered. tests/e2e/schemathesis.toml counts 413 as
+a rejection of schema-violating data. The OpenAPI links from search let the stateful phase
+read and judge real retrievals. The seed is fixed so a failure reproduces
 (`schemathesis run ... --seed`); change FUZZ_SEED to explore.
 """
 
@@ -72,6 +74,8 @@ def test_schemathesis_finds_nothing(fuzzed: Server, tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     command = [
         _schemathesis(),
+        "--config-file",
+        str(Path(__file__).with_name("schemathesis.toml")),
         "run",
         f"{fuzzed.url}/openapi.json",
         "--checks",
