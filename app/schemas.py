@@ -32,8 +32,33 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_def
     pass
 
 
+# Metadata is stored in the index payload and filtered on by key; nothing needs deep trees,
+# and a deep one costs every reader (index, events, responses) recursion.
+MAX_METADATA_DEPTH = 4
+
+
+def _json_value(depth: int) -> dict[str, Any]:
+    """JSON Schema of a JSON value whose arrays and objects nest at most `depth` deep."""
+    scalar: dict[str, Any] = {"type": ["string", "number", "boolean", "null"]}
+    if depth == 0:
+        return scalar
+    inner = _json_value(depth - 1)
+    return {
+        "anyOf": [
+            scalar,
+            {"type": "array", "items": inner},
+            {"type": "object", "additionalProperties": inner},
+        ]
+    }
+
+
 class DocumentInput(_Strict):
     """A document to index. `id` is yours; re-sending the same id replaces the document."""
+
+    # Merged into the OpenAPI component (app/api/routes.py): the metadata depth limit.
+    openapi_schema: ClassVar[dict[str, Any]] = {
+        "properties": {"metadata": {"additionalProperties": _json_value(MAX_METADATA_DEPTH)}}
+    }
 
     id: DocId
     text: Annotated[str, Meta(min_length=1, max_length=1_000_000, pattern=NOT_ONLY_WHITESPACE)]

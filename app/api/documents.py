@@ -13,6 +13,7 @@ from app.domain import ChunkingParams, DocumentIn
 from app.errors import InvalidRequest, NotFound
 from app.ingest import Accepted
 from app.schemas import (
+    MAX_METADATA_DEPTH,
     DeleteResponse,
     DocumentStatus,
     IngestedDocument,
@@ -49,11 +50,6 @@ async def ingest(request: Request) -> Response:
         IngestResponse(documents=[_ingested(a) for a in accepted]),
         202 if any(a.status == "pending" for a in accepted) else 200,
     )
-
-
-# Metadata is stored in the index payload and filtered on by key; nothing needs deep trees,
-# and a deep one costs every reader (index, events, responses) recursion.
-MAX_METADATA_DEPTH = 4
 
 
 def _check_limits(body: IngestRequest, max_text_chars: int) -> None:

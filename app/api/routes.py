@@ -19,6 +19,7 @@ from app.events import RetrievalRecorded
 from app.schemas import (
     Condition,
     DeleteResponse,
+    DocumentInput,
     DocumentStatus,
     ErrorBody,
     FeedbackAccepted,
@@ -161,7 +162,9 @@ _REF = "#/components/schemas/"
 def openapi_spec() -> dict[str, Any]:
     types = sorted(
         {t for e in ENDPOINTS for t in [e.request, *e.responses.values()] if t is not None}
-        | {Condition},  # referenced from SearchRequest.filters' hand-written schema
+        # Condition: referenced from SearchRequest.filters' hand-written schema; both: they
+        # carry an `openapi_schema` to merge.
+        | {Condition, DocumentInput},
         key=lambda t: t.__name__,
     )
     _, components = msgspec.json.schema_components(
