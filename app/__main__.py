@@ -1,4 +1,4 @@
-"""The `rag-pipeline` command: serve | worker | ingest | eval."""
+"""The `rag-pipeline` command: serve | worker | ingest | eval | keys."""
 
 from __future__ import annotations
 
@@ -73,7 +73,29 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("paths", nargs="+", type=Path)
     ingest.add_argument("--url", default=None, help="server URL (default http://RAG_HOST:RAG_PORT)")
     ingest.add_argument("--batch", type=int, default=64, help="documents per request")
+    ingest.add_argument("--api-key-file", type=Path, help=_API_KEY_FILE_HELP)
     ingest.set_defaults(run=_ingest)
+
+    keys = sub.add_parser(
+        "keys", help="make an API key (`keys new`) or check a keys file (`keys check FILE`)"
+    )
+    keys_sub = keys.add_subparsers(required=True, metavar="ACTION")
+    new = keys_sub.add_parser(
+        "new", help="print a new random key and the entry to add to RAG_API_KEYS_FILE"
+    )
+    new.add_argument("--tenant", required=True, help="the tenant the key acts for")
+    new.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=["search", "ingest", "admin"],
+        help="a scope the key has (repeatable)",
+    )
+    new.add_argument("--name", default="", help="who holds the key (shown in logs)")
+    new.set_defaults(run=_keys_new)
+    check = keys_sub.add_parser("check", help="validate a keys file and count its keys")
+    check.add_argument("file", type=Path)
+    check.set_defaults(run=_keys_check)
 
     ev = sub.add_parser("eval", help="score a BEIR dataset through the HTTP API")
     ev.add_argument("dataset", type=Path, help="folder with corpus.jsonl, queries.jsonl, qrels/")
@@ -89,8 +111,25 @@ def _parser() -> argparse.ArgumentParser:
         help="also score the default pipeline with MMR at this diversity (repeatable)",
     )
     ev.add_argument("--only-diversity", action="store_true", help="skip the four mode variants")
+    ev.add_argument("--api-key-file", type=Path, help=_API_KEY_FILE_HELP)
     ev.set_defaults(run=_eval)
     return parser
+
+
+# A file, not an argument or a variable: a key on the command line shows in `ps`.
+_API_KEY_FILE_HELP = "file holding the API key to send (servers with RAG_API_KEYS_FILE)"
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key_file is None:
+        return None
+    try:
+        key: str = args.api_key_file.read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"--api-key-file: {exc}") from exc
+    if not key:
+        raise SettingsError(f"--api-key-file: {args.api_key_file} is empty")
+    return key
 
 
 def _url(args: argparse.Namespace, settings: Settings) -> str:
@@ -218,7 +257,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
     async def run() -> dict[str, int]:
         counts: dict[str, int] = {}
-        async with Client(_url(args, settings)) as client:
+        async with Client(_url(args, settings), api_key=_api_key(args)) as client:
             with tqdm(total=len(docs), desc="ingest", unit="doc") as bar:
 
                 def done(response: IngestResponse, sent: int) -> None:
@@ -234,12 +273,39 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _keys_new(args: argparse.Namespace, settings: Settings) -> int:
+    from app.api_keys import KeyEntry, digest, new_key, parse
+
+    key = new_key()
+    entry = KeyEntry(
+        sha256=digest(key), tenant=args.tenant, scopes=sorted(set(args.scope)), name=args.name
+    )
+    line = msgspec.json.encode(entry).decode()
+    parse(f'{{"keys": [{line}]}}'.encode(), "the new entry")  # a bad --tenant stops here
+    # The key alone on stdout (KEY=$(rag-pipeline keys new ...)); it is stored nowhere.
+    print(key)
+    print(f"add to the keys file's `keys` list: {line}", file=sys.stderr)
+    return 0
+
+
+def _keys_check(args: argparse.Namespace, settings: Settings) -> int:
+    from app.api_keys import parse
+
+    try:
+        entries = parse(args.file.read_bytes(), str(args.file))
+    except OSError as exc:
+        raise SettingsError(f"{args.file}: {exc}") from exc
+    tenants = sorted({e.tenant for e in entries})
+    print(f"{args.file}: {len(entries)} keys, tenants: {', '.join(tenants) or 'none'}")
+    return 0
+
+
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from app.client import Client
     from app.evaluation import DEFAULT_VARIANTS, Variant, ensure_corpus, evaluate, format_table
 
     async def run() -> int:
-        async with Client(_url(args, settings)) as client:
+        async with Client(_url(args, settings), api_key=_api_key(args)) as client:
             loaded = await ensure_corpus(client, args.dataset)
             if loaded:
                 log.info("ingested %d documents", loaded)

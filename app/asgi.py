@@ -11,6 +11,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -52,8 +53,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             if services is None:
                 await built.aclose()
 
-    # Telemetry outermost, so requests the memory budget refuses are counted and traced too.
-    middleware = [Middleware(TelemetryMiddleware)]
+    # CORS outermost (preflights answered, headers on every answer), then telemetry, so
+    # requests the memory budget refuses are counted and traced too.
+    middleware = [*_cors(settings), Middleware(TelemetryMiddleware)]
     if settings.max_memory_mb > 0:
         middleware.append(
             Middleware(
@@ -68,6 +70,29 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         exception_handlers=_handlers(),
         middleware=middleware,
     )
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """CORS only for the origins RAG_CORS_ORIGINS names; without it browsers get no CORS
+    headers and so refuse cross-origin calls."""
+    origins = settings.cors_origin_list()
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "traceparent"],
+            expose_headers=[
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
+            max_age=600,
+        )
+    ]
 
 
 def create_worker_app(settings: Settings, projection: Projection) -> Starlette:

@@ -43,8 +43,13 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, base_url: str, *, timeout: float = 300.0) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout)
+    def __init__(
+        self, base_url: str, *, timeout: float = 300.0, api_key: str | None = None
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), timeout=timeout, headers=headers
+        )
         self._timeout = timeout
         self._encoder = msgspec.json.Encoder()
 

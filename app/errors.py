@@ -62,3 +62,21 @@ class EmbedderUnavailable(DependencyUnavailable):
 
 class EmbedderRejected(RagError):
     """The embeddings API refused these texts (400/422): a retry of the same texts fails too."""
+class Unauthenticated(RagError):
+    """No API key, or one the keys file does not hold (HTTP 401)."""
+
+    def __init__(self, message: str, *, token_given: bool) -> None:
+        super().__init__(message)
+        self.token_given = token_given
+
+
+class Forbidden(RagError):
+    """A valid API key without the scope the endpoint needs (HTTP 403)."""
+
+
+class RateLimited(RagError):
+    """The key's token bucket is empty (HTTP 429); `headers` carry Retry-After and RateLimit-*."""
+
+    def __init__(self, message: str, *, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers

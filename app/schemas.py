@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta
 
 DocId = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$")]
-Query = Annotated[str, Meta(min_length=1, max_length=4096)]
+# Somewhere a character that is not whitespace, so the published schema rejects what the
+# server does (str.strip). Spelled out: `\S` differs between Python (which counts \x1c-\x1f
+# as whitespace) and the ECMA regexes JSON Schema uses (which count \ufeff).
+NOT_ONLY_WHITESPACE = (
+    r"[^\t\n\u000b\f\r \u001c-\u001f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+)
+Query = Annotated[str, Meta(min_length=1, max_length=4096, pattern=NOT_ONLY_WHITESPACE)]
 TopK = Annotated[int, Meta(ge=1, le=100)]
 Score = Annotated[float, Meta(ge=-1.0, le=1.0)]
 Diversity = Annotated[float, Meta(ge=0.0, le=1.0)]
-MetadataKey = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")]
+# Dots separate the parts of a nested field's path; none may be empty ("a..b", "a.").
+MetadataKey = Annotated[
+    str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+]
 Scalar = str | int | float | bool
+# What the index matches integers as.
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 Mode = Literal["dense", "bm25", "hybrid"]
 
 
@@ -21,11 +32,36 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_def
     pass
 
 
+# Metadata is stored in the index payload and filtered on by key; nothing needs deep trees,
+# and a deep one costs every reader (index, events, responses) recursion.
+MAX_METADATA_DEPTH = 4
+
+
+def _json_value(depth: int) -> dict[str, Any]:
+    """JSON Schema of a JSON value whose arrays and objects nest at most `depth` deep."""
+    scalar: dict[str, Any] = {"type": ["string", "number", "boolean", "null"]}
+    if depth == 0:
+        return scalar
+    inner = _json_value(depth - 1)
+    return {
+        "anyOf": [
+            scalar,
+            {"type": "array", "items": inner},
+            {"type": "object", "additionalProperties": inner},
+        ]
+    }
+
+
 class DocumentInput(_Strict):
     """A document to index. `id` is yours; re-sending the same id replaces the document."""
 
+    # Merged into the OpenAPI component (app/api/routes.py): the metadata depth limit.
+    openapi_schema: ClassVar[dict[str, Any]] = {
+        "properties": {"metadata": {"additionalProperties": _json_value(MAX_METADATA_DEPTH)}}
+    }
+
     id: DocId
-    text: Annotated[str, Meta(min_length=1, max_length=1_000_000)]
+    text: Annotated[str, Meta(min_length=1, max_length=1_000_000, pattern=NOT_ONLY_WHITESPACE)]
     title: Annotated[str, Meta(max_length=1024)] = ""
     metadata: dict[MetadataKey, Any] = msgspec.field(default_factory=dict)
 
@@ -65,7 +101,53 @@ class IngestResponse(msgspec.Struct, kw_only=True):
 class Condition(_Strict):
     """A metadata condition: `any` of a list of values, or a numeric range."""
 
-    any: list[str | int] | None = None
+    # Merged into the OpenAPI component (app/api/routes.py): what the handler checks beyond
+    # the field types, so clients and fuzzers see the same rules. `any` holds strings or
+    # integers, not a mix; a condition is `any` or a range, never both or neither.
+    openapi_schema: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {
+                "required": ["any"],
+                "properties": {
+                    "any": {
+                        "oneOf": [
+                            {
+                                "type": "array",
+                                "items": {"type": "string", "maxLength": 1024},
+                                "minItems": 1,
+                                "maxItems": 256,
+                            },
+                            {
+                                "type": "array",
+                                "items": {
+                                    "type": "integer",
+                                    "minimum": -(2**63),
+                                    "maximum": 2**63 - 1,
+                                },
+                                "minItems": 1,
+                                "maxItems": 256,
+                            },
+                        ]
+                    },
+                    **{bound: {"type": "null"} for bound in ("gte", "gt", "lte", "lt")},
+                },
+            },
+            {
+                "properties": {"any": {"type": "null"}},
+                "anyOf": [
+                    {"required": [bound], "properties": {bound: {"type": "number"}}}
+                    for bound in ("gte", "gt", "lte", "lt")
+                ],
+            },
+        ]
+    }
+
+    any: (
+        Annotated[
+            list[Annotated[str, Meta(max_length=1024)] | Int64], Meta(min_length=1, max_length=256)
+        ]
+        | None
+    ) = None
     gte: float | None = None
     gt: float | None = None
     lte: float | None = None
@@ -75,27 +157,37 @@ class Condition(_Strict):
 class SearchRequest(_Strict):
     """A search. `filters` maps metadata fields to a value (exact match) or a Condition."""
 
+    # Merged into the OpenAPI component (app/api/routes.py): the raw filter values' schema.
+    openapi_schema: ClassVar[dict[str, Any]] = {
+        "properties": {
+            "filters": {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "maxProperties": 32,
+                        "propertyNames": {
+                            "minLength": 1,
+                            "maxLength": 128,
+                            "pattern": r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+                        },
+                        "additionalProperties": {
+                            "anyOf": [
+                                {"type": ["string", "integer", "number", "boolean"]},
+                                {"$ref": "#/components/schemas/Condition"},
+                            ]
+                        },
+                    },
+                    {"type": "null"},
+                ]
+            }
+        }
+    }
+
     query: Query
     top_k: TopK | None = None
     mode: Mode = "hybrid"
     # Values stay raw until each is decoded on its own, so an error can name its key.
-    filters: (
-        Annotated[
-            dict[MetadataKey, msgspec.Raw],
-            Meta(
-                max_length=32,
-                extra_json_schema={
-                    "additionalProperties": {
-                        "anyOf": [
-                            {"type": ["string", "integer", "number", "boolean"]},
-                            {"$ref": "#/components/schemas/Condition"},
-                        ]
-                    }
-                },
-            ),
-        ]
-        | None
-    ) = None
+    filters: Annotated[dict[MetadataKey, msgspec.Raw], Meta(max_length=32)] | None = None
     # Minimum cosine similarity between the query and chunk embeddings (-1..1), in every
     # mode: an absolute relevance floor, unlike `score`, which ranks within one response.
     min_score: Score | None = None
@@ -206,6 +298,17 @@ class Readiness(msgspec.Struct, kw_only=True):
 
 class FeedbackRequest(_Strict):
     """A judgement of one result of a recorded retrieval: name the document or the chunk."""
+
+    # Exactly one of doc_id and chunk_id (see Condition.openapi_schema).
+    openapi_schema: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {
+                "required": [named],
+                "properties": {named: {"type": "string"}, other: {"type": "null"}},
+            }
+            for named, other in (("doc_id", "chunk_id"), ("chunk_id", "doc_id"))
+        ]
+    }
 
     retrieval_id: Annotated[str, Meta(min_length=1, max_length=64)]
     # Graded like BEIR qrels: 0 = not relevant, 1 = relevant, 2 = highly relevant.

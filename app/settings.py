@@ -154,6 +154,23 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     otel_resource_attributes: str = msgspec.field(default="", name="OTEL_RESOURCE_ATTRIBUTES")
     trace_query_text: bool = msgspec.field(default=False, name="RAG_TRACE_QUERY_TEXT")
     metrics: bool = msgspec.field(default=True, name="RAG_METRICS")
+    api_keys_file: str = msgspec.field(default="", name="RAG_API_KEYS_FILE")
+    api_keys_reload_seconds: Annotated[float, Meta(ge=0, le=3600)] = msgspec.field(
+        default=5.0, name="RAG_API_KEYS_RELOAD_SECONDS"
+    )
+    rate_limit_per_second: Annotated[float, Meta(ge=0, le=1_000_000)] = msgspec.field(
+        default=20.0, name="RAG_RATE_LIMIT_PER_SECOND"
+    )
+    rate_limit_burst: Annotated[int, Meta(ge=1, le=1_000_000)] = msgspec.field(
+        default=40, name="RAG_RATE_LIMIT_BURST"
+    )
+    max_query_chars: Annotated[int, Meta(ge=1, le=4096)] = msgspec.field(
+        default=4096, name="RAG_MAX_QUERY_CHARS"
+    )
+    max_text_chars: Annotated[int, Meta(ge=1, le=1_000_000)] = msgspec.field(
+        default=1_000_000, name="RAG_MAX_TEXT_CHARS"
+    )
+    cors_origins: str = msgspec.field(default="", name="RAG_CORS_ORIGINS")
 
     @property
     def data_path(self) -> Path:
@@ -171,6 +188,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     def resource_attributes(self) -> dict[str, str]:
         """`OTEL_RESOURCE_ATTRIBUTES` parsed: `key=value` pairs, percent-encoded values."""
         return _parse_resource_attributes(self.otel_resource_attributes)
+    def cors_origin_list(self) -> list[str]:
+        """`RAG_CORS_ORIGINS` parsed: the origins browsers may call from (empty: no CORS)."""
+        return _parse_origins(self.cors_origins)
 
     def replace(self, **changes: object) -> Settings:
         return msgspec.structs.replace(self, **changes)
@@ -191,6 +211,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         _check_embedder(settings)
         _check_otlp_endpoint(settings.otel_exporter_otlp_endpoint)
         _parse_resource_attributes(settings.otel_resource_attributes)
+        _parse_origins(settings.cors_origins)
         if settings.chunk_overlap >= settings.chunk_size:
             raise SettingsError(
                 f"RAG_CHUNK_OVERLAP ({settings.chunk_overlap}) must be smaller than "
@@ -228,6 +249,20 @@ def _parse_duration(name: str, value: str) -> int:
             f"s, m, h or d (e.g. 3600, 90m, 7d), got {value!r}"
         )
     return seconds
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$")
+
+
+def _parse_origins(spec: str) -> list[str]:
+    origins = [part.strip() for part in spec.split(",") if part.strip()]
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise SettingsError(
+                "RAG_CORS_ORIGINS: expected origins like https://app.example.com (scheme, "
+                f"host, optional port; no path) separated by commas, or *, got {origin!r}"
+            )
+    return origins
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -397,6 +432,19 @@ SETTINGS_DOC: dict[str, str] = {
     "spans carry no query or document text.",
     "RAG_METRICS": "Count requests, stages and events for `GET /metrics`; `false` only to "
     "measure what that costs (bench/telemetry_overhead.py).",
+    "RAG_API_KEYS_FILE": "JSON file of API keys (their SHA-256, tenant, scopes; "
+    "docs/security.md). Empty: no authentication, one tenant (a warning at start-up). Set but "
+    "unreadable or invalid: start-up stops.",
+    "RAG_API_KEYS_RELOAD_SECONDS": "How often, at most, the keys file is checked for changes "
+    "(rotation without restart); an invalid new version is logged and the old keys stay.",
+    "RAG_RATE_LIMIT_PER_SECOND": "Requests a second each API key may make on average (token "
+    "bucket in Redis; a key in the keys file may set its own). 0: no rate limit.",
+    "RAG_RATE_LIMIT_BURST": "Requests an API key may make at once, above its steady rate "
+    "(the bucket's size).",
+    "RAG_MAX_QUERY_CHARS": "Longest search query, in characters; longer ones get 422.",
+    "RAG_MAX_TEXT_CHARS": "Longest document text, in characters; longer ones get 422.",
+    "RAG_CORS_ORIGINS": "Origins browsers may call the API from, separated by commas (or `*`). "
+    "Empty: no CORS headers, so browsers refuse cross-origin calls.",
 }
 
 if set(SETTINGS_DOC) != set(ENV_NAMES):  # pragma: no cover - caught at import in every test run

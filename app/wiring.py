@@ -14,15 +14,18 @@ from typing import IO
 import msgspec
 import threadpoolctl
 
+from app.access import Access
 from app.adapters.edge_index import EdgeIndex
 from app.adapters.local_embedder import LocalEmbedder
 from app.adapters.openai_embedder import OpenAIEmbedder
 from app.adapters.qdrant_index import QdrantIndex
 from app.adapters.redis_cache import RedisEmbeddingCache
 from app.adapters.redis_doc_status import RedisDocStatus
+from app.adapters.redis_rate_limit import RedisRateLimiter
 from app.adapters.redis_streams import RedisEventLog
+from app.api_keys import KeyRing
 from app.circuit_breaker import CircuitBreaker
-from app.domain import ChunkingParams
+from app.domain import DEFAULT_TENANT, ChunkingParams
 from app.errors import DependencyUnavailable, SettingsError
 from app.events import Streams
 from app.indexing import Indexer
@@ -134,6 +137,7 @@ class Services(msgspec.Struct, kw_only=True):
     default_chunking: ChunkingParams
     projector: Projector | None
     recorder: RetrievalRecorder
+    access: Access
 
     @property
     def embedder(self) -> Embedder:
@@ -152,6 +156,7 @@ class Services(msgspec.Struct, kw_only=True):
         return self.projection.projector.streams
 
     async def aclose(self) -> None:
+        await self.access.limiter.close()
         await self.projection.aclose()
 
 
@@ -270,7 +275,34 @@ def build_embedder(settings: Settings) -> LocalEmbedder | OpenAIEmbedder:
     )
 
 
+def build_access(settings: Settings) -> Access:
+    """API keys (None: open mode, warned about) and the per-key rate limiter."""
+    keys = None
+    if settings.api_keys_file:
+        keys = KeyRing(
+            Path(settings.api_keys_file).expanduser(),
+            reload_seconds=settings.api_keys_reload_seconds,
+        )
+        log.info("API keys: %d, from %s", keys.size, keys.path)
+    else:
+        log.warning(
+            "RAG_API_KEYS_FILE is not set: the API is OPEN, without authentication or rate "
+            "limits, and every caller acts for the one tenant %r. Set it before exposing the "
+            "service (docs/security.md)",
+            DEFAULT_TENANT,
+        )
+    return Access(
+        keys,
+        RedisRateLimiter(
+            settings.redis_url, prefix=settings.stream_prefix, pool_size=settings.redis_pool_size
+        ),
+        rate_per_second=settings.rate_limit_per_second,
+        burst=settings.rate_limit_burst,
+    )
+
+
 def build_services(settings: Settings) -> Services:
+    access = build_access(settings)  # first: a bad keys file stops start-up before the model loads
     projection = build_projection(settings, "serve")
     reranker = (
         LateInteractionReranker(projection.embedder.dim)
@@ -317,6 +349,7 @@ def build_services(settings: Settings) -> Services:
             projection.projector.streams.retrievals,
             retention_seconds=settings.retrieval_retention_seconds,
         ),
+        access=access,
     )
 
 

@@ -421,15 +421,26 @@ def build_filter(tenant: str, filters: Sequence[FieldFilter]) -> qe.Filter:
                     key=key, range=qe.RangeFloat(gte=flt.gte, gt=flt.gt, lte=flt.lte, lt=flt.lt)
                 )
             )
-        elif isinstance(flt.equals, float) and not flt.equals.is_integer():
-            must.append(
-                qe.FieldCondition(key=key, range=qe.RangeFloat(gte=flt.equals, lte=flt.equals))
-            )
+        elif _compare_as_float(flt.equals):
+            # Not an int64 (a fraction, or too large for the engine's integer match).
+            value = float(flt.equals)  # type: ignore[arg-type]
+            must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(gte=value, lte=value)))
         elif isinstance(flt.equals, float):
             must.append(_match(key, int(flt.equals)))
         elif flt.equals is not None:
             must.append(_match(key, flt.equals))
     return qe.Filter(must=must)
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _compare_as_float(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float):
+        return not value.is_integer() or int(value) not in _INT64
+    return isinstance(value, int) and value not in _INT64
 
 
 def _to_point(item: IndexedChunk) -> qe.Point:

@@ -10,7 +10,15 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.errors import DependencyUnavailable, InvalidRequest, NotFound, RagError
+from app.errors import (
+    DependencyUnavailable,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RagError,
+    RateLimited,
+    Unauthenticated,
+)
 from app.schemas import ErrorBody, ErrorDetail
 
 log = logging.getLogger(__name__)
@@ -55,7 +63,16 @@ def decode(body: bytes, type_: type[T]) -> T:
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
+        whole: T | None = (
+            with_whole_numbers_as_int(body, type_) if "got `float`" in str(exc) else None
+        )
+        if whole is not None:
+            return whole
         raise InvalidRequest(str(exc), field=field_of(str(exc)), code="validation_error") from exc
+    except RecursionError as exc:
+        raise InvalidRequest(
+            "request body is nested too deeply", field="body", code="validation_error"
+        ) from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(
             f"request body is not valid UTF-8 JSON: {exc}",
@@ -63,6 +80,27 @@ def decode(body: bytes, type_: type[T]) -> T:
             status=400,
             code="malformed_json",
         ) from exc
+
+
+def with_whole_numbers_as_int(body: bytes, type_: Any) -> Any:
+    """`type_` from JSON whose integers were written as whole floats (`"top_k": 5.0`):
+    JSON Schema's `integer` admits them, msgspec does not. None if that is not the problem.
+    (Re-encoded rather than converted, so msgspec.Raw fields still get their raw JSON.)"""
+    try:
+        fixed = msgspec.json.encode(_ints(msgspec.json.decode(body)))
+        return msgspec.json.decode(fixed, type=type_)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+
+
+def _ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    return value
 
 
 def field_of(message: str) -> str:
@@ -99,6 +137,21 @@ def response_for(exc: Exception) -> Response:
         return error_response(exc.status, exc.code, exc.message, field=exc.field)
     if isinstance(exc, NotFound):
         return error_response(404, "not_found", str(exc))
+    if isinstance(exc, Unauthenticated):
+        challenge = 'Bearer realm="rag-pipeline"'
+        if exc.token_given:
+            challenge += ', error="invalid_token"'
+        return error_response(
+            401,
+            "unauthenticated",
+            str(exc),
+            field="Authorization",
+            headers={"WWW-Authenticate": challenge},
+        )
+    if isinstance(exc, Forbidden):
+        return error_response(403, "forbidden", str(exc), field="Authorization")
+    if isinstance(exc, RateLimited):
+        return error_response(429, "rate_limited", str(exc), headers=exc.headers)
     if isinstance(exc, DependencyUnavailable):
         retry = max(1, round(exc.retry_after))
         return error_response(503, "unavailable", str(exc), headers={"Retry-After": str(retry)})

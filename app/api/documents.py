@@ -8,10 +8,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.codec import decode, json_response, read_body
-from app.domain import DEFAULT_TENANT, ChunkingParams, DocumentIn
+from app.api.guard import tenant_of
+from app.domain import ChunkingParams, DocumentIn
 from app.errors import InvalidRequest, NotFound
 from app.ingest import Accepted
 from app.schemas import (
+    MAX_METADATA_DEPTH,
     DeleteResponse,
     DocumentStatus,
     IngestedDocument,
@@ -29,13 +31,14 @@ async def ingest(request: Request) -> Response:
     services: Services = request.app.state.services
     wait = _wait(request)
     body = decode(await read_body(request, services.settings.max_body_bytes), IngestRequest)
+    _check_limits(body, services.settings.max_text_chars)
     default = services.default_chunking
     size = body.chunk_size or default.size
     overlap = (
         body.chunk_overlap if body.chunk_overlap is not None else min(default.overlap, size // 2)
     )
     accepted = await services.ingest.ingest(
-        DEFAULT_TENANT,
+        tenant_of(request),
         [
             DocumentIn(id=d.id, text=d.text, title=d.title, metadata=d.metadata)
             for d in body.documents
@@ -48,6 +51,31 @@ async def ingest(request: Request) -> Response:
         IngestResponse(documents=[_ingested(a) for a in accepted]),
         202 if any(a.status == "pending" for a in accepted) else 200,
     )
+
+
+def _check_limits(body: IngestRequest, max_text_chars: int) -> None:
+    for i, doc in enumerate(body.documents):
+        if len(doc.text) > max_text_chars:
+            raise InvalidRequest(
+                f"text is longer than {max_text_chars} characters (RAG_MAX_TEXT_CHARS)",
+                field=f"documents[{i}].text",
+            )
+        for key, value in doc.metadata.items():
+            if _deeper_than(value, MAX_METADATA_DEPTH):
+                raise InvalidRequest(
+                    f"metadata values nest at most {MAX_METADATA_DEPTH} levels deep",
+                    field=f"documents[{i}].metadata.{key}",
+                )
+
+
+def _deeper_than(value: object, levels: int) -> bool:
+    """Whether lists/objects nest more than `levels` deep (looks no deeper than that)."""
+    if isinstance(value, dict | list):
+        if levels == 0:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        return any(_deeper_than(child, levels - 1) for child in children)
+    return False
 
 
 def _ingested(accepted: Accepted) -> IngestedDocument:
@@ -64,7 +92,7 @@ def _ingested(accepted: Accepted) -> IngestedDocument:
 async def get_document(request: Request) -> Response:
     services: Services = request.app.state.services
     doc_id = request.path_params["doc_id"]
-    view = await services.ingest.status(DEFAULT_TENANT, doc_id)
+    view = await services.ingest.status(tenant_of(request), doc_id)
     if view is None:
         raise NotFound(f"document {doc_id!r} is not indexed")
     return json_response(
@@ -83,7 +111,7 @@ async def delete_document(request: Request) -> Response:
     services: Services = request.app.state.services
     doc_id = request.path_params["doc_id"]
     accepted = await services.ingest.delete(
-        DEFAULT_TENANT, doc_id, traceparent=_traceparent(request), wait=_wait(request)
+        tenant_of(request), doc_id, traceparent=_traceparent(request), wait=_wait(request)
     )
     return json_response(
         DeleteResponse(

@@ -8,8 +8,15 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.codec import decode, field_of, json_response, read_body
-from app.domain import DEFAULT_TENANT, FieldFilter
+from app.api.codec import (
+    decode,
+    field_of,
+    json_response,
+    read_body,
+    with_whole_numbers_as_int,
+)
+from app.api.guard import tenant_of
+from app.domain import FieldFilter
 from app.errors import InvalidRequest
 from app.events import RecordedResult, RetrievalRecorded, query_sha256
 from app.pipeline import SearchParams
@@ -20,13 +27,20 @@ from app.wiring import Services
 
 async def search(request: Request) -> Response:
     services: Services = request.app.state.services
+    tenant = tenant_of(request)
     body = decode(await read_body(request, services.settings.max_body_bytes), SearchRequest)
     if not body.query.strip():
         raise InvalidRequest("query is empty or only whitespace", field="query")
+    if len(body.query) > services.settings.max_query_chars:
+        raise InvalidRequest(
+            f"query is longer than {services.settings.max_query_chars} characters "
+            "(RAG_MAX_QUERY_CHARS)",
+            field="query",
+        )
     outcome = await services.pipeline.search(
         SearchParams(
             query=body.query,
-            tenant=DEFAULT_TENANT,
+            tenant=tenant,
             top_k=body.top_k,
             mode=body.mode,
             filters=to_filters(body.filters or {}),
@@ -39,7 +53,7 @@ async def search(request: Request) -> Response:
     services.recorder.record(
         RetrievalRecorded(
             retrieval_id=outcome.retrieval_id,
-            tenant=DEFAULT_TENANT,
+            tenant=tenant,
             query=None if services.settings.event_redact_queries else body.query,
             query_sha256=query_sha256(body.query)
             if services.settings.event_redact_queries
@@ -95,12 +109,14 @@ def to_filters(filters: dict[str, msgspec.Raw]) -> list[FieldFilter]:
         try:
             value = msgspec.json.decode(raw, type=Scalar | Condition)
         except msgspec.ValidationError as exc:
-            inner = field_of(str(exc))
-            raise InvalidRequest(
-                str(exc),
-                field=f"filters.{key}" + ("" if inner == "body" else f".{inner}"),
-                code="validation_error",
-            ) from exc
+            value = with_whole_numbers_as_int(raw, Scalar | Condition)
+            if value is None:
+                inner = field_of(str(exc))
+                raise InvalidRequest(
+                    str(exc),
+                    field=f"filters.{key}" + ("" if inner == "body" else f".{inner}"),
+                    code="validation_error",
+                ) from exc
         if not isinstance(value, Condition):
             out.append(FieldFilter(key=key, equals=value))
             continue

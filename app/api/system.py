@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.codec import json_response
-from app.domain import DEFAULT_TENANT
+from app.api.guard import tenant_of
 from app.projector import GROUP
 from app.schemas import (
     CacheInfo,
@@ -57,7 +57,7 @@ async def stats(request: Request) -> Response:
     services: Services = request.app.state.services
     streams = services.streams
     index, length, group, dead = await asyncio.gather(
-        services.index.stats(DEFAULT_TENANT),
+        services.index.stats(tenant_of(request)),
         services.event_log.length(streams.documents),
         services.event_log.group_info(streams.documents, GROUP),
         services.event_log.length(streams.dead_letter),

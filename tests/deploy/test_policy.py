@@ -119,8 +119,38 @@ def test_writable_paths_are_volumes(rendered: dict[str, list[Doc]]) -> None:
     """With a read-only root the app may write only to /tmp and the data volume."""
     for overlay in OVERLAYS:
         for deployment, container in _app_containers(rendered[overlay]):
-            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            mounts = {
+                m["mountPath"] for m in container.get("volumeMounts", []) if not m.get("readOnly")
+            }
             assert mounts == {"/tmp", "/data"}, (overlay, deployment["metadata"]["name"])
+
+
+API_KEYS_SECRET = "rag-pipeline-api-keys"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_api_reads_its_keys_file_from_a_secret_volume(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    """RAG_API_KEYS_FILE lies in a read-only Secret mount without subPath (a subPath mount never
+    sees the Secret change, so rotation would need a restart); prod requires the Secret and
+    the file, dev runs open."""
+    docs = rendered[overlay]
+    keys_file = configmap(docs, SETTINGS_CONFIGMAP)["data"]["RAG_API_KEYS_FILE"]
+    spec = one(docs, "Deployment", API)["spec"]["template"]["spec"]
+    volume = next(
+        v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == API_KEYS_SECRET
+    )
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True and "subPath" not in mount
+    assert volume["secret"]["defaultMode"] & 0o007 == 0, "keys readable by other users"
+    if overlay == "prod":
+        assert keys_file.startswith(mount["mountPath"].rstrip("/") + "/")
+        assert volume["secret"]["optional"] is False
+    else:
+        assert keys_file == ""
+    worker = one(docs, "Deployment", WORKER)["spec"]["template"]["spec"]
+    assert not any(v.get("secret") for v in worker.get("volumes", [])), "the worker needs no keys"
 
 
 # --- Probes and resources ----------------------------------------------------------------

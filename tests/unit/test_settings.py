@@ -167,6 +167,19 @@ def test_openai_embedder_settings() -> None:
     assert Settings.from_env({}).embedder == "local"
 
 
+def test_security_settings() -> None:
+    defaults = Settings.from_env({})
+    assert defaults.api_keys_file == "" and defaults.cors_origin_list() == []
+    assert (defaults.rate_limit_per_second, defaults.rate_limit_burst) == (20.0, 40)
+    assert (defaults.max_query_chars, defaults.max_text_chars) == (4096, 1_000_000)
+    settings = Settings.from_env(
+        {"RAG_API_KEYS_FILE": "/etc/keys.json", "RAG_RATE_LIMIT_PER_SECOND": "0",
+         "RAG_CORS_ORIGINS": "https://a.example.com, http://localhost:3000"}
+    )
+    assert settings.api_keys_file == "/etc/keys.json" and settings.rate_limit_per_second == 0
+    assert settings.cors_origin_list() == ["https://a.example.com", "http://localhost:3000"]
+
+
 @pytest.mark.parametrize(
     ("env", "named"),
     [
@@ -177,5 +190,18 @@ def test_openai_embedder_settings() -> None:
     ],
 )
 def test_bad_embedder_settings_are_named(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [({"RAG_CORS_ORIGINS": "https://a.example.com/path"}, "RAG_CORS_ORIGINS"),
+     ({"RAG_CORS_ORIGINS": "a.example.com"}, "RAG_CORS_ORIGINS"),
+     ({"RAG_RATE_LIMIT_BURST": "0"}, "RAG_RATE_LIMIT_BURST"),
+     ({"RAG_MAX_QUERY_CHARS": "5000"}, "RAG_MAX_QUERY_CHARS"),
+     ({"RAG_MAX_TEXT_CHARS": "2000000"}, "RAG_MAX_TEXT_CHARS")],
+)
+def test_bad_security_settings_are_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         Settings.from_env(env)

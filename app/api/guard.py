@@ -1,0 +1,44 @@
+"""Enforces an endpoint's declared scope: each request is admitted (key, scope, rate) first."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.access import rate_headers
+from app.api.codec import response_for
+from app.api_keys import Principal
+from app.wiring import Services
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def guard(handler: Handler, scope: str) -> Handler:
+    """`handler`, run only for callers the keys file gives `scope`; its answers, errors
+    included, carry the caller's RateLimit-* headers."""
+
+    async def guarded(request: Request) -> Response:
+        services: Services = request.app.state.services
+        admission = await services.access.admit(request.headers.get("authorization"), scope)
+        request.state.principal = admission.principal
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            response = response_for(exc)
+        if admission.rate is not None:
+            response.headers.update(rate_headers(admission.rate))
+        return response
+
+    guarded.__name__ = handler.__name__
+    guarded.__doc__ = handler.__doc__
+    return guarded
+
+
+def tenant_of(request: Request) -> str:
+    """The caller's tenant: from its API key, never from anything in the request."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:  # pragma: no cover - an endpoint reading a tenant must name a scope
+        raise RuntimeError(f"{request.url.path} reads a tenant but its Endpoint has no scope")
+    return principal.tenant
