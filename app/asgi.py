@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.api import system
+from app.api import reindex, system
 from app.api.codec import error_response, response_for
 from app.api.routes import routes
 from app.errors import RagError
@@ -53,7 +53,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
 
 
 def create_worker_app(settings: Settings, projection: Projection) -> Starlette:
-    """`rag-pipeline worker`: the projector, plus /health and /ready for the probes."""
+    """`rag-pipeline worker`: the projector, /health and /ready for the probes, and the
+    replay endpoints (the worker holds the index)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -65,6 +66,9 @@ def create_worker_app(settings: Settings, projection: Projection) -> Starlette:
         routes=[
             Route("/health", system.health, methods=["GET"]),
             Route("/ready", system.worker_ready, methods=["GET"]),
+            # The worker holds the index, so replays run here (`rag-pipeline replay` asks).
+            Route("/api/v1/reindex", reindex.start, methods=["POST"]),
+            Route("/api/v1/reindex/{job_id}", reindex.status, methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers=_handlers(),

@@ -90,6 +90,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     ingest_wait_seconds: Annotated[float, Meta(gt=0, le=600)] = msgspec.field(
         default=30.0, name="RAG_INGEST_WAIT_SECONDS"
     )
+    replay_batch: Annotated[int, Meta(ge=1, le=10_000)] = msgspec.field(
+        default=512, name="RAG_REPLAY_BATCH"
+    )
 
     @property
     def data_path(self) -> Path:
@@ -230,6 +233,8 @@ SETTINGS_DOC: dict[str, str] = {
     "runs (events wait in the stream).",
     "RAG_INGEST_WAIT_SECONDS": "Longest an ingest or delete with `?wait=true` waits for the "
     "projector before answering 202 with status pending.",
+    "RAG_REPLAY_BATCH": "Documents a replay (`rag-pipeline replay`, `POST /api/v1/reindex`) "
+    "applies at a time; their chunks are embedded (or read from the cache) and written together.",
 }
 
 if set(SETTINGS_DOC) != set(ENV_NAMES):  # pragma: no cover - caught at import in every test run

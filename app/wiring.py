@@ -8,13 +8,15 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 import msgspec
 import threadpoolctl
 
-from app.adapters.edge_index import EdgeIndex
+from app.active_index import ActiveIndex
+from app.adapters.edge_catalog import EdgeCatalog
 from app.adapters.local_embedder import LocalEmbedder
 from app.adapters.redis_cache import RedisEmbeddingCache
 from app.adapters.redis_doc_status import RedisDocStatus
@@ -28,6 +30,7 @@ from app.pipeline import Pipeline, PipelineConfig
 from app.ports import Embedder
 from app.projector import Projector, ProjectorConfig
 from app.recorder import RetrievalRecorder
+from app.replay import Replay, ReplayConfig, ReplayJobs, ReplayProgress
 from app.reranking import LateInteractionReranker
 from app.settings import Settings
 
@@ -38,7 +41,7 @@ class IndexHolder(msgspec.Struct, kw_only=True):
     """Who holds an embedded index: written into its lock file for the next one to read."""
 
     pid: int
-    role: str  # "serve" or "worker"
+    role: str  # "serve", "worker" or "replay"
     command: str
 
 
@@ -98,15 +101,37 @@ class Projection(msgspec.Struct, kw_only=True):
     """What applies document events to the index: everything a `worker` runs."""
 
     embedder: Embedder
-    index: EdgeIndex
+    catalog: EdgeCatalog  # the index's generations (app/replay.py builds new ones)
+    index: ActiveIndex  # the active generation, whichever that is
     ownership: IndexOwnership
     event_log: RedisEventLog
     cache: RedisEmbeddingCache
     status: RedisDocStatus
     indexer: Indexer
     projector: Projector
+    replays: ReplayJobs  # POST /api/v1/reindex: replays run where the index is held
+    replay_config: ReplayConfig
+
+    def replay(
+        self,
+        config: ReplayConfig | None = None,
+        on_progress: Callable[[ReplayProgress], None] | None = None,
+    ) -> Replay:
+        """A replay into a new generation of this index, pausing this projector to swap."""
+        return Replay(
+            catalog=self.catalog,
+            event_log=self.event_log,
+            embedder=self.embedder,
+            cache=self.cache,
+            status=self.status,
+            streams=self.projector.streams,
+            live=self.projector,
+            config=config or self.replay_config,
+            on_progress=on_progress,
+        )
 
     async def aclose(self) -> None:
+        await self.replays.aclose()
         await self.event_log.close()
         await self.cache.close()
         await self.status.close()
@@ -131,7 +156,7 @@ class Services(msgspec.Struct, kw_only=True):
         return self.projection.embedder
 
     @property
-    def index(self) -> EdgeIndex:
+    def index(self) -> ActiveIndex:
         return self.projection.index
 
     @property
@@ -171,13 +196,14 @@ def build_projection(settings: Settings, role: str) -> Projection:
         undo.callback(embedder.close)
         ownership = IndexOwnership(settings.data_path, embedder.model_id, role).acquire()
         undo.callback(ownership.release)
-        index = EdgeIndex(
+        catalog = EdgeCatalog(
             settings.data_path,
             model_id=embedder.model_id,
             dim=embedder.dim,
             metadata_indexes=settings.metadata_index_fields(),
         )
-        undo.callback(index.close)
+        undo.callback(catalog.close)
+        index = ActiveIndex(catalog)
         # Constructing the Redis clients connects nothing; they cannot fail on an outage.
         event_log = RedisEventLog(settings.redis_url, pool_size=settings.redis_pool_size)
         cache = RedisEmbeddingCache(
@@ -207,9 +233,10 @@ def build_projection(settings: Settings, role: str) -> Projection:
             exclusive=True,
         ),
     )
-    log.info("index %s at %s (held by this %s)", embedder.model_id, index.path, role)
-    return Projection(
+    log.info("index %s at %s (held by this %s)", embedder.model_id, catalog.current().path, role)
+    projection = Projection(
         embedder=embedder,
+        catalog=catalog,
         index=index,
         ownership=ownership,
         event_log=event_log,
@@ -217,7 +244,10 @@ def build_projection(settings: Settings, role: str) -> Projection:
         status=status,
         indexer=indexer,
         projector=projector,
+        replays=ReplayJobs(lambda: projection.replay()),
+        replay_config=ReplayConfig(batch=settings.replay_batch),
     )
+    return projection
 
 
 def build_services(settings: Settings) -> Services:

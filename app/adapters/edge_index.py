@@ -77,10 +77,16 @@ class EdgeIndex:
         dim: int,
         metadata_indexes: dict[str, str] | None = None,
         search_threads: int | None = None,
+        path: Path | None = None,
     ) -> None:
-        self.path = data_dir / "index" / model_id
+        # `path` places the shard elsewhere: a generation of app/adapters/edge_catalog.py.
+        self.path = path if path is not None else data_dir / "index" / model_id
         self.dim = dim
         self._write_lock = threading.Lock()
+        # Operations running in threads; close() waits for them, so a generation being
+        # dropped after a swap lets the searches already on it finish.
+        self._busy = 0
+        self._idle = threading.Condition()
         self._optimizing = threading.Lock()
         self._unindexed = 0
         self._closed = False
@@ -367,10 +373,13 @@ class EdgeIndex:
             return False
         return True
 
-    def close(self) -> None:
+    def close(self, drain_seconds: float = 30.0) -> None:
         if self._closed:
             return
         self._closed = True
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._busy == 0, timeout=drain_seconds):
+                log.warning("closing the index at %s with operations still running", self.path)
         with self._optimizing, self._write_lock:
             self._shard.flush()
             self._shard.close()
@@ -378,12 +387,18 @@ class EdgeIndex:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise DependencyUnavailable("the index is closed")
+        with self._idle:
+            self._busy += 1
         try:
             return await asyncio.to_thread(fn, *args)
         except RagError:
             raise
         except Exception as exc:  # engine errors arrive as plain exceptions from the binding
             raise DependencyUnavailable(f"index operation failed: {exc}") from exc
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
 
 
 def _match(key: str, value: str | int | bool) -> qe.FieldCondition:

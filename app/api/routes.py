@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import __version__
-from app.api import documents, retrievals, search, system
+from app.api import documents, reindex, retrievals, search, system
 from app.api.codec import json_response
 from app.events import RetrievalRecorded
 from app.schemas import (
@@ -25,6 +25,7 @@ from app.schemas import (
     IngestRequest,
     IngestResponse,
     Readiness,
+    ReindexJob,
     SearchRequest,
     SearchResponse,
     Stats,
@@ -100,6 +101,21 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         responses={200: Stats, 503: ErrorBody},
     ),
     Endpoint(
+        method="POST",
+        path="/api/v1/reindex",
+        handler=reindex.start,
+        summary="Replay: rebuild the index from the document stream into a new generation, "
+        "then switch to it; 202 with the job, 409 while one runs",
+        responses={202: ReindexJob, 409: ErrorBody, 503: ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/api/v1/reindex/{job_id}",
+        handler=reindex.status,
+        summary="A replay's phase and progress (the latest one only)",
+        responses={200: ReindexJob, 404: ErrorBody},
+    ),
+    Endpoint(
         method="GET",
         path="/health",
         handler=system.health,
@@ -154,10 +170,10 @@ def openapi_spec() -> dict[str, Any]:
                 "required": True,
                 "schema": {"type": "string", "minLength": 1},
             }
-            for name in ("doc_id", "retrieval_id")
+            for name in ("doc_id", "retrieval_id", "job_id")
             if f"{{{name}}}" in path
         ]
-        if 202 in e.responses:
+        if 202 in e.responses and 200 in e.responses:  # accepted now, or applied with ?wait
             parameters.append(
                 {
                     "name": "wait",
