@@ -49,6 +49,10 @@ class ReplayConfig(msgspec.Struct, frozen=True, kw_only=True):
     batch: int = 512  # documents applied at a time (and embedded across)
     page: int = 1000  # stream entries read per round trip
     write_chunks: int = 512  # chunks embedded and written per index write
+    # Batches of the bulk pass applied at once: one is chunked (tokenizing, on the event
+    # loop's thread) while another is written (in the engine, off it). Each document is in
+    # one batch only, so they cannot reorder anything.
+    in_flight: int = 2
     # Catch-up passes before pausing the live projector: each one shortens what is left to
     # apply while it is paused; the last one runs paused, however long it is.
     catch_up_rounds: int = 5
@@ -168,10 +172,19 @@ class Replay:
         self._tenants.update(tenant for tenant, _ in newest)
         finals = list(newest.values())
         self._set(phase="rebuilding", documents=len(finals))
-        for start in range(0, len(finals), self.config.batch):
-            part = finals[start : start + self.config.batch]
-            await self._apply(projector, part)
-            self._set(applied=self.progress.applied + len(part))
+        gate = asyncio.Semaphore(self.config.in_flight)
+
+        async def one(part: list[Entry]) -> None:
+            async with gate:
+                await self._apply(projector, part)
+                self._set(applied=self.progress.applied + len(part))
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for start in range(0, len(finals), self.config.batch):
+                    group.create_task(one(finals[start : start + self.config.batch]))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from failed  # the first cause, not the group
         return last
 
     async def _catch_up(
@@ -199,14 +212,11 @@ class Replay:
                 return last, len(page)
 
     async def _apply(self, projector: Projector, entries: list[Entry]) -> None:
-        before = projector.counts.chunks
         failures = await projector.apply(entries)
         for entry_id, error in failures.items():
             log.error("replay could not apply %s: %s", entry_id, error)
-        self._set(
-            chunks=self.progress.chunks + projector.counts.chunks - before,
-            failed=self.progress.failed + len(failures),
-        )
+        # The projector is this replay's own: its count is the new generation's.
+        self._set(chunks=projector.counts.chunks, failed=self.progress.failed + len(failures))
 
     @contextlib.asynccontextmanager
     async def _paused(self) -> AsyncIterator[None]:

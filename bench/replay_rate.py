@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import statistics
 import sys
 from pathlib import Path
@@ -58,12 +59,20 @@ def load(settings: Settings, docs: list) -> None:
         server.stop()
 
 
-def replay_once(settings: Settings, batch: int) -> ReplayProgress:
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+def replay_once(settings: Settings, batch: int) -> tuple[ReplayProgress, float]:
+    """One replay, and the CPU seconds it took (the swap included, opening excluded)."""
     projection = build_projection(settings, "replay")
 
-    async def run() -> ReplayProgress:
+    async def run() -> tuple[ReplayProgress, float]:
         try:
-            return await projection.replay(ReplayConfig(batch=batch)).run()
+            before = cpu_seconds()
+            done = await projection.replay(ReplayConfig(batch=batch)).run()
+            return done, cpu_seconds() - before
         finally:
             await projection.aclose()
 
@@ -73,6 +82,7 @@ def replay_once(settings: Settings, batch: int) -> ReplayProgress:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--docs", type=int, default=None, help="only the first N documents")
     parser.add_argument("--batch", type=int, default=None, help="RAG_REPLAY_BATCH")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/rag-bench-replay"))
     parser.add_argument("--prefix", default="bench:replay:", help="key prefix on Redis")
@@ -81,18 +91,22 @@ def main() -> int:
     url, embedded = resolve_redis_url(settings)
     settings = settings.replace(redis_url=url)
     try:
-        docs = list(read_beir_corpus(DATASET / "corpus.jsonl"))
+        docs = list(read_beir_corpus(DATASET / "corpus.jsonl"))[: args.docs]
         load(settings, docs)
-        rates = []
+        rates, per_cpu = [], []
         for run in range(args.runs):
-            done = replay_once(settings, args.batch or settings.replay_batch)
-            rate = done.chunks / done.seconds
-            rates.append(rate)
+            done, cpu = replay_once(settings, args.batch or settings.replay_batch)
+            rates.append(done.chunks / done.seconds)
+            per_cpu.append(done.chunks / cpu)
             print(
                 f"replay {run + 1}: {done.documents} documents, {done.chunks} chunks in "
-                f"{done.seconds:.2f} s = {rate:.0f} chunks/s (generation {done.generation})"
+                f"{done.seconds:.2f} s = {rates[-1]:.0f} chunks/s; {cpu:.2f} CPU s = "
+                f"{per_cpu[-1]:.0f} chunks per CPU second (generation {done.generation})"
             )
-        print(f"median {statistics.median(rates):.0f} chunks/s over {len(rates)} replays")
+        print(
+            f"median {statistics.median(rates):.0f} chunks/s, "
+            f"{statistics.median(per_cpu):.0f} chunks per CPU second, over {len(rates)} replays"
+        )
     finally:
         if embedded is not None:
             embedded.stop()

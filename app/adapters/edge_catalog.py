@@ -82,7 +82,7 @@ class EdgeCatalog:
             path = self.path(generation)
             if path.exists():  # a leftover: nothing refers to it
                 shutil.rmtree(path)
-        index = await asyncio.to_thread(self._open, generation)
+        index = await asyncio.to_thread(self._open, generation, True)
         self._building[generation] = index
         log.info("building index generation %s at %s", generation, index.path)
         return generation, index
@@ -92,6 +92,7 @@ class EdgeCatalog:
         if index is None:
             raise RagError(f"generation {generation!r} is not being built here")
         try:
+            await asyncio.to_thread(index.finish_building)
             await asyncio.to_thread(self._write_record, generation)
         except OSError as exc:
             self._building[generation] = index
@@ -115,7 +116,7 @@ class EdgeCatalog:
 
     # --- files ---------------------------------------------------------------------------
 
-    def _open(self, generation: str) -> EdgeIndex:
+    def _open(self, generation: str, building: bool = False) -> EdgeIndex:
         return EdgeIndex(
             self._data_dir,
             model_id=self.model_id,
@@ -123,6 +124,7 @@ class EdgeCatalog:
             metadata_indexes=self._metadata_indexes,
             search_threads=self._search_threads,
             path=self.path(generation),
+            building=building,
         )
 
     @staticmethod

@@ -78,10 +78,15 @@ class EdgeIndex:
         metadata_indexes: dict[str, str] | None = None,
         search_threads: int | None = None,
         path: Path | None = None,
+        building: bool = False,
     ) -> None:
         # `path` places the shard elsewhere: a generation of app/adapters/edge_catalog.py.
         self.path = path if path is not None else data_dir / "index" / model_id
         self.dim = dim
+        # A generation being built (app/adapters/edge_catalog.py) is read by no one and is
+        # discarded if the process dies, so it needs durability, and HNSW, only once it is
+        # activated: until finish_building() writes skip the flush and the optimizer waits.
+        self.building = building
         self._write_lock = threading.Lock()
         # Operations running in threads; close() waits for them, so a generation being
         # dropped after a swap lets the searches already on it finish.
@@ -142,7 +147,8 @@ class EdgeIndex:
             self._shard.update(qe.UpdateOperation.upsert_points(points))
             # The WAL makes writes survive a process crash; flush makes them survive the
             # machine's, which is what "durable when acknowledged" promises.
-            self._shard.flush()
+            if not self.building:
+                self._shard.flush()
             self._unindexed += len(points)
         self._maybe_optimize()
 
@@ -162,13 +168,27 @@ class EdgeIndex:
             doomed = self._shard.count(qe.CountRequest(filter=flt, exact=True))
             if doomed:
                 self._shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
-                self._shard.flush()
+                if not self.building:
+                    self._shard.flush()
         return int(doomed)
+
+    def finish_building(self) -> None:
+        """Make everything written durable, and from now on every write (blocking)."""
+        with self._write_lock:
+            self._shard.flush()
+            self.building = False
+        # HNSW for what the build wrote, in the background: searches work on plain
+        # segments meanwhile (exact, and fast at this size).
+        self._maybe_optimize()
 
     def _maybe_optimize(self) -> None:
         # HNSW is built by the optimizer, which Edge runs only when asked; do it off the
         # write path once enough points wait, and never two at a time.
-        if self._unindexed < _OPTIMIZE_AFTER_UNINDEXED or not self._optimizing.acquire(False):
+        if (
+            self.building
+            or self._unindexed < _OPTIMIZE_AFTER_UNINDEXED
+            or not self._optimizing.acquire(False)
+        ):
             return
         self._unindexed = 0
 
