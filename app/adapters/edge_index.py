@@ -396,8 +396,8 @@ class EdgeIndex:
     def close(self, drain_seconds: float = 30.0) -> None:
         if self._closed:
             return
-        self._closed = True
         with self._idle:
+            self._closed = True
             if not self._idle.wait_for(lambda: self._busy == 0, timeout=drain_seconds):
                 log.warning("closing the index at %s with operations still running", self.path)
         with self._optimizing, self._write_lock:
@@ -405,20 +405,31 @@ class EdgeIndex:
             self._shard.close()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._closed:
-            raise DependencyUnavailable("the index is closed")
+        # Counted from here until the engine call returns, so close() (a generation dropped
+        # after a swap) lets every operation that started before it finish. The count is
+        # taken on the caller's side, and the call shielded from cancellation, because an
+        # operation still queued for a thread when close() looks must hold it off too.
         with self._idle:
+            if self._closed:
+                raise DependencyUnavailable("the index is closed")
             self._busy += 1
+
+        def counted() -> T:
+            try:
+                return fn(*args)
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+        running = asyncio.ensure_future(asyncio.to_thread(counted))
+        running.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await asyncio.shield(running)
         except RagError:
             raise
         except Exception as exc:  # engine errors arrive as plain exceptions from the binding
             raise DependencyUnavailable(f"index operation failed: {exc}") from exc
-        finally:
-            with self._idle:
-                self._busy -= 1
-                self._idle.notify_all()
 
 
 def _match(key: str, value: str | int | bool) -> qe.FieldCondition:

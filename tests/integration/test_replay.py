@@ -4,6 +4,8 @@ replay leaves the active generation and the applied records as they were."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -78,6 +80,29 @@ async def test_activate_switches_durably_and_drops_the_old_generation(tmp_path: 
         assert (await reopened.current().stats()).points == 2
     finally:
         reopened.close()
+
+
+@pytest.mark.anyio
+async def test_dropping_a_generation_lets_operations_already_started_finish(
+    tmp_path: Path,
+) -> None:
+    catalog = EdgeCatalog(tmp_path, model_id="m", dim=DIM)
+    try:
+        old = catalog.current()
+        await old.upsert([chunk("a", 1)])
+        # Far more operations than executor threads: most are still queued when the old
+        # generation is dropped (in its own thread, as activate does after the swap).
+        reads = [asyncio.ensure_future(old.stats()) for _ in range(300)]
+        await asyncio.sleep(0)
+        dropping = threading.Thread(target=old.close)
+        dropping.start()
+        results = await asyncio.gather(*reads, return_exceptions=True)
+        dropping.join()
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        with pytest.raises(DependencyUnavailable, match="closed"):
+            await old.stats()
+    finally:
+        catalog.close()
 
 
 @pytest.mark.anyio
