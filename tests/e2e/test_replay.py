@@ -212,6 +212,29 @@ def test_cli_replays_here_or_asks_the_holder(data_dir: Path) -> None:
     )
     assert here.returncode == 0, here.stderr
     assert "generation 2 active: 5 documents, 5 chunks, 0 failed" in here.stdout
+    # A worker holds the index too, and replays when asked.
+    worker = Server(data_dir, command="worker").start()
+    try:
+        via_worker = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "app",
+                "replay",
+                "--data-dir",
+                str(data_dir),
+                "--url",
+                worker.url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert via_worker.returncode == 0, via_worker.stderr
+        assert "generation 3 active: 5 documents, 5 chunks" in via_worker.stdout
+    finally:
+        assert worker.stop() == 0
     server = Server(data_dir).start()
     try:
         with server.client() as http:
