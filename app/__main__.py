@@ -210,7 +210,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             if "is held by" not in str(exc):
                 raise
             log.info("%s; asking it to replay", exc)
-            return _replay_remote(_url(args, settings))
+            return _replay_remote(_url(args, settings), str(exc))
         return _replay_here(projection)
     finally:
         if embedded is not None:
@@ -244,7 +244,8 @@ def _replay_here(projection: Projection) -> int:
     return 0
 
 
-def _replay_remote(url: str) -> int:
+def _replay_remote(url: str, held: str) -> int:
+    import httpx
     from tqdm import tqdm
 
     from app.client import ApiError, Client
@@ -253,8 +254,12 @@ def _replay_remote(url: str) -> int:
         async with Client(url) as client:
             try:
                 job = await client.reindex()
-            except ApiError as exc:
-                print(f"rag-pipeline: {url} refused the replay: {exc}", file=sys.stderr)
+            except (ApiError, httpx.HTTPError) as exc:
+                print(
+                    f"rag-pipeline: {held}; asked it at {url} (--url) to replay instead, "
+                    f"which failed: {exc}",
+                    file=sys.stderr,
+                )
                 return 1
             with tqdm(total=0, desc=f"replay {job.job_id[:8]}", unit="doc") as bar:
                 while job.phase not in ("done", "failed"):

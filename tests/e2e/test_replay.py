@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 from app.adapters.edge_catalog import EdgeCatalog
-from tests.e2e.server import Server
+from tests.e2e.server import Server, free_port
 
 Points = dict[str, tuple[dict[str, Any], list[float]]]
 
@@ -140,6 +140,12 @@ def test_searches_and_ingest_go_on_during_a_replay(data_dir: Path) -> None:
             second = http.post("/api/v1/reindex")
             assert second.status_code == 409, second.text
             assert second.json()["error"]["code"] == "replay_running"
+            assert http.get("/api/v1/reindex/nope").status_code == 404
+            spec = http.get("/openapi.json").json()["paths"]
+            assert set(spec["/api/v1/reindex"]["post"]["responses"]) == {"202", "409", "503"}
+            assert "parameters" not in spec["/api/v1/reindex"]["post"]  # no ?wait here
+            status = spec["/api/v1/reindex/{job_id}"]["get"]
+            assert status["parameters"][0]["name"] == "job_id"
 
             searches = ingested_during = 0
             added: list[str] = []
@@ -201,6 +207,16 @@ def test_cli_replays_here_or_asks_the_holder(data_dir: Path) -> None:
         )
         assert remote.returncode == 0, remote.stderr
         assert "generation 1 active: 5 documents, 5 chunks, 0 failed" in remote.stdout
+        nowhere = f"http://127.0.0.1:{free_port()}"
+        nobody = subprocess.run(
+            [sys.executable, "-m", "app", "replay", "--data-dir", str(data_dir), "--url", nowhere],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert nobody.returncode == 1
+        assert "held by `rag-pipeline serve`" in nobody.stderr and "--url" in nobody.stderr
     finally:
         assert server.stop() == 0
     here = subprocess.run(
