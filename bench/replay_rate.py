@@ -25,6 +25,7 @@ from app.adapters.embedded_redis import resolve_redis_url  # noqa: E402
 from app.client import Client, send_batches  # noqa: E402
 from app.corpus import read_beir_corpus  # noqa: E402
 from app.replay import ReplayConfig, ReplayProgress  # noqa: E402
+from app.schemas import DocumentInput  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.wiring import build_projection  # noqa: E402
 from tests.e2e.server import Server  # noqa: E402
@@ -34,7 +35,7 @@ if not DATASET.exists():
     DATASET = Path("/work/shared/datasets/scifact-train")
 
 
-def load(settings: Settings, docs: list) -> None:
+def load(settings: Settings, docs: list[DocumentInput]) -> None:
     """Ingest the corpus through a server unless the index already holds it."""
     projection = build_projection(settings, "replay")
     try:
