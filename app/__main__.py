@@ -1,4 +1,4 @@
-"""The `rag-pipeline` command: serve | worker | ingest | eval | keys."""
+"""The `rag-pipeline` command: serve | worker | replay | ingest | eval | keys."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
+
+    from app.wiring import Projection
 
 log = logging.getLogger("rag_pipeline")
 
@@ -68,6 +70,19 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--port", type=int, help="listen port (default RAG_PORT, 8000)")
     worker.add_argument("--data-dir", help="data directory (default RAG_DATA_DIR, ./rag-data)")
     worker.set_defaults(run=_worker)
+
+    replay = sub.add_parser(
+        "replay",
+        help="rebuild the index from the document stream into a new generation and switch "
+        "to it; runs here when no process holds the index, else asks the one that does "
+        "(serve or worker) over POST /api/v1/reindex",
+    )
+    replay.add_argument(
+        "--url", default=None, help="where the holder listens (default http://RAG_HOST:RAG_PORT)"
+    )
+    replay.add_argument("--data-dir", help="data directory (default RAG_DATA_DIR, ./rag-data)")
+    replay.add_argument("--api-key-file", type=Path, help=_API_KEY_FILE_HELP)
+    replay.set_defaults(run=_replay)
 
     ingest = sub.add_parser("ingest", help="send .txt/.md files or a BEIR corpus.jsonl to a server")
     ingest.add_argument("paths", nargs="+", type=Path)
@@ -241,6 +256,103 @@ def _run_http(
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    """Replay where the index is: here if no process holds it (this process then holds it
+    for the replay's duration), else in the holder, whose progress is polled. Running a
+    second index writer beside the holder is impossible (Edge's single-writer lock), and
+    the holder is also the one whose projector must pause for the swap."""
+    from app.adapters.embedded_redis import resolve_redis_url
+    from app.errors import DependencyUnavailable
+    from app.wiring import build_projection
+
+    if args.data_dir is not None:
+        settings = settings.replace(data_dir=args.data_dir)
+    url, embedded = resolve_redis_url(settings)
+    settings = settings.replace(redis_url=url)
+    try:
+        try:
+            projection = build_projection(settings, "replay")
+        except DependencyUnavailable as exc:
+            if "is held by" not in str(exc):
+                raise
+            log.info("%s; asking it to replay", exc)
+            return _replay_remote(_url(args, settings), str(exc), _api_key(args))
+        return _replay_here(projection)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _replay_here(projection: Projection) -> int:
+    from tqdm import tqdm
+
+    from app.replay import ReplayProgress
+
+    bar = tqdm(total=0, desc="replay", unit="doc")
+
+    def show(progress: ReplayProgress) -> None:
+        if bar.total != progress.documents:
+            bar.total = progress.documents
+        bar.set_postfix_str(f"{progress.phase}, {progress.chunks} chunks", refresh=False)
+        bar.update(progress.applied - bar.n)
+
+    async def run() -> ReplayProgress:
+        try:
+            return await projection.replay(on_progress=show).run()
+        finally:
+            await projection.aclose()
+
+    try:
+        done = asyncio.run(run())
+    finally:
+        bar.close()
+    print(_summary(done.generation, done.documents, done.chunks, done.failed, done.seconds))
+    return 0
+
+
+def _replay_remote(url: str, held: str, api_key: str | None) -> int:
+    import httpx
+    from tqdm import tqdm
+
+    from app.client import ApiError, Client
+
+    async def run() -> int:
+        async with Client(url, api_key=api_key) as client:
+            try:
+                job = await client.reindex()
+            except (ApiError, httpx.HTTPError) as exc:
+                print(
+                    f"rag-pipeline: {held}; asked it at {url} (--url) to replay instead, "
+                    f"which failed: {exc}",
+                    file=sys.stderr,
+                )
+                return 1
+            with tqdm(total=0, desc=f"replay {job.job_id[:8]}", unit="doc") as bar:
+                while job.phase not in ("done", "failed"):
+                    await asyncio.sleep(0.5)
+                    job = await client.reindex_job(job.job_id)
+                    bar.total = job.documents
+                    bar.set_postfix_str(f"{job.phase}, {job.chunks} chunks", refresh=False)
+                    bar.update(job.applied - bar.n)
+        if job.phase == "failed":
+            print(f"rag-pipeline: replay failed: {job.error}", file=sys.stderr)
+            return 1
+        print(_summary(job.generation, job.documents, job.chunks, job.failed, job.seconds))
+        return 0
+
+    return asyncio.run(run())
+
+
+def _summary(
+    generation: str | None, documents: int, chunks: int, failed: int, seconds: float
+) -> str:
+    rate = chunks / seconds if seconds > 0 else 0.0
+    return (
+        f"generation {generation} active: {documents} documents, {chunks} chunks, "
+        f"{failed} failed, {seconds:.1f} s ({rate:.0f} chunks/s)"
+    )
 
 
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:

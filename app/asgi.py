@@ -17,14 +17,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.admission import AdmissionMiddleware, MemoryBudget
-from app.api import metrics, system
+from app.api import metrics, reindex, system
 from app.api.codec import error_response, response_for
+from app.api.guard import guard
 from app.api.routes import routes
 from app.errors import RagError
 from app.projector import Projector
 from app.settings import Settings
 from app.telemetry.http import TelemetryMiddleware
-from app.wiring import Projection, Services, build_services
+from app.wiring import Projection, Services, build_access, build_services
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             services if services is not None else await asyncio.to_thread(build_services, settings)
         )
         app.state.services = built
+        app.state.access = built.access
         stop_recording = asyncio.Event()
         recording = asyncio.create_task(built.recorder.run(stop_recording), name="recorder")
         try:
@@ -96,19 +98,28 @@ def _cors(settings: Settings) -> list[Middleware]:
 
 
 def create_worker_app(settings: Settings, projection: Projection) -> Starlette:
-    """`rag-pipeline worker`: the projector, plus /health and /ready for the probes."""
+    """`rag-pipeline worker`: the projector, /health and /ready for the probes, and the
+    replay endpoints (the worker holds the index)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.projection = projection
-        async with _projecting(app, projection.projector, settings):
-            yield
+        # Replays are admin work: the worker checks keys as the API does.
+        app.state.access = access = build_access(settings)
+        try:
+            async with _projecting(app, projection.projector, settings):
+                yield
+        finally:
+            await access.limiter.close()
 
     return Starlette(
         routes=[
             Route("/health", system.health, methods=["GET"]),
             Route("/ready", system.worker_ready, methods=["GET"]),
             Route("/metrics", metrics.scrape, methods=["GET"]),
+            # The worker holds the index, so replays run here (`rag-pipeline replay` asks).
+            Route("/api/v1/reindex", guard(reindex.start, "admin"), methods=["POST"]),
+            Route("/api/v1/reindex/{job_id}", guard(reindex.status, "admin"), methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers=_handlers(),

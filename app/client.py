@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from app.schemas import DocumentInput, IngestResponse, SearchResponse
+from app.schemas import DocumentInput, IngestResponse, ReindexJob, SearchResponse
 
 
 async def send_batches(
@@ -113,3 +113,11 @@ class Client:
     async def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = msgspec.json.decode(await self._call("GET", "/api/v1/stats"))
         return result
+
+    async def reindex(self) -> ReindexJob:
+        """Start a replay on the server (409 while one runs there)."""
+        return msgspec.json.decode(await self._call("POST", "/api/v1/reindex"), type=ReindexJob)
+
+    async def reindex_job(self, job_id: str) -> ReindexJob:
+        raw = await self._call("GET", f"/api/v1/reindex/{job_id}")
+        return msgspec.json.decode(raw, type=ReindexJob)

@@ -109,4 +109,14 @@ class DocStatusStore(Protocol):
         """Store each record unless the document already has one for a later entry."""
         ...
 
+    async def adopt_applied(self, projection: str, source: str, tenants: Sequence[str]) -> None:
+        """Make `source`'s applied records `projection`'s, replacing them whole, for each of
+        these tenants (atomically per tenant); `source` is left with none. A replay's swap:
+        the records built with a new generation then describe the index in its place."""
+        ...
+
+    async def drop_applied(self, projection: str, tenants: Sequence[str]) -> None:
+        """Forget `projection`'s applied records of these tenants (an aborted replay's)."""
+        ...
+
     async def close(self) -> None: ...

@@ -62,6 +62,8 @@ class EmbedderUnavailable(DependencyUnavailable):
 
 class EmbedderRejected(RagError):
     """The embeddings API refused these texts (400/422): a retry of the same texts fails too."""
+
+
 class Unauthenticated(RagError):
     """No API key, or one the keys file does not hold (HTTP 401)."""
 

@@ -210,3 +210,39 @@ class EmbeddingCache(Protocol):
     def stats(self) -> CacheStats: ...
 
     async def close(self) -> None: ...
+
+
+class IndexCatalog(Protocol):
+    """The generations of one index (one embedding model): exactly one is active, and it is
+    the one every read and write goes to; a replay builds another beside it, then swaps.
+
+    Generations are opaque strings (an Edge shard directory, a Qdrant collection behind an
+    alias). `activate` is the only way the active one changes, it is atomic for readers and
+    writers alike, and it survives a restart; an adapter that cannot promise that must not
+    implement this port. Only the process that writes the index holds its catalog.
+    """
+
+    @property
+    def active(self) -> str:
+        """The generation reads and writes go to now."""
+        ...
+
+    def current(self) -> VectorIndex:
+        """The active generation's index. Resolve it per operation, never keep it: after
+        `activate` the one returned before is closed."""
+        ...
+
+    async def create(self) -> tuple[str, VectorIndex]:
+        """A new, empty generation beside the active one, not yet read by anyone."""
+        ...
+
+    async def activate(self, generation: str) -> None:
+        """Make `generation` (from `create`) the active one, durably and for reads and writes
+        at once, then drop the previous one (operations already running on it finish first)."""
+        ...
+
+    async def discard(self, generation: str) -> None:
+        """Drop a generation from `create` that will never be activated (an aborted build)."""
+        ...
+
+    def close(self) -> None: ...

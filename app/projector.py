@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -79,6 +79,7 @@ class ProjectorCounts(msgspec.Struct, kw_only=True):
     failures: int = 0  # failed attempts (each retried or dead-lettered)
     dead_lettered: int = 0
     paused_waits: int = 0  # waits while the embedder's breaker was open
+    chunks: int = 0  # chunks written (embedded or taken from the cache)
 
 
 class _Item(NamedTuple):
@@ -100,6 +101,7 @@ class Projector:
         consumer: str,
         config: ProjectorConfig,
         pause: Callable[[], float] | None = None,
+        projection: str | None = None,
     ) -> None:
         self.log = log
         # Seconds to hold off before the embedder may be called again (its breaker is open);
@@ -111,14 +113,17 @@ class Projector:
         self.streams = streams
         self.consumer = consumer
         self.config = config
-        # Applied records are per index: one built by another model starts with none.
-        self.projection = indexer.embedder.model_id
+        # Applied records are per index: one built by another model starts with none, and
+        # so does a generation a replay builds (app/replay.py names its own projection).
+        self.projection = projection if projection is not None else indexer.embedder.model_id
         self.counts = ProjectorCounts()
         self._retry_at: float | None = None
         self._retry_delay = _FIRST_BACKOFF_SECONDS
         self._failed_since_retry = False
         # Entries that failed while the index did not answer, kept for the retry.
         self._held: list[Entry] = []
+        # Held while entries are applied; pause() takes it so nothing is applied meanwhile.
+        self._gate = asyncio.Lock()
 
     @property
     def stream(self) -> str:
@@ -259,6 +264,13 @@ class Projector:
             self._retry_at = time.monotonic() + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, _MAX_BACKOFF_SECONDS)
 
+    @contextlib.asynccontextmanager
+    async def pause(self) -> AsyncIterator[None]:
+        """Nothing is applied (or recorded) while this is held: the batch in hand finishes
+        first, and entries read meanwhile wait. A replay holds it to swap generations."""
+        async with self._gate:
+            yield
+
     # --- one batch ----------------------------------------------------------------------
 
     async def process(self, entries: Sequence[Entry], *, redelivered: bool) -> None:
@@ -274,18 +286,64 @@ class Projector:
                 if isinstance(e.event, DocumentUpserted | DocumentDeleted)
             ]
         )
-        with tracing.stage(
-            "project",
-            kind=SpanKind.CONSUMER,
-            links=links,
-            attributes={
-                schema.STREAM: self.stream,
-                schema.EVENTS: len(entries),
-                schema.REDELIVERED: redelivered,
-                schema.LINKS: len(links),
-            },
-        ):
-            await self._process(entries, redelivered=redelivered)
+        async with self._gate:
+            with tracing.stage(
+                "project",
+                kind=SpanKind.CONSUMER,
+                links=links,
+                attributes={
+                    schema.STREAM: self.stream,
+                    schema.EVENTS: len(entries),
+                    schema.REDELIVERED: redelivered,
+                    schema.LINKS: len(links),
+                },
+            ):
+                await self._process(entries, redelivered=redelivered)
+
+    async def apply(self, entries: Sequence[Entry]) -> dict[str, str]:
+        """Apply document entries and record them, outside the consumer group (nothing is
+        acknowledged or dead-lettered): how a replay fills a new generation, through the
+        same steps as the projector. Entries that are not document events are skipped (the
+        group's projector dead-letters them). An entry that fails on its own is recorded
+        failed; returns {entry id: error} for those. An outage raises."""
+        items = [
+            _Item(e, e.event)
+            for e in entries
+            if isinstance(e.event, DocumentUpserted | DocumentDeleted)
+        ]
+        if not items:
+            return {}
+        try:
+            await self._apply(items)
+            return {}
+        except DependencyUnavailable:
+            raise
+        except Exception:
+            log.warning("replay batch failed; applying its %d entries one by one", len(items))
+        failures: dict[str, str] = {}
+        for item in items:
+            try:
+                await self._apply([item])
+            except DependencyUnavailable:
+                raise
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                failures[item.entry.id] = error
+                event = item.event
+                await self.status.record_applied(
+                    self.projection,
+                    event.tenant,
+                    {
+                        event.doc_id: Applied(
+                            event_id=item.entry.id,
+                            status="failed",
+                            version=event.version if isinstance(event, DocumentUpserted) else None,
+                            error=error,
+                            at=time.time(),
+                        )
+                    },
+                )
+        return failures
 
     async def _process(self, entries: Sequence[Entry], *, redelivered: bool) -> None:
         self.counts.batches += 1
@@ -515,6 +573,7 @@ class Projector:
         for tenant, by_doc in records.items():
             await self.status.record_applied(self.projection, tenant, by_doc)
         self.counts.applied += len(upserts) + len(unchanged) + len(deletes)
+        self.counts.chunks += sum(len(plan) for plan in plans)
         self.counts.skipped += skipped
 
     def _plan(self, events: Sequence[DocumentUpserted]) -> list[list[Chunk]]:

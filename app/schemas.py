@@ -330,3 +330,24 @@ class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class ErrorBody(msgspec.Struct, kw_only=True):
     error: ErrorDetail
+
+
+class ReindexJob(msgspec.Struct, kw_only=True):
+    """A replay (POST /api/v1/reindex) and how far it got. phase: reading (the stream),
+    rebuilding (the new generation), catching_up (with what was appended since), swapping
+    (the projector paused), then done (the new generation serves) or failed (the old one
+    still does; see `error`)."""
+
+    job_id: str
+    phase: Literal["reading", "rebuilding", "catching_up", "swapping", "done", "failed"]
+    generation: str | None  # the index generation being built, then active
+    entries: int  # stream entries read
+    documents: int  # documents the rebuild applies (each one's newest entry)
+    applied: int  # of those, applied so far
+    caught_up: int  # entries applied after the rebuild pass
+    chunks: int  # chunks written to the new generation
+    failed: int  # entries that could not be applied
+    seconds: float
+    started_at: float
+    finished_at: float | None = None
+    error: str | None = None

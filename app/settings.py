@@ -171,6 +171,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         default=1_000_000, name="RAG_MAX_TEXT_CHARS"
     )
     cors_origins: str = msgspec.field(default="", name="RAG_CORS_ORIGINS")
+    replay_batch: Annotated[int, Meta(ge=1, le=10_000)] = msgspec.field(
+        default=512, name="RAG_REPLAY_BATCH"
+    )
 
     @property
     def data_path(self) -> Path:
@@ -188,6 +191,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     def resource_attributes(self) -> dict[str, str]:
         """`OTEL_RESOURCE_ATTRIBUTES` parsed: `key=value` pairs, percent-encoded values."""
         return _parse_resource_attributes(self.otel_resource_attributes)
+
     def cors_origin_list(self) -> list[str]:
         """`RAG_CORS_ORIGINS` parsed: the origins browsers may call from (empty: no CORS)."""
         return _parse_origins(self.cors_origins)
@@ -295,6 +299,8 @@ def _check_embedder(settings: Settings) -> None:
         )
     if not settings.openai_api_key and parts.hostname == "api.openai.com":
         raise SettingsError("OPENAI_API_KEY: required when RAG_EMBEDDER=openai talks to OpenAI")
+
+
 def _check_otlp_endpoint(url: str) -> None:
     parts = urlsplit(url)
     if url and (parts.scheme not in ("http", "https") or not parts.netloc):
@@ -445,6 +451,8 @@ SETTINGS_DOC: dict[str, str] = {
     "RAG_MAX_TEXT_CHARS": "Longest document text, in characters; longer ones get 422.",
     "RAG_CORS_ORIGINS": "Origins browsers may call the API from, separated by commas (or `*`). "
     "Empty: no CORS headers, so browsers refuse cross-origin calls.",
+    "RAG_REPLAY_BATCH": "Documents a replay (`rag-pipeline replay`, `POST /api/v1/reindex`) "
+    "applies at a time; their chunks are embedded (or read from the cache) and written together.",
 }
 
 if set(SETTINGS_DOC) != set(ENV_NAMES):  # pragma: no cover - caught at import in every test run

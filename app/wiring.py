@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -15,9 +16,11 @@ import msgspec
 import threadpoolctl
 
 from app.access import Access
-from app.adapters.edge_index import EdgeIndex
+from app.active_index import ActiveIndex
+from app.adapters.edge_catalog import EdgeCatalog
 from app.adapters.local_embedder import LocalEmbedder
 from app.adapters.openai_embedder import OpenAIEmbedder
+from app.adapters.qdrant_catalog import QdrantCatalog
 from app.adapters.qdrant_index import QdrantIndex
 from app.adapters.redis_cache import RedisEmbeddingCache
 from app.adapters.redis_doc_status import RedisDocStatus
@@ -34,6 +37,7 @@ from app.pipeline import Pipeline, PipelineConfig
 from app.ports import Embedder
 from app.projector import Projector, ProjectorConfig
 from app.recorder import RetrievalRecorder
+from app.replay import Replay, ReplayConfig, ReplayJobs, ReplayProgress
 from app.reranking import LateInteractionReranker
 from app.settings import Settings
 
@@ -44,7 +48,7 @@ class IndexHolder(msgspec.Struct, kw_only=True):
     """Who holds an embedded index: written into its lock file for the next one to read."""
 
     pid: int
-    role: str  # "serve" or "worker"
+    role: str  # "serve", "worker" or "replay"
     command: str
 
 
@@ -104,22 +108,45 @@ class Projection(msgspec.Struct, kw_only=True):
     """What applies document events to the index: everything a `worker` runs."""
 
     embedder: Embedder
-    index: EdgeIndex | QdrantIndex
+    # The index's generations (app/replay.py builds new ones and swaps them in).
+    catalog: EdgeCatalog | QdrantCatalog
+    index: ActiveIndex  # the active generation, whichever that is
     ownership: IndexOwnership | None  # only the embedded index has a single-writer claim
     event_log: RedisEventLog
     cache: RedisEmbeddingCache
     status: RedisDocStatus
     indexer: Indexer
     projector: Projector
+    replays: ReplayJobs  # POST /api/v1/reindex: replays run where the index is held
+    replay_config: ReplayConfig
+
+    def replay(
+        self,
+        config: ReplayConfig | None = None,
+        on_progress: Callable[[ReplayProgress], None] | None = None,
+    ) -> Replay:
+        """A replay into a new generation of this index, pausing this projector to swap."""
+        return Replay(
+            catalog=self.catalog,
+            event_log=self.event_log,
+            embedder=self.embedder,
+            cache=self.cache,
+            status=self.status,
+            streams=self.projector.streams,
+            live=self.projector,
+            config=config or self.replay_config,
+            on_progress=on_progress,
+        )
 
     async def aclose(self) -> None:
+        await self.replays.aclose()
         await self.event_log.close()
         await self.cache.close()
         await self.status.close()
-        if isinstance(self.index, QdrantIndex):
-            await self.index.aclose()
+        if isinstance(self.catalog, QdrantCatalog):
+            await self.catalog.aclose()
         else:
-            self.index.close()
+            self.catalog.close()
         if self.ownership is not None:
             self.ownership.release()
         if isinstance(self.embedder, OpenAIEmbedder):
@@ -144,7 +171,7 @@ class Services(msgspec.Struct, kw_only=True):
         return self.projection.embedder
 
     @property
-    def index(self) -> EdgeIndex | QdrantIndex:
+    def index(self) -> ActiveIndex:
         return self.projection.index
 
     @property
@@ -179,12 +206,12 @@ def build_projection(settings: Settings, role: str) -> Projection:
     embedder = build_embedder(settings)
     with contextlib.ExitStack() as undo:
         undo.callback(embedder.close)
-        index: EdgeIndex | QdrantIndex
+        catalog: EdgeCatalog | QdrantCatalog
         ownership: IndexOwnership | None = None
         if settings.qdrant_url:
             # A cluster has any number of writers: serve replicas and workers share it, and
             # the index is created (or found) on first use, so nothing is claimed or opened.
-            index = QdrantIndex.connect(
+            cluster = QdrantIndex.connect(
                 settings.qdrant_url,
                 api_key=settings.qdrant_api_key,
                 pool_size=settings.qdrant_pool_size,
@@ -195,18 +222,20 @@ def build_projection(settings: Settings, role: str) -> Projection:
                 prefix=settings.qdrant_collection_prefix,
                 metadata_indexes=settings.metadata_index_fields(),
             )
-            where = f"Qdrant {settings.qdrant_url} alias {index.alias}"
+            catalog = QdrantCatalog(cluster)
+            where = f"Qdrant {settings.qdrant_url} alias {cluster.alias}"
         else:
             ownership = IndexOwnership(settings.data_path, embedder.model_id, role).acquire()
             undo.callback(ownership.release)
-            index = EdgeIndex(
+            catalog = EdgeCatalog(
                 settings.data_path,
                 model_id=embedder.model_id,
                 dim=embedder.dim,
                 metadata_indexes=settings.metadata_index_fields(),
             )
-            undo.callback(index.close)
-            where = f"{index.path} (held by this {role})"
+            undo.callback(catalog.close)
+            where = f"{catalog.current().path} (held by this {role})"
+        index = ActiveIndex(catalog)
         # Constructing the Redis clients connects nothing; they cannot fail on an outage.
         event_log = RedisEventLog(settings.redis_url, pool_size=settings.redis_pool_size)
         cache = RedisEmbeddingCache(
@@ -239,8 +268,9 @@ def build_projection(settings: Settings, role: str) -> Projection:
         pause=embedder.breaker.retry_after if isinstance(embedder, OpenAIEmbedder) else None,
     )
     log.info("index %s at %s", embedder.model_id, where)
-    return Projection(
+    projection = Projection(
         embedder=embedder,
+        catalog=catalog,
         index=index,
         ownership=ownership,
         event_log=event_log,
@@ -248,7 +278,10 @@ def build_projection(settings: Settings, role: str) -> Projection:
         status=status,
         indexer=indexer,
         projector=projector,
+        replays=ReplayJobs(lambda: projection.replay()),
+        replay_config=ReplayConfig(batch=settings.replay_batch),
     )
+    return projection
 
 
 def build_embedder(settings: Settings) -> LocalEmbedder | OpenAIEmbedder:

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import qdrant_edge as qe
 
-from app.adapters.edge_index import SEARCH_TEXT, EdgeIndex
+from app.adapters.edge_catalog import EdgeCatalog
+from app.adapters.edge_index import SEARCH_TEXT
 from app.adapters.local_embedder import LocalEmbedder
 from app.corpus import read_beir_queries, read_qrels
 from app.domain import DEFAULT_TENANT, EncodedQuery, Hit, IndexQuery
@@ -56,7 +57,8 @@ async def collect(
     data_dir: Path, dataset: Path, pool: int, limit: int | None, text_index: str
 ) -> list[tuple[str, list[Hit], EncodedQuery]]:
     embedder = LocalEmbedder(batch_size=32, max_concurrent_batches=1, threads=0)
-    index = EdgeIndex(data_dir, model_id=embedder.model_id, dim=embedder.dim)
+    # The active generation: after a replay that is no longer the shard at index/<model>.
+    index = EdgeCatalog(data_dir, model_id=embedder.model_id, dim=embedder.dim).current()
     if text_index != "serving":
         # Rebuilds only the text index, on this (copied!) shard: no re-embedding needed.
         shard = index._shard  # a benchmark reaching into its own adapter

@@ -84,10 +84,21 @@ class EdgeIndex:
         dim: int,
         metadata_indexes: dict[str, str] | None = None,
         search_threads: int | None = None,
+        path: Path | None = None,
+        building: bool = False,
     ) -> None:
-        self.path = data_dir / "index" / model_id
+        # `path` places the shard elsewhere: a generation of app/adapters/edge_catalog.py.
+        self.path = path if path is not None else data_dir / "index" / model_id
         self.dim = dim
+        # A generation being built (app/adapters/edge_catalog.py) is read by no one and is
+        # discarded if the process dies, so it needs durability, and HNSW, only once it is
+        # activated: until finish_building() writes skip the flush and the optimizer waits.
+        self.building = building
         self._write_lock = threading.Lock()
+        # Operations running in threads; close() waits for them, so a generation being
+        # dropped after a swap lets the searches already on it finish.
+        self._busy = 0
+        self._idle = threading.Condition()
         self._optimizing = threading.Lock()
         self._unindexed = 0
         self._closed = False
@@ -144,7 +155,8 @@ class EdgeIndex:
             self._shard.update(qe.UpdateOperation.upsert_points(points))
             # The WAL makes writes survive a process crash; flush makes them survive the
             # machine's, which is what "durable when acknowledged" promises.
-            self._shard.flush()
+            if not self.building:
+                self._shard.flush()
             self._unindexed += len(points)
         self._maybe_optimize()
 
@@ -165,13 +177,27 @@ class EdgeIndex:
             doomed = self._shard.count(qe.CountRequest(filter=flt, exact=True))
             if doomed:
                 self._shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
-                self._shard.flush()
+                if not self.building:
+                    self._shard.flush()
         return int(doomed)
+
+    def finish_building(self) -> None:
+        """Make everything written durable, and from now on every write (blocking)."""
+        with self._write_lock:
+            self._shard.flush()
+            self.building = False
+        # HNSW for what the build wrote, in the background: searches work on plain
+        # segments meanwhile (exact, and fast at this size).
+        self._maybe_optimize()
 
     def _maybe_optimize(self) -> None:
         # HNSW is built by the optimizer, which Edge runs only when asked; do it off the
         # write path once enough points wait, and never two at a time.
-        if self._unindexed < _OPTIMIZE_AFTER_UNINDEXED or not self._optimizing.acquire(False):
+        if (
+            self.building
+            or self._unindexed < _OPTIMIZE_AFTER_UNINDEXED
+            or not self._optimizing.acquire(False)
+        ):
             return
         self._unindexed = 0
 
@@ -381,19 +407,39 @@ class EdgeIndex:
             return False
         return True
 
-    def close(self) -> None:
+    def close(self, drain_seconds: float = 30.0) -> None:
         if self._closed:
             return
-        self._closed = True
+        with self._idle:
+            self._closed = True
+            if not self._idle.wait_for(lambda: self._busy == 0, timeout=drain_seconds):
+                log.warning("closing the index at %s with operations still running", self.path)
         with self._optimizing, self._write_lock:
             self._shard.flush()
             self._shard.close()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._closed:
-            raise DependencyUnavailable("the index is closed")
+        # Counted from here until the engine call returns, so close() (a generation dropped
+        # after a swap) lets every operation that started before it finish. The count is
+        # taken on the caller's side, and the call shielded from cancellation, because an
+        # operation still queued for a thread when close() looks must hold it off too.
+        with self._idle:
+            if self._closed:
+                raise DependencyUnavailable("the index is closed")
+            self._busy += 1
+
+        def counted() -> T:
+            try:
+                return fn(*args)
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+        running = asyncio.ensure_future(asyncio.to_thread(counted))
+        running.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await asyncio.shield(running)
         except RagError:
             raise
         except Exception as exc:  # engine errors arrive as plain exceptions from the binding

@@ -184,6 +184,25 @@ class RedisDocStatus:
     ) -> None:
         await self._store(self.applied_key(projection, tenant), records)
 
+    async def adopt_applied(self, projection: str, source: str, tenants: Sequence[str]) -> None:
+        if not tenants:
+            return
+        with _translated("adopt applied records"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for tenant in tenants:
+                    pipe.delete(self.applied_key(projection, tenant))
+                    pipe.copy(
+                        self.applied_key(source, tenant), self.applied_key(projection, tenant)
+                    )
+                    pipe.delete(self.applied_key(source, tenant))
+                await pipe.execute()
+
+    async def drop_applied(self, projection: str, tenants: Sequence[str]) -> None:
+        if not tenants:
+            return
+        with _translated("drop applied records"):
+            await self._redis.delete(*(self.applied_key(projection, t) for t in tenants))
+
     @client_span(REDIS_STATUS, "redis", "HSET")
     async def _store(self, key: str, records: Mapping[str, Written | Applied]) -> None:
         if not records:

@@ -7,10 +7,9 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.access import rate_headers
+from app.access import Access, rate_headers
 from app.api.codec import response_for
 from app.api_keys import Principal
-from app.wiring import Services
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -20,8 +19,8 @@ def guard(handler: Handler, scope: str) -> Handler:
     included, carry the caller's RateLimit-* headers."""
 
     async def guarded(request: Request) -> Response:
-        services: Services = request.app.state.services
-        admission = await services.access.admit(request.headers.get("authorization"), scope)
+        access: Access = request.app.state.access
+        admission = await access.admit(request.headers.get("authorization"), scope)
         request.state.principal = admission.principal
         try:
             response = await handler(request)

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import __version__
-from app.api import documents, retrievals, search, system
+from app.api import documents, reindex, retrievals, search, system
 from app.api.codec import json_response
 from app.api.guard import guard
 from app.api_keys import Scope
@@ -28,6 +28,7 @@ from app.schemas import (
     IngestRequest,
     IngestResponse,
     Readiness,
+    ReindexJob,
     SearchRequest,
     SearchResponse,
     Stats,
@@ -116,6 +117,23 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=system.stats,
         summary="Index, event log and embedding cache figures",
         responses={200: Stats, 503: ErrorBody},
+        scope="admin",
+    ),
+    Endpoint(
+        method="POST",
+        path="/api/v1/reindex",
+        handler=reindex.start,
+        summary="Replay: rebuild the index from the document stream into a new generation, "
+        "then switch to it; 202 with the job, 409 while one runs",
+        responses={202: ReindexJob, 409: ErrorBody, 503: ErrorBody},
+        scope="admin",
+    ),
+    Endpoint(
+        method="GET",
+        path="/api/v1/reindex/{job_id}",
+        handler=reindex.status,
+        summary="A replay's phase and progress (the latest one only)",
+        responses={200: ReindexJob, 404: ErrorBody},
         scope="admin",
     ),
     Endpoint(
@@ -210,10 +228,10 @@ def openapi_spec() -> dict[str, Any]:
                 "required": True,
                 "schema": {"type": "string", "minLength": 1},
             }
-            for name in ("doc_id", "retrieval_id")
+            for name in ("doc_id", "retrieval_id", "job_id")
             if f"{{{name}}}" in path
         ]
-        if 202 in e.responses:
+        if 202 in e.responses and 200 in e.responses:  # accepted now, or applied with ?wait
             parameters.append(
                 {
                     "name": "wait",
@@ -323,6 +341,15 @@ def _handler(endpoint: Endpoint) -> Handler:
     return guard(endpoint.handler, endpoint.scope)
 
 
+class MethodsRoute(Route):
+    """One route for a path with several methods, each its own handler; `operations` names
+    them per method, for the request metrics and spans (app/telemetry/http.py)."""
+
+    def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
+        super().__init__(path, _by_method(handlers), methods=list(handlers))
+        self.operations = {method: h.__name__ for method, h in handlers.items()}
+
+
 def _by_method(handlers: dict[str, Handler]) -> Handler:
     """One handler for a path with several methods: Starlette then answers any other method
     with 405 and an Allow header naming all of them, not only the first route's."""
@@ -343,9 +370,12 @@ def routes() -> list[Route]:
     by_path: dict[str, dict[str, Handler]] = {}
     for e in ENDPOINTS:
         by_path.setdefault(e.path, {})[e.method] = _handler(e)
-    table = [
-        Route(path, _by_method(handlers), methods=list(handlers))
+    table: list[Route] = [
+        Route(path, handler, methods=[method])
+        if len(handlers) == 1
+        else MethodsRoute(path, handlers)
         for path, handlers in by_path.items()
+        for method, handler in list(handlers.items())[:1]
     ]
     table.append(Route("/openapi.json", openapi, methods=["GET"]))
     return table

@@ -83,7 +83,10 @@ def _route_of(scope: Scope) -> tuple[str | None, str]:
     for route in getattr(app, "routes", ()):
         match, _ = route.matches(scope)
         if match == Match.FULL:
-            return _CONVERTER.sub("}", route.path), route.name
+            # A route serving several methods names each one's operation (MethodsRoute).
+            operations: dict[str, str] = getattr(route, "operations", {})
+            method = "GET" if scope["method"] == "HEAD" else scope["method"]
+            return _CONVERTER.sub("}", route.path), operations.get(method, route.name)
     return None, "other"
 
 

@@ -1,0 +1,303 @@
+"""Replay: rebuild the index from the start of the document stream into a new generation.
+
+1. Read `rag:documents` from the start to its head, folding it to each document's newest
+   entry (later entries win: a deleted document stays deleted, an older version never
+   overwrites a newer one).
+2. Apply those entries to a new, empty generation (IndexCatalog.create) through the
+   projector's own apply path (app/projector.py `Projector.apply`: chunking, embedding cache,
+   embedder, upserts), recording applied records under a projection of the replay's own.
+   Searches and the live projector keep using the active generation meanwhile.
+3. Catch up: apply what was appended since, page by page, to the new generation.
+4. Pause the live projector (its batch in hand finishes first), catch up to the head once
+   more, activate the new generation (reads and writes switch at once; the old one is
+   dropped) and adopt the replay's applied records as the index's, then resume. Whatever
+   the live projector had not applied yet is either in the new generation already (and is
+   skipped by its applied record) or comes after the head, and is applied as usual.
+
+A failure or a cancellation before the swap discards the new generation; a crash leaves it
+on disk, and the catalog removes it at the next start. Either way the active generation is
+untouched and no event is lost: the stream is only read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Literal
+
+import msgspec
+
+from app.doc_status import DocStatusStore
+from app.errors import DependencyUnavailable, InvalidRequest
+from app.events import DocumentDeleted, DocumentUpserted, Entry, Streams
+from app.indexing import Indexer
+from app.ports import Embedder, EmbeddingCache, EventLog, IndexCatalog
+from app.projector import Projector, ProjectorConfig
+
+log = logging.getLogger(__name__)
+
+Phase = Literal["reading", "rebuilding", "catching_up", "swapping", "done", "failed"]
+
+_ADOPT_ATTEMPTS = 30
+
+
+class ReplayConfig(msgspec.Struct, frozen=True, kw_only=True):
+    batch: int = 512  # documents applied at a time (and embedded across)
+    page: int = 1000  # stream entries read per round trip
+    write_chunks: int = 512  # chunks embedded and written per index write
+    # Batches of the bulk pass applied at once: one is chunked (tokenizing, on the event
+    # loop's thread) while another is written (in the engine, off it). Each document is in
+    # one batch only, so they cannot reorder anything.
+    in_flight: int = 2
+    # Catch-up passes before pausing the live projector: each one shortens what is left to
+    # apply while it is paused; the last one runs paused, however long it is.
+    catch_up_rounds: int = 5
+
+
+class ReplayProgress(msgspec.Struct, kw_only=True):
+    """Where a replay is; updated as it goes."""
+
+    phase: Phase = "reading"
+    generation: str | None = None  # the generation being built (then the active one)
+    entries: int = 0  # stream entries read
+    documents: int = 0  # documents the bulk pass applies (final states, deletes included)
+    applied: int = 0  # of those, applied so far
+    caught_up: int = 0  # entries applied after the bulk pass
+    chunks: int = 0  # chunks written to the new generation
+    failed: int = 0  # entries that could not be applied (recorded failed)
+    started_at: float = 0.0
+    finished_at: float | None = None
+    error: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        end = self.finished_at if self.finished_at is not None else time.time()
+        return max(0.0, end - self.started_at)
+
+
+class Replay:
+    """One rebuild of the index from the document stream; see the module doc."""
+
+    def __init__(
+        self,
+        *,
+        catalog: IndexCatalog,
+        event_log: EventLog,
+        embedder: Embedder,
+        cache: EmbeddingCache,
+        status: DocStatusStore,
+        streams: Streams,
+        live: Projector | None,
+        config: ReplayConfig | None = None,
+        on_progress: Callable[[ReplayProgress], None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.event_log = event_log
+        self.embedder = embedder
+        self.cache = cache
+        self.status = status
+        self.streams = streams
+        self.live = live
+        self.config = config or ReplayConfig()
+        self.progress = ReplayProgress(started_at=time.time())
+        self._on_progress = on_progress
+        self._tenants: set[str] = set()
+
+    async def run(self) -> ReplayProgress:
+        """Rebuild, swap, and return the final progress; raises if the replay failed (the
+        active generation is then unchanged)."""
+        generation, index = await self.catalog.create()
+        self.progress.generation = generation
+        # Unique per attempt, so records left by a crashed replay are never read as ours.
+        scratch = f"{self.embedder.model_id}~replay-{generation}-{uuid.uuid4().hex[:8]}"
+        projector = Projector(
+            self.event_log,
+            Indexer(self.embedder, index),
+            self.cache,
+            self.status,
+            streams=self.streams,
+            consumer="replay",
+            config=ProjectorConfig(batch=self.config.batch, write_chunks=self.config.write_chunks),
+            projection=scratch,
+        )
+        swapped = False
+        try:
+            last = await self._bulk(projector)
+            self._set(phase="catching_up")
+            for _ in range(self.config.catch_up_rounds):
+                last, read = await self._catch_up(projector, last)
+                if read < self.config.page:
+                    break
+            async with self._paused():
+                self._set(phase="swapping")
+                last, _ = await self._catch_up(projector, last, to_head=True)
+                await self.catalog.activate(generation)
+                swapped = True
+                await self._adopt(scratch)
+            self._set(phase="done", finished_at=time.time())
+            log.info(
+                "replay done: generation %s, %d documents, %d chunks in %.1f s",
+                generation,
+                self.progress.documents,
+                self.progress.chunks,
+                self.progress.seconds,
+            )
+            return self.progress
+        except BaseException as exc:
+            self._set(phase="failed", finished_at=time.time(), error=f"{exc!r}")
+            if not swapped:
+                await asyncio.shield(self._abandon(generation, scratch))
+            raise
+
+    async def _bulk(self, projector: Projector) -> str:
+        """Fold the stream to each document's newest entry and apply those; returns the id
+        of the last entry read (the head when reading started)."""
+        newest: dict[tuple[str, str], Entry] = {}
+        last = "0-0"
+        while True:
+            page = await self.event_log.range(
+                self.streams.documents, start=f"({last}", count=self.config.page
+            )
+            if not page:
+                break
+            for entry in page:
+                if isinstance(entry.event, DocumentUpserted | DocumentDeleted):
+                    newest[(entry.event.tenant, entry.event.doc_id)] = entry
+            last = page[-1].id
+            self._set(entries=self.progress.entries + len(page))
+        self._tenants.update(tenant for tenant, _ in newest)
+        finals = list(newest.values())
+        self._set(phase="rebuilding", documents=len(finals))
+        gate = asyncio.Semaphore(self.config.in_flight)
+
+        async def one(part: list[Entry]) -> None:
+            async with gate:
+                await self._apply(projector, part)
+                self._set(applied=self.progress.applied + len(part))
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for start in range(0, len(finals), self.config.batch):
+                    group.create_task(one(finals[start : start + self.config.batch]))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from failed  # the first cause, not the group
+        return last
+
+    async def _catch_up(
+        self, projector: Projector, last: str, *, to_head: bool = False
+    ) -> tuple[str, int]:
+        """Apply entries after `last`, one page (or, `to_head`, every page); returns the new
+        last id and how many entries the last page had."""
+        while True:
+            page = await self.event_log.range(
+                self.streams.documents, start=f"({last}", count=self.config.page
+            )
+            if page:
+                self._tenants.update(
+                    e.event.tenant
+                    for e in page
+                    if isinstance(e.event, DocumentUpserted | DocumentDeleted)
+                )
+                await self._apply(projector, page)
+                last = page[-1].id
+                self._set(
+                    entries=self.progress.entries + len(page),
+                    caught_up=self.progress.caught_up + len(page),
+                )
+            if not to_head or len(page) < self.config.page:
+                return last, len(page)
+
+    async def _apply(self, projector: Projector, entries: list[Entry]) -> None:
+        failures = await projector.apply(entries)
+        for entry_id, error in failures.items():
+            log.error("replay could not apply %s: %s", entry_id, error)
+        # The projector is this replay's own: its count is the new generation's.
+        self._set(chunks=projector.counts.chunks, failed=self.progress.failed + len(failures))
+
+    @contextlib.asynccontextmanager
+    async def _paused(self) -> AsyncIterator[None]:
+        if self.live is None:
+            yield
+            return
+        async with self.live.pause():
+            yield
+
+    async def _adopt(self, scratch: str) -> None:
+        """The replay's applied records become the index's. The new generation is active
+        already, so this is retried (the projector stays paused) rather than given up."""
+        tenants = sorted(self._tenants)
+        for attempt in range(1, _ADOPT_ATTEMPTS + 1):
+            try:
+                await self.status.adopt_applied(self.embedder.model_id, scratch, tenants)
+                return
+            except DependencyUnavailable as exc:
+                if attempt == _ADOPT_ATTEMPTS:
+                    # The projector then re-applies what it had not applied yet: the index
+                    # converges, and the document statuses with it.
+                    log.error("replay swapped but could not adopt the applied records: %s", exc)
+                    return
+                await asyncio.sleep(min(attempt, 5))
+
+    async def _abandon(self, generation: str, scratch: str) -> None:
+        try:
+            await self.catalog.discard(generation)
+            await self.status.drop_applied(scratch, sorted(self._tenants))
+        except Exception:
+            log.exception("cleaning up after a failed replay (generation %s)", generation)
+
+    def _set(self, **changes: object) -> None:
+        for name, value in changes.items():
+            setattr(self.progress, name, value)
+        if self._on_progress is not None:
+            self._on_progress(self.progress)
+
+
+class ReplayJob(msgspec.Struct, kw_only=True):
+    """A replay this process runs or ran, as `POST/GET /api/v1/reindex` report it."""
+
+    job_id: str
+    progress: ReplayProgress
+
+
+class ReplayJobs:
+    """At most one replay at a time in this process (the one that holds the index), run as
+    a task; the last one stays readable by its id until the next starts or the process ends."""
+
+    def __init__(self, make: Callable[[], Replay]) -> None:
+        self._make = make
+        self._job: ReplayJob | None = None
+        self._task: asyncio.Task[ReplayProgress] | None = None
+
+    def start(self) -> ReplayJob:
+        if self._task is not None and not self._task.done():
+            assert self._job is not None
+            raise InvalidRequest(
+                f"replay {self._job.job_id} is running; wait for it to finish",
+                field=None,
+                status=409,
+                code="replay_running",
+            )
+        replay = self._make()
+        self._job = ReplayJob(job_id=uuid.uuid4().hex, progress=replay.progress)
+        self._task = asyncio.create_task(replay.run(), name=f"replay-{self._job.job_id}")
+        self._task.add_done_callback(_log_failure)
+        return self._job
+
+    def get(self, job_id: str) -> ReplayJob | None:
+        return self._job if self._job is not None and self._job.job_id == job_id else None
+
+    async def aclose(self) -> None:
+        """Cancel a running replay (its generation is discarded) and wait for it."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+
+def _log_failure(task: asyncio.Task[ReplayProgress]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("replay failed: %r", task.exception())

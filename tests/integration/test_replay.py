@@ -1,0 +1,285 @@
+"""Index generations on real Edge shards, and replay against a real Redis, Edge and embedder:
+the swap is recorded and survives reopening, leftovers of a crash are removed, a failed
+replay leaves the active generation and the applied records as they were."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis.asyncio
+
+from app.active_index import ActiveIndex
+from app.adapters.edge_catalog import EdgeCatalog
+from app.adapters.local_embedder import LocalEmbedder
+from app.adapters.redis_cache import RedisEmbeddingCache
+from app.adapters.redis_doc_status import RedisDocStatus
+from app.adapters.redis_streams import EVENT_FIELD, RedisEventLog
+from app.domain import Chunk, IndexedChunk
+from app.errors import DependencyUnavailable
+from app.events import DocumentDeleted, DocumentUpserted, Streams
+from app.indexing import Indexer
+from app.projector import Projector, ProjectorConfig
+from app.replay import Replay, ReplayConfig, ReplayProgress
+
+pytest_plugins = ("tests.integration.redis_fixtures",)
+
+DIM = 8
+
+
+def chunk(doc_id: str, i: int = 0) -> IndexedChunk:
+    vector = np.zeros(DIM, np.float32)
+    vector[i % DIM] = 1.0
+    return IndexedChunk(
+        chunk=Chunk(
+            chunk_id=f"00000000-0000-0000-0000-{i:012d}",
+            tenant="t",
+            doc_id=doc_id,
+            version="v1",
+            chunk_index=0,
+            title="",
+            section=[],
+            text=f"text of {doc_id}",
+            embed_text=f"text of {doc_id}",
+            metadata={},
+        ),
+        vector=vector,
+        token_signature=None,
+    )
+
+
+# --- the catalog -----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_activate_switches_durably_and_drops_the_old_generation(tmp_path: Path) -> None:
+    catalog = EdgeCatalog(tmp_path, model_id="m", dim=DIM)
+    active = ActiveIndex(catalog)
+    assert catalog.active == "0" and catalog.current().path == tmp_path / "index" / "m"
+    await active.upsert([chunk("old", 1)])
+
+    generation, fresh = await catalog.create()
+    assert generation == "1" and (await fresh.stats()).points == 0
+    await fresh.upsert([chunk("new", 2), chunk("new2", 3)])
+    assert (await active.stats()).points == 1  # not active yet
+    await catalog.activate(generation)
+    assert (await active.stats()).points == 2
+    assert not (tmp_path / "index" / "m").exists()
+    assert (tmp_path / "index" / "m.active").read_bytes() == b'{"generation":"1"}'
+    catalog.close()
+
+    reopened = EdgeCatalog(tmp_path, model_id="m", dim=DIM)
+    try:
+        assert reopened.active == "1"
+        assert (await reopened.current().stats()).points == 2
+    finally:
+        reopened.close()
+
+
+@pytest.mark.anyio
+async def test_dropping_a_generation_lets_operations_already_started_finish(
+    tmp_path: Path,
+) -> None:
+    catalog = EdgeCatalog(tmp_path, model_id="m", dim=DIM)
+    try:
+        old = catalog.current()
+        await old.upsert([chunk("a", 1)])
+        # Far more operations than executor threads: most are still queued when the old
+        # generation is dropped (in its own thread, as activate does after the swap).
+        reads = [asyncio.ensure_future(old.stats()) for _ in range(300)]
+        await asyncio.sleep(0)
+        dropping = threading.Thread(target=old.close)
+        dropping.start()
+        results = await asyncio.gather(*reads, return_exceptions=True)
+        dropping.join()
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        with pytest.raises(DependencyUnavailable, match="closed"):
+            await old.stats()
+    finally:
+        catalog.close()
+
+
+@pytest.mark.anyio
+async def test_a_build_that_never_finished_is_removed_at_open(tmp_path: Path) -> None:
+    catalog = EdgeCatalog(tmp_path, model_id="m", dim=DIM)
+    await catalog.current().upsert([chunk("kept", 1)])
+    generation, fresh = await catalog.create()
+    await fresh.upsert([chunk("half-built", 2)])
+    # As if the process died before activate: the shards close, nothing is cleaned up.
+    fresh.close()
+    catalog.current().close()
+    assert (tmp_path / "index" / f"m.gen-{generation}").is_dir()
+
+    reopened = EdgeCatalog(tmp_path, model_id="m", dim=DIM)
+    try:
+        assert reopened.active == "0"
+        assert not (tmp_path / "index" / f"m.gen-{generation}").exists()
+        assert [p[1]["doc_id"] for p in await reopened.current().all_points()] == ["kept"]
+        again, _ = await reopened.create()
+        await reopened.discard(again)
+        assert not reopened.path(again).exists()
+    finally:
+        reopened.close()
+
+
+def test_a_record_naming_nothing_stops_the_open(tmp_path: Path) -> None:
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "m.active").write_text('{"generation":"7"}')
+    with pytest.raises(DependencyUnavailable, match="not on disk"):
+        EdgeCatalog(tmp_path, model_id="m", dim=DIM)
+    (tmp_path / "index" / "m.active").write_text("{not json")
+    with pytest.raises(DependencyUnavailable, match="does not name"):
+        EdgeCatalog(tmp_path, model_id="m", dim=DIM)
+
+
+# --- replay ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[LocalEmbedder]:
+    made = LocalEmbedder(batch_size=32, max_concurrent_batches=1, threads=0)
+    yield made
+    made.close()
+
+
+@pytest.fixture()
+async def parts(
+    tmp_path: Path, redis_url: str, prefix: str, embedder: LocalEmbedder
+) -> AsyncIterator[dict[str, Any]]:
+    catalog = EdgeCatalog(tmp_path, model_id=embedder.model_id, dim=embedder.dim)
+    cache = RedisEmbeddingCache(redis_url, prefix=prefix, pool_size=2)
+    status = RedisDocStatus(redis_url, prefix=prefix, pool_size=2)
+    event_log = RedisEventLog(redis_url, pool_size=4)
+    streams = Streams(prefix)
+    live = Projector(
+        event_log,
+        Indexer(embedder, ActiveIndex(catalog)),
+        cache,
+        status,
+        streams=streams,
+        consumer="live",
+        config=ProjectorConfig(),
+    )
+    yield {
+        "catalog": catalog,
+        "cache": cache,
+        "status": status,
+        "event_log": event_log,
+        "streams": streams,
+        "live": live,
+    }
+    await event_log.close()
+    await cache.close()
+    await status.close()
+    catalog.close()
+
+
+def upserted(tenant: str, doc_id: str, text: str) -> DocumentUpserted:
+    return DocumentUpserted(
+        tenant=tenant,
+        doc_id=doc_id,
+        version=f"v-{abs(hash(text))}",
+        title="",
+        text=text,
+        metadata={},
+        chunk_size=24,
+        chunk_overlap=0,
+        at=time.time(),
+        traceparent=None,
+    )
+
+
+def replay_of(parts: dict[str, Any], embedder: LocalEmbedder, **kw: Any) -> Replay:
+    return Replay(
+        catalog=parts["catalog"],
+        event_log=parts["event_log"],
+        embedder=embedder,
+        cache=parts["cache"],
+        status=parts["status"],
+        streams=parts["streams"],
+        live=parts["live"],
+        config=ReplayConfig(batch=2, page=3),
+        **kw,
+    )
+
+
+async def everything(catalog: EdgeCatalog) -> dict[str, tuple[dict[str, Any], list[float]]]:
+    return {pid: (p, v) for pid, p, v in await catalog.current().all_points()}
+
+
+async def fill(parts: dict[str, Any], raw_redis: redis.asyncio.Redis) -> None:
+    log: RedisEventLog = parts["event_log"]
+    stream = parts["streams"].documents
+    long = "Sentence number one is here. " * 12
+    for event in [
+        upserted("acme", "a", long),
+        upserted("other", "a", "The same id in another tenant."),
+        upserted("acme", "b", "Short text about bees."),
+    ]:
+        await log.append(stream, event)
+    await raw_redis.xadd(stream, {EVENT_FIELD: b"\xffnot an event"})
+    await log.append(stream, DocumentDeleted(tenant="acme", doc_id="b", at=0, traceparent=None))
+    await log.append(stream, upserted("acme", "a", "A shorter second version."))
+    await log.append(stream, upserted("acme", "c", "Cats."))
+    live: Projector = parts["live"]
+    await live.start()
+    while await live.step():
+        pass
+
+
+@pytest.mark.anyio
+async def test_replay_equals_the_live_index_across_tenants_and_skips_poison(
+    parts: dict[str, Any], embedder: LocalEmbedder, raw_redis: redis.asyncio.Redis
+) -> None:
+    await fill(parts, raw_redis)
+    live = await everything(parts["catalog"])
+    applied_before = await parts["status"].applied(embedder.model_id, "acme", ["a", "b", "c"])
+
+    seen: list[str] = []
+    done = await replay_of(parts, embedder, on_progress=lambda p: seen.append(p.phase)).run()
+    assert done.phase == "done" and done.generation == parts["catalog"].active == "1"
+    assert done.documents == 4 and done.failed == 0 and done.entries == 7
+    assert seen.index("rebuilding") < seen.index("catching_up") < seen.index("swapping")
+
+    rebuilt = await everything(parts["catalog"])
+    assert rebuilt.keys() == live.keys()
+    assert all(rebuilt[k][0] == live[k][0] for k in live)
+    applied_after = await parts["status"].applied(embedder.model_id, "acme", ["a", "b", "c"])
+    assert [(a.event_id, a.status, a.version, a.chunks) for a in applied_after] == [  # type: ignore[union-attr]
+        (a.event_id, a.status, a.version, a.chunks)
+        for a in applied_before  # type: ignore[union-attr]
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_failed_replay_leaves_everything_as_it_was(
+    parts: dict[str, Any],
+    embedder: LocalEmbedder,
+    raw_redis: redis.asyncio.Redis,
+    prefix: str,
+) -> None:
+    await fill(parts, raw_redis)
+    live = await everything(parts["catalog"])
+
+    def explode(progress: ReplayProgress) -> None:
+        if progress.phase == "rebuilding" and progress.applied:
+            raise RuntimeError("boom")
+
+    replay = replay_of(parts, embedder, on_progress=explode)
+    with pytest.raises(RuntimeError, match="boom"):
+        await replay.run()
+    assert replay.progress.phase == "failed" and "boom" in (replay.progress.error or "")
+    catalog: EdgeCatalog = parts["catalog"]
+    assert catalog.active == "0" and not catalog.path("1").exists()
+    assert await everything(catalog) == live
+    assert [k async for k in raw_redis.scan_iter(match=f"{prefix}applied:*~replay-*")] == []
+    # The live projector was never paused for good: it still applies.
+    await parts["event_log"].append(parts["streams"].documents, upserted("acme", "d", "Dogs."))
+    assert await parts["live"].step() == 1
+    assert (await catalog.current().document("acme", "d")) is not None
