@@ -1,6 +1,7 @@
-"""Index generations on real Edge shards, and replay against a real Redis, Edge and embedder:
-the swap is recorded and survives reopening, leftovers of a crash are removed, a failed
-replay leaves the active generation and the applied records as they were."""
+"""Index generations on real Edge shards, and replay against a real Redis, Edge and embedder
+(and against qdrant-client's local mode, swapping a cluster alias): the swap is recorded and
+survives reopening, leftovers of a crash are removed, a failed replay leaves the active
+generation and the applied records as they were."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import redis.asyncio
 from app.active_index import ActiveIndex
 from app.adapters.edge_catalog import EdgeCatalog
 from app.adapters.local_embedder import LocalEmbedder
+from app.adapters.qdrant_catalog import QdrantCatalog
+from app.adapters.qdrant_index import QdrantIndex
 from app.adapters.redis_cache import RedisEmbeddingCache
 from app.adapters.redis_doc_status import RedisDocStatus
 from app.adapters.redis_streams import EVENT_FIELD, RedisEventLog
@@ -283,3 +286,62 @@ async def test_a_failed_replay_leaves_everything_as_it_was(
     await parts["event_log"].append(parts["streams"].documents, upserted("acme", "d", "Dogs."))
     assert await parts["live"].step() == 1
     assert (await catalog.current().document("acme", "d")) is not None
+
+
+# --- replay on the cluster adapter (qdrant-client's local mode) ----------------------------
+
+
+@pytest.mark.anyio
+async def test_replay_on_a_qdrant_cluster_swaps_the_alias_and_equals_the_live_index(
+    redis_url: str,
+    prefix: str,
+    embedder: LocalEmbedder,
+    raw_redis: redis.asyncio.Redis,
+) -> None:
+    cluster = QdrantIndex.connect(":memory:", model_id=embedder.model_id, dim=embedder.dim)
+    catalog = QdrantCatalog(cluster)
+    cache = RedisEmbeddingCache(redis_url, prefix=prefix, pool_size=2)
+    status = RedisDocStatus(redis_url, prefix=prefix, pool_size=2)
+    event_log = RedisEventLog(redis_url, pool_size=4)
+    streams = Streams(prefix)
+    live = Projector(
+        event_log,
+        Indexer(embedder, ActiveIndex(catalog)),
+        cache,
+        status,
+        streams=streams,
+        consumer="live",
+        config=ProjectorConfig(),
+    )
+    parts = {
+        "catalog": catalog,
+        "cache": cache,
+        "status": status,
+        "event_log": event_log,
+        "streams": streams,
+        "live": live,
+    }
+    try:
+        await fill(parts, raw_redis)
+        first = await cluster.current_generation()
+        before = {pid: (p, v) for pid, p, v in await cluster.all_points()}
+        assert before  # the live projector wrote through the alias
+
+        done = await replay_of(parts, embedder).run()
+        assert done.phase == "done" and done.failed == 0
+        assert done.generation == catalog.active == await cluster.current_generation()
+        assert done.generation != first and first not in await cluster.generations()
+
+        after = {pid: (p, v) for pid, p, v in await cluster.all_points()}
+        assert after.keys() == before.keys()
+        assert all(after[k][0] == before[k][0] for k in before)
+        assert all(np.allclose(after[k][1], before[k][1], atol=1e-6) for k in before)
+        # The live projector writes to the new generation through the same alias.
+        await event_log.append(streams.documents, upserted("acme", "d", "Dogs."))
+        assert await live.step() == 1
+        assert (await cluster.document("acme", "d")) is not None
+    finally:
+        await event_log.close()
+        await cache.close()
+        await status.close()
+        await catalog.aclose()
