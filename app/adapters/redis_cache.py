@@ -15,11 +15,9 @@ import time
 from collections.abc import Sequence
 
 import msgspec
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from app.adapters.redis_pool import fast_client
 from app.ports import CachedEmbedding, CacheStats
 from app.telemetry import metrics
 from app.telemetry.schema import (
@@ -51,17 +49,7 @@ class RedisEmbeddingCache:
         self._prefix = prefix
         self._ttl = ttl_seconds
         self._backoff = backoff_seconds
-        # Short timeouts and no retries: a slow cache must cost less than embedding anew.
-        self._pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=pool_size,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            protocol=2,
-            retry=Retry(NoBackoff(), retries=0),
-        )
-        self._redis = Redis(connection_pool=self._pool)
+        self._redis = fast_client(url, pool_size=pool_size, timeout=timeout)
         self._skip_until = 0.0
         self._hits = self._misses = self._writes = self._errors = 0
 
@@ -123,8 +111,7 @@ class RedisEmbeddingCache:
         )
 
     async def close(self) -> None:
-        await self._redis.aclose()
-        await self._pool.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
     def _decode(self, value: bytes | str | None) -> CachedEmbedding | None:
         if value is None or isinstance(value, str):

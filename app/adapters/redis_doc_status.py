@@ -12,9 +12,6 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import msgspec
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ConstantBackoff
 from redis.exceptions import (
     AuthenticationError,
     ConnectionError,
@@ -23,6 +20,7 @@ from redis.exceptions import (
     TimeoutError,
 )
 
+from app.adapters.redis_pool import durable_client
 from app.doc_status import Applied, Written
 from app.errors import DependencyUnavailable, EventLogError
 from app.telemetry.schema import (
@@ -124,16 +122,12 @@ class RedisDocStatus:
         connect_timeout: float = 2.0,
     ) -> None:
         self._prefix = prefix
-        self._pool = BlockingConnectionPool.from_url(
+        self._redis = durable_client(
             url,
-            max_connections=pool_size,
-            timeout=connect_timeout + socket_timeout,
+            pool_size=pool_size,
             socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            protocol=2,
-            retry=Retry(ConstantBackoff(0.05), retries=1),
+            connect_timeout=connect_timeout,
         )
-        self._redis = Redis(connection_pool=self._pool)
         self._set_if_newer = self._redis.register_script(_SET_IF_NEWER)
 
     def written_key(self, tenant: str) -> str:
@@ -214,5 +208,4 @@ class RedisDocStatus:
             await self._set_if_newer(keys=[key], args=args)
 
     async def close(self) -> None:
-        await self._redis.aclose()
-        await self._pool.aclose()
+        await self._redis.aclose(close_connection_pool=True)

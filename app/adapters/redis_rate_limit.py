@@ -18,10 +18,9 @@ import math
 import time
 
 import msgspec
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from app.adapters.redis_pool import fast_client
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +77,7 @@ class RedisRateLimiter:
     ) -> None:
         self._prefix = prefix
         # Short timeouts and no retries: the limiter must never be what makes a request slow.
-        self._pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=pool_size,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            protocol=2,
-            retry=Retry(NoBackoff(), retries=0),
-        )
-        self._redis = Redis(connection_pool=self._pool)
+        self._redis = fast_client(url, pool_size=pool_size, timeout=timeout)
         self._script = self._redis.register_script(_TOKEN_BUCKET)
         self._warn_every = warn_every_seconds
         self._warned = -math.inf
@@ -127,4 +117,4 @@ class RedisRateLimiter:
         )
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import msgspec
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
 from redis.exceptions import (
@@ -20,6 +20,7 @@ from redis.exceptions import (
     TimeoutError,
 )
 
+from app.adapters.redis_pool import durable_client
 from app.errors import DependencyUnavailable, EventDecodeError, EventLogError, NotFound
 from app.events import Entry, Event, GroupInfo, decode_event, encode_event
 from app.telemetry import metrics
@@ -129,22 +130,14 @@ class RedisEventLog:
         self._url = url
         self._socket_timeout = socket_timeout
         self._connect_timeout = connect_timeout
-        # RESP2 is pinned because reply shapes differ between protocols and redis-py versions
-        # pick different defaults; every Redis >= 2 and every Valkey speaks it.
-        # One quick retry covers a pooled connection the server closed (e.g. after a
-        # restart); more would only delay the 503. A retried XADD whose first attempt did
-        # reach the server is appended twice: harmless, since every consumer is idempotent.
-        # A blocking pool makes a burst wait for a free connection instead of failing.
-        self._pool = BlockingConnectionPool.from_url(
+        # A retried XADD whose first attempt did reach the server is appended twice:
+        # harmless, since every consumer is idempotent.
+        self._redis = durable_client(
             url,
-            max_connections=pool_size,
-            timeout=connect_timeout + socket_timeout,
+            pool_size=pool_size,
             socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            protocol=2,
-            retry=Retry(ConstantBackoff(0.05), retries=1),
+            connect_timeout=connect_timeout,
         )
-        self._redis = Redis(connection_pool=self._pool)
         # consumer -> (client, the socket timeout it was made with)
         self._readers: dict[str, tuple[Redis, float]] = {}
 
@@ -329,5 +322,4 @@ class RedisEventLog:
         readers = [client for client, _ in self._readers.values()]
         self._readers.clear()
         await asyncio.gather(*(client.aclose() for client in readers), return_exceptions=True)
-        await self._redis.aclose()
-        await self._pool.aclose()
+        await self._redis.aclose(close_connection_pool=True)
