@@ -66,6 +66,10 @@ class RetrievalRecorder:
         self.dropped = 0
         self._last_trim = 0.0
 
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
     def record(self, event: RetrievalRecorded) -> None:
         if len(self._buffer) >= self.capacity:
             self.dropped += 1

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import __version__
-from app.api import documents, retrievals, search, system
+from app.api import documents, quality, retrievals, search, system
 from app.api.codec import json_response
 from app.events import RetrievalRecorded
 from app.schemas import (
@@ -24,6 +24,8 @@ from app.schemas import (
     Health,
     IngestRequest,
     IngestResponse,
+    QualityQuery,
+    QualityReport,
     Readiness,
     SearchRequest,
     SearchResponse,
@@ -39,6 +41,7 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     handler: Handler
     summary: str
     request: type | None = None
+    query: type | None = None  # a struct whose fields are the query parameters
     responses: dict[int, type] = msgspec.field(default_factory=dict)
 
 
@@ -98,6 +101,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=system.stats,
         summary="Index, event log and embedding cache figures",
         responses={200: Stats, 503: ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/api/v1/quality",
+        handler=quality.quality,
+        summary="Search quality over the last `hours` hours, from the retrieval and feedback "
+        "streams: retrievals per hour, zero-result rate, stage latency percentiles, "
+        "feedback precision@k and MRR",
+        query=QualityQuery,
+        responses={200: QualityReport, 422: ErrorBody, 503: ErrorBody},
     ),
     Endpoint(
         method="GET",
@@ -167,6 +180,13 @@ def openapi_spec() -> dict[str, Any]:
                     "schema": {"type": "boolean", "default": False},
                 }
             )
+        if e.query is not None:
+            schema = msgspec.json.schema(e.query)
+            props = schema["$defs"][e.query.__name__]["properties"]
+            parameters += [
+                {"name": name, "in": "query", "required": False, "schema": prop}
+                for name, prop in props.items()
+            ]
         if parameters:
             op["parameters"] = parameters
         if e.request is not None:

@@ -10,7 +10,15 @@ from starlette.responses import Response
 from app.api.codec import json_response
 from app.domain import DEFAULT_TENANT
 from app.projector import GROUP
-from app.schemas import CacheInfo, EventsInfo, Health, IndexInfo, Readiness, Stats
+from app.schemas import (
+    CacheInfo,
+    EventsInfo,
+    Health,
+    IndexInfo,
+    Readiness,
+    RecorderInfo,
+    Stats,
+)
 from app.wiring import Projection, Services
 
 
@@ -46,13 +54,18 @@ async def _readiness(request: Request, projection: Projection | None) -> Respons
 async def stats(request: Request) -> Response:
     services: Services = request.app.state.services
     streams = services.streams
-    index, length, group, dead = await asyncio.gather(
+    log = services.event_log
+    index, length, group, dead, retrieved, judged = await asyncio.gather(
         services.index.stats(DEFAULT_TENANT),
-        services.event_log.length(streams.documents),
-        services.event_log.group_info(streams.documents, GROUP),
-        services.event_log.length(streams.dead_letter),
+        log.length(streams.documents),
+        log.group_info(streams.documents, GROUP),
+        log.length(streams.dead_letter),
+        log.length(streams.retrievals),
+        log.length(streams.feedback),
     )
     cache = services.projection.cache.stats()
+    recorder = services.recorder
+    lookups = cache.hits + cache.misses
     return json_response(
         Stats(
             index=IndexInfo(
@@ -69,9 +82,19 @@ async def stats(request: Request) -> Response:
                 # No group yet: nothing was ever delivered, so everything is lag.
                 indexer_lag=length if group is None else group.lag,
                 dead_letters=dead,
+                retrievals_stream=retrieved,
+                feedback_stream=judged,
+                indexer_consumers=0 if group is None else group.consumers,
             ),
             cache=CacheInfo(
-                hits=cache.hits, misses=cache.misses, writes=cache.writes, errors=cache.errors
+                hits=cache.hits,
+                misses=cache.misses,
+                writes=cache.writes,
+                errors=cache.errors,
+                hit_rate=cache.hits / lookups if lookups else None,
+            ),
+            recorder=RecorderInfo(
+                appended=recorder.appended, buffered=recorder.buffered, dropped=recorder.dropped
             ),
         )
     )
