@@ -12,7 +12,7 @@ from app.api.codec import decode, field_of, json_response, read_body
 from app.domain import DEFAULT_TENANT, FieldFilter
 from app.errors import InvalidRequest
 from app.events import RecordedResult, RetrievalRecorded, query_sha256
-from app.pipeline import SearchParams
+from app.pipeline import SearchOutcome, SearchParams
 from app.schemas import Condition, Scalar, SearchRequest, SearchResponse, SearchResult
 from app.wiring import Services
 
@@ -34,6 +34,34 @@ async def search(request: Request) -> Response:
             rerank=body.rerank,
         )
     )
+    if services.settings.record_retrievals:
+        record(services, body, outcome)
+    return json_response(
+        SearchResponse(
+            results=[
+                SearchResult(
+                    doc_id=h.doc_id,
+                    chunk_id=h.chunk_id,
+                    chunk_index=h.chunk_index,
+                    score=round(h.score, 6),
+                    title=h.title,
+                    text=h.text,
+                    section=h.section,
+                    metadata=h.metadata,
+                    scores={k: round(v, 6) for k, v in h.scores.items()},
+                )
+                for h in outcome.hits
+            ],
+            retrieval_id=outcome.retrieval_id,
+            mode=body.mode,
+            reranked=outcome.reranked,
+            timings_ms=outcome.timings_ms,
+        )
+    )
+
+
+def record(services: Services, body: SearchRequest, outcome: SearchOutcome) -> None:
+    """Hand the retrieval to the recorder, which appends it off the response path."""
     services.recorder.record(
         RetrievalRecorded(
             retrieval_id=outcome.retrieval_id,
@@ -59,28 +87,6 @@ async def search(request: Request) -> Response:
             timings_ms=outcome.timings_ms,
             trace_id=None,
             at=time.time(),
-        )
-    )
-    return json_response(
-        SearchResponse(
-            results=[
-                SearchResult(
-                    doc_id=h.doc_id,
-                    chunk_id=h.chunk_id,
-                    chunk_index=h.chunk_index,
-                    score=round(h.score, 6),
-                    title=h.title,
-                    text=h.text,
-                    section=h.section,
-                    metadata=h.metadata,
-                    scores={k: round(v, 6) for k, v in h.scores.items()},
-                )
-                for h in outcome.hits
-            ],
-            retrieval_id=outcome.retrieval_id,
-            mode=body.mode,
-            reranked=outcome.reranked,
-            timings_ms=outcome.timings_ms,
         )
     )
 

@@ -4,6 +4,7 @@ are exactly what this module did."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Iterator
 
 import httpx
@@ -124,3 +125,18 @@ def test_quality_is_in_the_openapi_spec(quiet: httpx.Client) -> None:
     assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/QualityReport"
     )
+
+
+def test_recording_can_be_turned_off(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "data", env={"RAG_RECORD_RETRIEVALS": "false"}).start()
+    try:
+        with srv.client() as http:
+            rid = http.post("/api/v1/search", json={"query": "anything"}).json()["retrieval_id"]
+            time.sleep(0.3)  # would be long enough for the recorder to flush
+            stats = http.get("/api/v1/stats").json()
+            assert stats["recorder"] == {"appended": 0, "buffered": 0, "dropped": 0}
+            assert stats["events"]["retrievals_stream"] == 0
+            assert http.get(f"/api/v1/retrievals/{rid}").status_code == 404
+            assert http.get("/api/v1/quality").json()["retrievals"] == 0
+    finally:
+        srv.stop()
