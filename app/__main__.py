@@ -192,7 +192,7 @@ def _run_http(
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
-    from app.adapters.embedded_redis import resolve_redis_url
+    from app.adapters.embedded_redis import resolve_redis_url, supervise
     from app.telemetry import tracing
 
     changes = {
@@ -215,6 +215,8 @@ def _run_http(
     settings = settings.replace(redis_url=url)
 
     async def run() -> None:
+        # The embedded server is ours to keep up: nothing else would restart it.
+        keeper = None if embedded is None else asyncio.create_task(supervise(embedded))
         services = await asyncio.to_thread(build, settings)
         listener: Listener | None = None
         try:
@@ -246,6 +248,8 @@ def _run_http(
             if listener is not None:
                 listener.close()
             await services.aclose()
+            if keeper is not None:
+                keeper.cancel()
 
     provider = tracing.install(settings)
     try:

@@ -158,6 +158,14 @@ class GroupInfo(msgspec.Struct, frozen=True, kw_only=True):
     last_delivered: str
 
 
+class ConsumerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One consumer of a group: what it holds and how long since it last read."""
+
+    name: str
+    pending: int  # delivered to it and not yet acknowledged
+    idle_ms: int  # since its last read (or attempt, on Redis >= 7.2)
+
+
 class Streams(msgspec.Struct, frozen=True):
     """The stream names under one prefix (`RAG_STREAM_PREFIX`)."""
 

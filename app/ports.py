@@ -17,7 +17,7 @@ from app.domain import (
     IndexStats,
     Vector,
 )
-from app.events import Entry, Event, GroupInfo
+from app.events import ConsumerInfo, Entry, Event, GroupInfo
 
 
 class Embedder(Protocol):
@@ -164,6 +164,18 @@ class EventLog(Protocol):
 
     async def group_info(self, stream: str, group: str) -> GroupInfo | None:
         """The group's pending count, lag and position; None if stream or group is missing."""
+        ...
+
+    async def consumers(self, stream: str, group: str) -> list[ConsumerInfo]:
+        """The group's consumers; [] if the stream or the group is missing."""
+        ...
+
+    async def forget_consumer(
+        self, stream: str, group: str, consumer: str, *, min_idle_ms: int
+    ) -> bool:
+        """Remove `consumer` from the group if, at that moment, nothing is pending on it and
+        it has been idle for `min_idle_ms`; checked and done atomically, so entries it read
+        in between are never dropped with it. Whether it was removed."""
         ...
 
     async def trim_older_than(self, stream: str, seconds: float) -> int:

@@ -68,6 +68,14 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     # alone), so every entry pending on another consumer belongs to a dead process: take
     # them over at start instead of waiting claim_idle_ms for them.
     exclusive: bool = False
+    # A consumer with nothing pending and idle this long belongs to a process that is gone
+    # (a live one reads every block_ms); its name is removed from the group. None: ten
+    # times claim_idle_ms, far past anything a live projector's pause could explain.
+    forget_idle_ms: int | None = None
+
+    @property
+    def forget_after_ms(self) -> int:
+        return 10 * self.claim_idle_ms if self.forget_idle_ms is None else self.forget_idle_ms
 
 
 class ProjectorCounts(msgspec.Struct, kw_only=True):
@@ -168,6 +176,7 @@ class Projector:
                 elif time.monotonic() >= next_claim:
                     next_claim = time.monotonic() + claim_every
                     await self.claim_idle(self.config.claim_idle_ms)
+                    await self.forget_dead_consumers()
                 else:
                     await self.step(self._block_ms(next_claim))
                 backoff = _FIRST_BACKOFF_SECONDS
@@ -227,6 +236,26 @@ class Projector:
             log.info("claimed %d entries idle for %d ms or more", len(claimed), min_idle_ms)
             await self.process(claimed, redelivered=True)
         return len(claimed)
+
+    async def forget_dead_consumers(self) -> list[str]:
+        """Remove consumers of processes that are gone from the group: every process joins
+        under its own name, so without this the group collects one per restart forever.
+        Only consumers with nothing pending go (their entries are claimed first)."""
+        idle = self.config.forget_after_ms
+        removed = []
+        for consumer in await self.log.consumers(self.stream, GROUP):
+            if (
+                consumer.name != self.consumer
+                and consumer.pending == 0
+                and consumer.idle_ms >= idle
+                and await self.log.forget_consumer(
+                    self.stream, GROUP, consumer.name, min_idle_ms=idle
+                )
+            ):
+                removed.append(consumer.name)
+        if removed:
+            log.info("removed %d consumers idle for %d ms or more: %s", len(removed), idle, removed)
+        return removed
 
     async def retry_pending(self) -> None:
         """Apply again what failed here before: first what an index outage left held (as

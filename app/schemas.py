@@ -260,6 +260,9 @@ class EventsInfo(msgspec.Struct, kw_only=True):
     indexer_pending: int  # delivered to a projector, not yet acknowledged
     indexer_lag: int | None  # not yet delivered; null when the server cannot tell
     dead_letters: int  # entries in the dead-letter stream
+    retrievals_stream: int  # entries in the retrieval stream (trimmed by age)
+    feedback_stream: int  # entries in the feedback stream
+    indexer_consumers: int  # consumers in the indexer group (dead ones are removed in time)
 
 
 class CacheInfo(msgspec.Struct, kw_only=True):
@@ -269,22 +272,82 @@ class CacheInfo(msgspec.Struct, kw_only=True):
     misses: int
     writes: int
     errors: int
+    hit_rate: float | None  # hits / (hits + misses); null before the first lookup
 
 
-class RetrievalsInfo(msgspec.Struct, kw_only=True):
-    """This process's retrieval recording since it started: recorded on the stream, buffered
-    waiting for Redis, and dropped (lost: the buffer was full while Redis was away)."""
+class RecorderInfo(msgspec.Struct, kw_only=True):
+    """This process's retrieval recorder since it started."""
 
-    recorded: int
-    buffered: int
-    dropped: int
+    appended: int  # retrieval events written to the stream
+    buffered: int  # waiting to be written
+    dropped: int  # lost because the buffer was full (the log slow or away)
 
 
 class Stats(msgspec.Struct, kw_only=True):
     index: IndexInfo
     events: EventsInfo
     cache: CacheInfo
-    retrievals: RetrievalsInfo | None = None
+    recorder: RecorderInfo
+
+
+class QualityQuery(_Strict):
+    """GET /api/v1/quality query parameters: the last `hours` hours, precision at `k`."""
+
+    hours: Annotated[int, Meta(ge=1, le=168)] = 24
+    k: Annotated[int, Meta(ge=1, le=100)] = 10
+
+
+class HourCount(msgspec.Struct, kw_only=True):
+    """Retrievals answered in one UTC hour of the window (by the event's `at`)."""
+
+    hour: str  # the hour's start, ISO 8601 UTC: "2026-11-26T11:00:00Z"
+    retrievals: int
+    zero_results: int
+
+
+class Percentiles(msgspec.Struct, kw_only=True):
+    """Nearest-rank percentiles (the smallest value with at least p% of values at or
+    below it) of one stage's milliseconds, over the `count` retrievals that timed it."""
+
+    count: int
+    p50: float
+    p95: float
+    p99: float
+
+
+class FeedbackQuality(msgspec.Struct, kw_only=True):
+    """Quality from feedback, over the retrievals of the window with at least one judgement.
+
+    A result is relevant when its judgement has relevance > 0: its chunk's newest judgement
+    if its chunk was judged, else its document's newest judgement; unjudged results count as
+    not relevant. precision_at_k: relevant results among the first k, divided by k, averaged.
+    mrr: 1 / rank of the first relevant result among all returned (0 if none), averaged.
+    Both are null when no retrieval of the window was judged.
+    """
+
+    k: int
+    judged_retrievals: int
+    judgements: int  # feedback events joined to a retrieval of the window
+    unmatched_feedback: int  # feedback read whose retrieval is not in the window
+    precision_at_k: float | None
+    mrr: float | None
+
+
+class QualityReport(msgspec.Struct, kw_only=True):
+    """Search quality over a window, computed from the retrieval and feedback streams."""
+
+    since: float  # window start, epoch seconds
+    until: float  # window end, epoch seconds
+    retrievals: int
+    zero_results: int
+    zero_result_rate: float | None  # null when there was no retrieval
+    per_hour: list[HourCount]  # every hour the window touches, oldest first, empty ones too
+    latency_ms: dict[str, Percentiles]  # by stage ("total", "embed", "search", ...)
+    feedback: FeedbackQuality
+    # The read stops at a bound of events per stream; when it did, the figures cover the
+    # window only up to `read_until` (epoch seconds) and `truncated` is true.
+    truncated: bool
+    read_until: float
 
 
 class Health(msgspec.Struct, kw_only=True):

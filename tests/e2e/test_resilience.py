@@ -55,11 +55,11 @@ def test_redis_down_search_answers_ingest_refuses_nothing_lost(
             for _ in range(50):
                 stats = http.get("/api/v1/stats")
                 if stats.status_code == 200:
-                    retrievals = stats.json()["retrievals"]
+                    retrievals = stats.json()["recorder"]
                     if retrievals["buffered"] == 0:
                         break
                 time.sleep(0.2)
-            assert retrievals == {"recorded": 1, "buffered": 0, "dropped": 0}
+            assert retrievals == {"appended": 1, "buffered": 0, "dropped": 0}
             recorded = http.get(f"/api/v1/retrievals/{retrieval_id}")
             assert recorded.status_code == 200, recorded.text
             assert http.get("/api/v1/documents/lost%3F").status_code == 404  # never accepted

@@ -163,7 +163,7 @@ def test_stats_count_documents_and_chunks(http: httpx.Client) -> None:
     events = body["events"]
     assert events["documents_stream"] >= len(DOCS)
     assert events["dead_letters"] == 0
-    assert set(body["cache"]) == {"hits", "misses", "writes", "errors"}
+    assert set(body["cache"]) == {"hits", "misses", "writes", "errors", "hit_rate"}
 
 
 def test_health_ready_and_openapi(http: httpx.Client) -> None:

@@ -728,3 +728,59 @@ async def test_an_open_breaker_pauses_the_projector(
         await task
         index.close()
         await api.aclose()
+async def test_dead_consumers_leave_the_group_once_idle_and_drained(
+    ingest: LoggedIngest,
+    make_projector: MakeProjector,
+    event_log: RedisEventLog,
+    raw_redis: redis.asyncio.Redis,
+    streams: Streams,
+) -> None:
+    """Every process joins as its own consumer; those of dead processes must not pile up."""
+    (first, _) = await ingest.ingest(TENANT, [doc("a", SAVANNA), doc("b", "Zebras.")], SMALL)
+    await event_log.ensure_group(streams.documents, GROUP)
+    # "holder" dies holding an entry; "idle" dies with nothing pending.
+    taken = await event_log.read_group(streams.documents, GROUP, "holder", count=1, block_ms=0)
+    assert [e.id for e in taken] == [first.event_id]
+    projector = make_projector("alive", claim_idle_ms=100, forget_idle_ms=1000)
+    await projector.step(0)  # "alive" joins and applies the other entry
+    await raw_redis.xgroup_createconsumer(streams.documents, GROUP, "idle")
+    assert await projector.forget_dead_consumers() == []  # not idle long enough yet
+    by_name = {c.name: c for c in await event_log.consumers(streams.documents, GROUP)}
+    assert set(by_name) == {"holder", "idle", "alive"}
+    assert (by_name["holder"].pending, by_name["idle"].pending) == (1, 0)
+
+    await asyncio.sleep(1.05)
+    # "holder" still holds an entry: it stays until its entry is claimed.
+    assert await projector.forget_dead_consumers() == ["idle"]
+    assert not await event_log.forget_consumer(
+        streams.documents, GROUP, "holder", min_idle_ms=0
+    )  # the atomic check refuses too: deleting it would drop its entry from the group
+    assert await projector.claim_idle(100) == 1
+    deadline = time.monotonic() + 5
+    while (removed := await projector.forget_dead_consumers()) == []:
+        assert time.monotonic() < deadline, "the drained dead consumer was never removed"
+        await asyncio.sleep(0.1)
+    assert removed == ["holder"]
+    assert [c.name for c in await event_log.consumers(streams.documents, GROUP)] == ["alive"]
+    assert await settled(event_log, streams) == (0, 0)
+    view = await ingest.status(TENANT, "a")
+    assert view is not None and view.status == "indexed"
+
+    # Housekeeping runs in the loop: a consumer that died since goes on its own.
+    await raw_redis.xgroup_createconsumer(streams.documents, GROUP, "gone")
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        make_projector("alive", claim_idle_ms=100, forget_idle_ms=300, block_ms=50).run(stop)
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while "gone" in {c.name for c in await event_log.consumers(streams.documents, GROUP)}:
+            assert time.monotonic() < deadline, "the dead consumer was never removed"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert await event_log.consumers(f"{streams.prefix}nothing", GROUP) == []
+    assert not await event_log.forget_consumer(
+        f"{streams.prefix}nothing", GROUP, "x", min_idle_ms=0
+    )
