@@ -181,13 +181,18 @@ async def run_kills(
         for _ in range(KILLS):
             _, _, before = await workload.progress()
             await workload.wave(rng.randint(10, 40))
-            # Until the worker has read from this wave (acknowledged or not), then a random
-            # moment within about two batches' work.
+            # Until the worker holds entries of this wave unacknowledged (or has already
+            # finished it), then a random moment within about one batch's work. Waiting for
+            # a batch in hand rather than a fixed delay keeps most kills mid-batch however
+            # fast the machine embeds.
             deadline = time.monotonic() + 30
-            while (await workload.progress())[2] == before:
+            while True:
+                pending, lag, last = await workload.progress()
+                if last != before and (pending > 0 or lag == 0):
+                    break
                 assert time.monotonic() < deadline, "the worker reads nothing"
                 await asyncio.sleep(0.002)
-            await asyncio.sleep(rng.uniform(0, 0.6))
+            await asyncio.sleep(rng.uniform(0, 0.15))
             mid_batch += (await workload.progress())[0] > 0
             worker.kill()
             worker = await asyncio.to_thread(Server(data_dir, env=env, command="worker").start, 120)
