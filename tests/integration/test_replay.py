@@ -28,6 +28,7 @@ from app.domain import Chunk, IndexedChunk
 from app.errors import DependencyUnavailable
 from app.events import DocumentDeleted, DocumentUpserted, Streams
 from app.indexing import Indexer
+from app.ports import IndexCatalog
 from app.projector import Projector, ProjectorConfig
 from app.replay import Replay, ReplayConfig, ReplayProgress
 
@@ -151,11 +152,10 @@ def embedder() -> Iterator[LocalEmbedder]:
     made.close()
 
 
-@pytest.fixture()
-async def parts(
-    tmp_path: Path, redis_url: str, prefix: str, embedder: LocalEmbedder
-) -> AsyncIterator[dict[str, Any]]:
-    catalog = EdgeCatalog(tmp_path, model_id=embedder.model_id, dim=embedder.dim)
+def wire(
+    catalog: IndexCatalog, redis_url: str, prefix: str, embedder: LocalEmbedder
+) -> dict[str, Any]:
+    """A live projector over `catalog`, with the Redis parts a replay needs beside it."""
     cache = RedisEmbeddingCache(redis_url, prefix=prefix, pool_size=2)
     status = RedisDocStatus(redis_url, prefix=prefix, pool_size=2)
     event_log = RedisEventLog(redis_url, pool_size=4)
@@ -169,7 +169,7 @@ async def parts(
         consumer="live",
         config=ProjectorConfig(),
     )
-    yield {
+    return {
         "catalog": catalog,
         "cache": cache,
         "status": status,
@@ -177,9 +177,22 @@ async def parts(
         "streams": streams,
         "live": live,
     }
-    await event_log.close()
-    await cache.close()
-    await status.close()
+
+
+async def unwire(parts: dict[str, Any]) -> None:
+    await parts["event_log"].close()
+    await parts["cache"].close()
+    await parts["status"].close()
+
+
+@pytest.fixture()
+async def parts(
+    tmp_path: Path, redis_url: str, prefix: str, embedder: LocalEmbedder
+) -> AsyncIterator[dict[str, Any]]:
+    catalog = EdgeCatalog(tmp_path, model_id=embedder.model_id, dim=embedder.dim)
+    wired = wire(catalog, redis_url, prefix, embedder)
+    yield wired
+    await unwire(wired)
     catalog.close()
 
 
@@ -300,27 +313,10 @@ async def test_replay_on_a_qdrant_cluster_swaps_the_alias_and_equals_the_live_in
 ) -> None:
     cluster = QdrantIndex.connect(":memory:", model_id=embedder.model_id, dim=embedder.dim)
     catalog = QdrantCatalog(cluster)
-    cache = RedisEmbeddingCache(redis_url, prefix=prefix, pool_size=2)
-    status = RedisDocStatus(redis_url, prefix=prefix, pool_size=2)
-    event_log = RedisEventLog(redis_url, pool_size=4)
-    streams = Streams(prefix)
-    live = Projector(
-        event_log,
-        Indexer(embedder, ActiveIndex(catalog)),
-        cache,
-        status,
-        streams=streams,
-        consumer="live",
-        config=ProjectorConfig(),
-    )
-    parts = {
-        "catalog": catalog,
-        "cache": cache,
-        "status": status,
-        "event_log": event_log,
-        "streams": streams,
-        "live": live,
-    }
+    parts = wire(catalog, redis_url, prefix, embedder)
+    live: Projector = parts["live"]
+    event_log: RedisEventLog = parts["event_log"]
+    streams: Streams = parts["streams"]
     try:
         await fill(parts, raw_redis)
         first = await cluster.current_generation()
@@ -341,7 +337,5 @@ async def test_replay_on_a_qdrant_cluster_swaps_the_alias_and_equals_the_live_in
         assert await live.step() == 1
         assert (await cluster.document("acme", "d")) is not None
     finally:
-        await event_log.close()
-        await cache.close()
-        await status.close()
+        await unwire(parts)
         await catalog.aclose()
