@@ -197,6 +197,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         """`RAG_CORS_ORIGINS` parsed: the origins browsers may call from (empty: no CORS)."""
         return _parse_origins(self.cors_origins)
 
+    def __repr__(self) -> str:
+        # Settings get logged and shown in tracebacks: secrets and URL passwords never are.
+        shown = []
+        for field in msgspec.structs.fields(self):
+            value = getattr(self, field.name)
+            if field.encode_name in SECRET_NAMES and value:
+                value = "***"
+            elif field.encode_name.endswith("_URL") and isinstance(value, str):
+                value = _without_password(value)
+            shown.append(f"{field.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
     def replace(self, **changes: object) -> Settings:
         return msgspec.structs.replace(self, **changes)
 
@@ -271,6 +283,17 @@ def _parse_origins(spec: str) -> list[str]:
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+SECRET_NAMES = frozenset({"OPENAI_API_KEY", "QDRANT_API_KEY"})
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _check_redis_url(url: str) -> None:

@@ -205,3 +205,19 @@ def test_bad_embedder_settings_are_named(env: dict[str, str], named: str) -> Non
 def test_bad_security_settings_are_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         Settings.from_env(env)
+
+
+def test_repr_hides_secrets_and_url_passwords() -> None:
+    settings = Settings.from_env(
+        {
+            "OPENAI_API_KEY": "sk-very-secret",
+            "QDRANT_API_KEY": "qd-very-secret",
+            "REDIS_URL": "redis://user:hunter2@redis:6379/0",
+            "QDRANT_URL": "http://qdrant:6333",
+        }
+    )
+    shown = repr(settings)
+    assert "sk-very-secret" not in shown and "qd-very-secret" not in shown
+    assert "hunter2" not in shown and "redis://user:***@redis:6379/0" in shown
+    assert "http://qdrant:6333" in shown and "openai_api_key='***'" in shown
+    assert "openai_api_key=''" in repr(Settings.from_env({}))
