@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import msgspec
 from redis.exceptions import RedisError
 
-from app.adapters.redis_pool import fast_client
+from app.adapters.redis_client import fast_client
 from app.ports import CachedEmbedding, CacheStats
 from app.telemetry import metrics
 from app.telemetry.schema import (

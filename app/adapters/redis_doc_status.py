@@ -7,22 +7,13 @@ Values are JSON, readable with `redis-cli HGET` during an incident.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import msgspec
-from redis.exceptions import (
-    AuthenticationError,
-    ConnectionError,
-    RedisError,
-    ResponseError,
-    TimeoutError,
-)
 
-from app.adapters.redis_pool import durable_client
+from app.adapters.redis_client import durable_client, translated
 from app.doc_status import Applied, Written
-from app.errors import DependencyUnavailable, EventLogError
 from app.telemetry.schema import (
     REDIS_STATUS,
 )
@@ -62,41 +53,7 @@ return stored
 """
 
 _ENCODER = msgspec.json.Encoder()
-_RETRY_AFTER_SECONDS = 1.0
-# Replies that mean "not now" (loading the AOF after a restart, a failover, ...), as in
-# app/adapters/redis_streams.py.
-_TRANSIENT = {
-    "LOADING",
-    "BUSY",
-    "OOM",
-    "MISCONF",
-    "READONLY",
-    "MASTERDOWN",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "NOREPLICAS",
-}
-
-
-@contextmanager
-def _translated(action: str) -> Iterator[None]:
-    try:
-        yield
-    except AuthenticationError as exc:
-        raise EventLogError(f"status store refused our credentials ({action}): {exc}") from exc
-    except (ConnectionError, TimeoutError, OSError) as exc:
-        raise DependencyUnavailable(
-            f"status store unreachable ({action}): {exc}", retry_after=_RETRY_AFTER_SECONDS
-        ) from exc
-    except ResponseError as exc:
-        if str(exc).split(" ", 1)[0] in _TRANSIENT:
-            raise DependencyUnavailable(
-                f"status store cannot serve now ({action}): {exc}",
-                retry_after=_RETRY_AFTER_SECONDS,
-            ) from exc
-        raise EventLogError(f"status store refused {action}: {exc}") from exc
-    except RedisError as exc:
-        raise EventLogError(f"status store client error ({action}): {exc}") from exc
+STATUS_STORE = "status store"  # how errors name this store
 
 
 def _decode(raw: bytes | str | None, type_: type[T]) -> T | None:
@@ -140,7 +97,7 @@ class RedisDocStatus:
     async def written(self, tenant: str, doc_ids: Sequence[str]) -> list[Written | None]:
         if not doc_ids:
             return []
-        with _translated("HMGET written"):
+        with translated(STATUS_STORE, "HMGET written"):
             values = await self._redis.hmget(self.written_key(tenant), list(doc_ids))
         return [_decode(v, Written) for v in values]
 
@@ -150,7 +107,7 @@ class RedisDocStatus:
     ) -> list[Applied | None]:
         if not doc_ids:
             return []
-        with _translated("HMGET applied"):
+        with translated(STATUS_STORE, "HMGET applied"):
             values = await self._redis.hmget(self.applied_key(projection, tenant), list(doc_ids))
         return [_decode(v, Applied) for v in values]
 
@@ -160,7 +117,7 @@ class RedisDocStatus:
     ) -> list[tuple[Written | None, Applied | None]]:
         if not doc_ids:
             return []
-        with _translated("HMGET written+applied"):
+        with translated(STATUS_STORE, "HMGET written+applied"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hmget(self.written_key(tenant), list(doc_ids))
                 pipe.hmget(self.applied_key(projection, tenant), list(doc_ids))
@@ -181,7 +138,7 @@ class RedisDocStatus:
     async def adopt_applied(self, projection: str, source: str, tenants: Sequence[str]) -> None:
         if not tenants:
             return
-        with _translated("adopt applied records"):
+        with translated(STATUS_STORE, "adopt applied records"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 for tenant in tenants:
                     pipe.delete(self.applied_key(projection, tenant))
@@ -194,7 +151,7 @@ class RedisDocStatus:
     async def drop_applied(self, projection: str, tenants: Sequence[str]) -> None:
         if not tenants:
             return
-        with _translated("drop applied records"):
+        with translated(STATUS_STORE, "drop applied records"):
             await self._redis.delete(*(self.applied_key(projection, t) for t in tenants))
 
     @client_span(REDIS_STATUS, "redis", "HSET")
@@ -204,7 +161,7 @@ class RedisDocStatus:
         args: list[Any] = []
         for doc_id, record in records.items():
             args += [doc_id, record.event_id, _ENCODER.encode(record)]
-        with _translated(f"set-if-newer {key}"):
+        with translated(STATUS_STORE, f"set-if-newer {key}"):
             await self._set_if_newer(keys=[key], args=args)
 
     async def close(self) -> None:

@@ -20,7 +20,7 @@ import time
 import msgspec
 from redis.exceptions import RedisError
 
-from app.adapters.redis_pool import fast_client
+from app.adapters.redis_client import fast_client
 
 log = logging.getLogger(__name__)
 

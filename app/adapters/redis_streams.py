@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -13,15 +12,12 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
 from redis.exceptions import (
-    AuthenticationError,
     ConnectionError,
-    RedisError,
     ResponseError,
-    TimeoutError,
 )
 
-from app.adapters.redis_pool import durable_client
-from app.errors import DependencyUnavailable, EventDecodeError, EventLogError, NotFound
+from app.adapters.redis_client import durable_client, translated
+from app.errors import DependencyUnavailable, EventDecodeError, EventLogError
 from app.events import ConsumerInfo, Entry, Event, GroupInfo, decode_event, encode_event
 from app.telemetry import metrics
 from app.telemetry.schema import (
@@ -33,50 +29,12 @@ from app.telemetry.tracing import client_span
 
 # Each entry holds one field; its value is the encoded event (see app/events.py).
 EVENT_FIELD = b"event"
+EVENT_LOG = "event log"  # how errors name this store
 
-# Server errors that mean "not now" rather than "never": loading the AOF after a restart,
-# out of memory, a replica that cannot take writes, a failover in progress.
-_TRANSIENT = {
-    "LOADING",
-    "BUSY",
-    "OOM",
-    "MISCONF",
-    "READONLY",
-    "MASTERDOWN",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "NOREPLICAS",
-}
 _STREAM_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
-_RETRY_AFTER_SECONDS = 1.0
 # How many XAUTOCLAIM pages one claim_idle call scans at most, so a huge pending list
 # cannot hold the caller (or the server) for long.
 _MAX_CLAIM_SCANS = 8
-
-
-@contextmanager
-def _translated(action: str) -> Iterator[None]:
-    """Turn redis-py's errors into the app's error tree."""
-    try:
-        yield
-    except AuthenticationError as exc:  # a ConnectionError subclass, but no outage
-        raise EventLogError(f"event log refused our credentials ({action}): {exc}") from exc
-    except (ConnectionError, TimeoutError, OSError) as exc:
-        # builtin TimeoutError is an OSError; redis-py raises its own for socket timeouts.
-        raise DependencyUnavailable(
-            f"event log unreachable ({action}): {exc}", retry_after=_RETRY_AFTER_SECONDS
-        ) from exc
-    except ResponseError as exc:
-        code = str(exc).split(" ", 1)[0]
-        if code == "NOGROUP":
-            raise NotFound(f"no such consumer group or stream ({action}): {exc}") from exc
-        if code in _TRANSIENT:
-            raise DependencyUnavailable(
-                f"event log cannot serve now ({action}): {exc}", retry_after=_RETRY_AFTER_SECONDS
-            ) from exc
-        raise EventLogError(f"event log refused {action}: {exc}") from exc
-    except RedisError as exc:
-        raise EventLogError(f"event log client error ({action}): {exc}") from exc
 
 
 def _text(value: bytes | str) -> str:
@@ -163,7 +121,7 @@ class RedisEventLog:
 
     @client_span(REDIS_APPEND, "redis", "XADD")
     async def append(self, stream: str, event: Event) -> str:
-        with _translated(f"XADD {stream}"):
+        with translated(EVENT_LOG, f"XADD {stream}"):
             entry_id = await self._redis.xadd(stream, {EVENT_FIELD: encode_event(event)})
         metrics.events_appended(stream, 1)
         return _text(entry_id)
@@ -173,7 +131,7 @@ class RedisEventLog:
         if not events:
             return []
         # MULTI/EXEC: a request's events are all acknowledged or none are, in one round trip.
-        with _translated(f"XADD {stream} x{len(events)}"):
+        with translated(EVENT_LOG, f"XADD {stream} x{len(events)}"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 for event in events:
                     pipe.xadd(stream, {EVENT_FIELD: encode_event(event)})
@@ -182,7 +140,7 @@ class RedisEventLog:
         return [_text(entry_id) for entry_id in ids]
 
     async def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
-        with _translated(f"XGROUP CREATE {stream} {group}"):
+        with translated(EVENT_LOG, f"XGROUP CREATE {stream} {group}"):
             try:
                 await self._redis.xgroup_create(stream, group, id=start, mkstream=True)
             except ResponseError as exc:
@@ -194,11 +152,11 @@ class RedisEventLog:
         self, stream: str, group: str, consumer: str, *, count: int, block_ms: int
     ) -> list[Entry]:
         if block_ms <= 0:
-            with _translated(f"XREADGROUP {stream} {group}"):
+            with translated(EVENT_LOG, f"XREADGROUP {stream} {group}"):
                 reply = await self._redis.xreadgroup(group, consumer, {stream: ">"}, count=count)
             return _read_reply(reply)
         reader = await self._reader(consumer, block_ms)
-        with _translated(f"XREADGROUP BLOCK {stream} {group}"):
+        with translated(EVENT_LOG, f"XREADGROUP BLOCK {stream} {group}"):
             reply = await reader.xreadgroup(
                 group, consumer, {stream: ">"}, count=count, block=block_ms
             )
@@ -234,7 +192,7 @@ class RedisEventLog:
     async def read_pending(
         self, stream: str, group: str, consumer: str, *, count: int, after: str = "0"
     ) -> list[Entry]:
-        with _translated(f"XREADGROUP {stream} {group} pending"):
+        with translated(EVENT_LOG, f"XREADGROUP {stream} {group} pending"):
             reply = await self._redis.xreadgroup(group, consumer, {stream: after}, count=count)
         return _read_reply(reply)
 
@@ -244,7 +202,7 @@ class RedisEventLog:
     ) -> list[Entry]:
         claimed: list[Entry] = []
         cursor: bytes | str = "0-0"
-        with _translated(f"XAUTOCLAIM {stream} {group}"):
+        with translated(EVENT_LOG, f"XAUTOCLAIM {stream} {group}"):
             for _ in range(_MAX_CLAIM_SCANS):
                 # Redis >= 7 replies [next cursor, entries, ids of deleted entries]; it drops
                 # the deleted ones from the pending list itself.
@@ -261,7 +219,7 @@ class RedisEventLog:
     async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
         if not ids:
             return 0
-        with _translated(f"XACK {stream} {group}"):
+        with translated(EVENT_LOG, f"XACK {stream} {group}"):
             return int(await self._redis.xack(stream, group, *ids))
 
     @client_span(REDIS_READ, "redis", "XPENDING")
@@ -270,7 +228,7 @@ class RedisEventLog:
             return {}
         # One exact XPENDING per id, pipelined: a min..max range would also scan every
         # other consumer's entries in between.
-        with _translated(f"XPENDING {stream} {group}"):
+        with translated(EVENT_LOG, f"XPENDING {stream} {group}"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for entry_id in ids:
                     pipe.xpending_range(stream, group, min=entry_id, max=entry_id, count=1)
@@ -285,7 +243,7 @@ class RedisEventLog:
     async def range(
         self, stream: str, *, start: str = "-", end: str = "+", count: int = 1000
     ) -> list[Entry]:
-        with _translated(f"XRANGE {stream}"):
+        with translated(EVENT_LOG, f"XRANGE {stream}"):
             rows = await self._redis.xrange(stream, min=start, max=end, count=count)
         return _entries(rows)
 
@@ -293,17 +251,17 @@ class RedisEventLog:
     async def get(self, stream: str, entry_id: str) -> Entry | None:
         if not _STREAM_ID.match(entry_id):
             return None
-        with _translated(f"XRANGE {stream} {entry_id}"):
+        with translated(EVENT_LOG, f"XRANGE {stream} {entry_id}"):
             rows = await self._redis.xrange(stream, min=entry_id, max=entry_id, count=1)
         found = _entries(rows)
         return found[0] if found else None
 
     async def length(self, stream: str) -> int:
-        with _translated(f"XLEN {stream}"):
+        with translated(EVENT_LOG, f"XLEN {stream}"):
             return int(await self._redis.xlen(stream))
 
     async def group_info(self, stream: str, group: str) -> GroupInfo | None:
-        with _translated(f"XINFO GROUPS {stream}"):
+        with translated(EVENT_LOG, f"XINFO GROUPS {stream}"):
             try:
                 groups = await self._redis.xinfo_groups(stream)
             except ResponseError as exc:
@@ -322,7 +280,7 @@ class RedisEventLog:
         return None
 
     async def consumers(self, stream: str, group: str) -> list[ConsumerInfo]:
-        with _translated(f"XINFO CONSUMERS {stream} {group}"):
+        with translated(EVENT_LOG, f"XINFO CONSUMERS {stream} {group}"):
             try:
                 rows = await self._redis.xinfo_consumers(stream, group)
             except ResponseError as exc:
@@ -339,7 +297,7 @@ class RedisEventLog:
     async def forget_consumer(
         self, stream: str, group: str, consumer: str, *, min_idle_ms: int
     ) -> bool:
-        with _translated(f"XGROUP DELCONSUMER {stream} {group} {consumer}"):
+        with translated(EVENT_LOG, f"XGROUP DELCONSUMER {stream} {group} {consumer}"):
             try:
                 removed = await self._redis.eval(
                     _FORGET_CONSUMER, 1, stream, group, consumer, min_idle_ms
@@ -351,7 +309,7 @@ class RedisEventLog:
         return bool(removed)
 
     async def trim_older_than(self, stream: str, seconds: float) -> int:
-        with _translated(f"XTRIM {stream}"):
+        with translated(EVENT_LOG, f"XTRIM {stream}"):
             # Entry ids carry the server's clock, so the cut-off is taken from it too:
             # the app host's clock may be skewed against the server's.
             now_s, now_us = await self._redis.time()
@@ -362,7 +320,7 @@ class RedisEventLog:
 
     async def ping(self) -> bool:
         try:
-            with _translated("PING"):
+            with translated(EVENT_LOG, "PING"):
                 return bool(await self._redis.ping())
         except (DependencyUnavailable, EventLogError):
             return False
