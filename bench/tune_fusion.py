@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import qdrant_edge as qe
 
+from app.adapters.chunk_payload import SEARCH_TEXT
 from app.adapters.edge_catalog import EdgeCatalog
-from app.adapters.edge_index import SEARCH_TEXT
 from app.adapters.local_embedder import LocalEmbedder
 from app.corpus import read_beir_queries, read_qrels
 from app.domain import DEFAULT_TENANT, EncodedQuery, Hit, IndexQuery

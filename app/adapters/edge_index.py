@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import threading
 import time
@@ -14,6 +13,15 @@ from typing import Any, TypeVar
 import numpy as np
 import qdrant_edge as qe
 
+from app.adapters.chunk_payload import (
+    DENSE,
+    HEAVY_FIELDS,
+    SEARCH_TEXT,
+    SIGNATURE,
+    fill_hits,
+    payload_of,
+    signatures_of,
+)
 from app.domain import (
     DocumentState,
     FieldFilter,
@@ -35,12 +43,6 @@ from app.telemetry.tracing import client_span
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DENSE = "dense"
-# BM25 reads the same text the embedder reads (title, section path, chunk text).
-SEARCH_TEXT = "search_text"
-SIGNATURE = "sig"
-# Payload that retrieval never needs back; signatures are fetched only for rerank candidates.
-_HEAVY_FIELDS = [SEARCH_TEXT, SIGNATURE]
 
 _KEYWORD_FIELDS = ("tenant", "doc_id", "version")
 _INDEX_KINDS: dict[str, Callable[[], Any]] = {
@@ -318,18 +320,10 @@ class EdgeIndex:
     def _hydrate(self, hits: Sequence[Hit]) -> None:
         records = self._shard.retrieve(
             [h.chunk_id for h in hits],
-            with_payload=qe.PayloadSelector.Exclude(_HEAVY_FIELDS),
+            with_payload=qe.PayloadSelector.Exclude(HEAVY_FIELDS),
             with_vector=False,
         )
-        payloads = {str(r.id): r.payload or {} for r in records}
-        for h in hits:
-            payload = payloads.get(h.chunk_id, {})
-            h.doc_id = str(payload.get("doc_id", ""))
-            h.chunk_index = int(payload.get("chunk_index", 0))
-            h.title = str(payload.get("title", ""))
-            h.text = str(payload.get("text", ""))
-            h.section = list(payload.get("section") or [])
-            h.metadata = dict(payload.get("metadata") or {})
+        fill_hits(hits, {str(r.id): r.payload or {} for r in records})
 
     @client_span(QDRANT_FETCH, "qdrant", "retrieve")
     async def vectors(self, chunk_ids: Sequence[str]) -> dict[str, Vector]:
@@ -352,12 +346,7 @@ class EdgeIndex:
         records = self._shard.retrieve(
             list(chunk_ids), with_payload=qe.PayloadSelector.Include([SIGNATURE]), with_vector=False
         )
-        out: dict[str, bytes] = {}
-        for record in records:
-            encoded = (record.payload or {}).get(SIGNATURE)
-            if encoded:
-                out[str(record.id)] = base64.b64decode(encoded)
-        return out
+        return signatures_of((r.id, r.payload) for r in records)
 
     async def stats(self, tenant: str | None = None) -> IndexStats:
         return await self._run(self._stats, tenant)
@@ -490,18 +479,4 @@ def _compare_as_float(value: object) -> bool:
 
 
 def _to_point(item: IndexedChunk) -> qe.Point:
-    chunk = item.chunk
-    payload: dict[str, Any] = {
-        "tenant": chunk.tenant,
-        "doc_id": chunk.doc_id,
-        "version": chunk.version,
-        "chunk_index": chunk.chunk_index,
-        "title": chunk.title,
-        "section": chunk.section,
-        "text": chunk.text,
-        "metadata": chunk.metadata,
-        SEARCH_TEXT: chunk.embed_text,
-    }
-    if item.token_signature is not None:
-        payload[SIGNATURE] = base64.b64encode(item.token_signature).decode("ascii")
-    return qe.Point(chunk.chunk_id, {DENSE: item.vector.tolist()}, payload)
+    return qe.Point(item.chunk.chunk_id, {DENSE: item.vector.tolist()}, payload_of(item))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import re
 import time
@@ -17,6 +16,14 @@ from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import UnexpectedResponse
 
+from app.adapters.chunk_payload import (
+    DENSE,
+    HEAVY_FIELDS,
+    SIGNATURE,
+    fill_hits,
+    payload_of,
+    signatures_of,
+)
 from app.adapters.sparse_bm25 import BM25_B, BM25_K, DEFAULT_AVG_LEN, SparseBm25
 from app.domain import (
     DocumentState,
@@ -34,12 +41,7 @@ from app.telemetry.tracing import client_span
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DENSE = "dense"
 SPARSE = "bm25"
-# Payload kept as the Edge adapter keeps it, so exports and replay checks read the same fields.
-SEARCH_TEXT = "search_text"
-SIGNATURE = "sig"
-_HEAVY_FIELDS = [SEARCH_TEXT, SIGNATURE]
 
 _KEYWORD_FIELDS = ("tenant", "doc_id", "version")
 _INDEX_KINDS: dict[str, Callable[[], qm.PayloadSchemaParams | qm.PayloadSchemaType]] = {
@@ -371,18 +373,10 @@ class QdrantIndex:
             records = await self.client.retrieve(
                 self.target,
                 [h.chunk_id for h in hits],
-                with_payload=qm.PayloadSelectorExclude(exclude=_HEAVY_FIELDS),
+                with_payload=qm.PayloadSelectorExclude(exclude=HEAVY_FIELDS),
                 with_vectors=False,
             )
-            payloads = {str(r.id): r.payload or {} for r in records}
-            for h in hits:
-                payload = payloads.get(h.chunk_id, {})
-                h.doc_id = str(payload.get("doc_id", ""))
-                h.chunk_index = int(payload.get("chunk_index", 0))
-                h.title = str(payload.get("title", ""))
-                h.text = str(payload.get("text", ""))
-                h.section = list(payload.get("section") or [])
-                h.metadata = dict(payload.get("metadata") or {})
+            fill_hits(hits, {str(r.id): r.payload or {} for r in records})
 
         await self._call(read)
 
@@ -404,12 +398,7 @@ class QdrantIndex:
             records = await self.client.retrieve(
                 self.target, list(chunk_ids), with_payload=[SIGNATURE], with_vectors=False
             )
-            out: dict[str, bytes] = {}
-            for record in records:
-                encoded = (record.payload or {}).get(SIGNATURE)
-                if encoded:
-                    out[str(record.id)] = base64.b64decode(encoded)
-            return out
+            return signatures_of((r.id, r.payload) for r in records)
 
         return await self._call(read)
 
@@ -564,19 +553,7 @@ def build_filter(tenant: str, filters: Sequence[FieldFilter]) -> qm.Filter:
 
 def _to_point(item: IndexedChunk, bm25: SparseBm25) -> qm.PointStruct:
     chunk = item.chunk
-    payload: dict[str, Any] = {
-        "tenant": chunk.tenant,
-        "doc_id": chunk.doc_id,
-        "version": chunk.version,
-        "chunk_index": chunk.chunk_index,
-        "title": chunk.title,
-        "section": chunk.section,
-        "text": chunk.text,
-        "metadata": chunk.metadata,
-        SEARCH_TEXT: chunk.embed_text,
-    }
-    if item.token_signature is not None:
-        payload[SIGNATURE] = base64.b64encode(item.token_signature).decode("ascii")
+    payload = payload_of(item)
     vector: dict[str, Any] = {DENSE: item.vector.tolist()}
     indices, values = bm25.document(chunk.embed_text)
     # A text with no token left is no BM25 document at all (nor is it in Edge's text index),
