@@ -72,12 +72,22 @@ def streams(prefix: str) -> Streams:
 def ingest(
     event_log: RedisEventLog, status: RedisDocStatus, streams: Streams, embedder: LocalEmbedder
 ) -> LoggedIngest:
+    return logged_ingest(event_log, status, streams, embedder.model_id)
+
+
+def logged_ingest(
+    event_log: RedisEventLog,
+    status: RedisDocStatus,
+    streams: Streams,
+    projection: str,
+    max_documents: int = 100,
+) -> LoggedIngest:
     return LoggedIngest(
         event_log,
         status,
         streams=streams,
-        projection=embedder.model_id,
-        max_documents=100,
+        projection=projection,
+        max_documents=max_documents,
         wait_seconds=10,
     )
 
@@ -650,14 +660,7 @@ async def test_an_embeddings_api_outage_dead_letters_nothing(
     projector, api, index = api_projector(
         fake_api, tmp_path, event_log, cache, status, streams, threshold=1000
     )
-    ingest = LoggedIngest(
-        event_log,
-        status,
-        streams=streams,
-        projection=api.model_id,
-        max_documents=10,
-        wait_seconds=10,
-    )
+    ingest = logged_ingest(event_log, status, streams, api.model_id, max_documents=10)
     try:
         fake_api.outage = Reply(status=500)
         docs = [doc(f"d{i}", f"Note {i} about storms.") for i in range(3)]
@@ -692,14 +695,7 @@ async def test_an_open_breaker_pauses_the_projector(
     projector, api, index = api_projector(
         fake_api, tmp_path, event_log, cache, status, streams, threshold=1
     )
-    ingest = LoggedIngest(
-        event_log,
-        status,
-        streams=streams,
-        projection=api.model_id,
-        max_documents=10,
-        wait_seconds=10,
-    )
+    ingest = logged_ingest(event_log, status, streams, api.model_id, max_documents=10)
     stop = asyncio.Event()
     task = asyncio.create_task(projector.run(stop))
     try:
