@@ -189,67 +189,34 @@ def test_searches_and_ingest_go_on_during_a_replay(data_dir: Path) -> None:
 def test_cli_replays_here_or_asks_the_holder(data_dir: Path) -> None:
     server = Server(data_dir).start()
     env = server.child_env()
+
+    def replay(*url: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app", "replay", "--data-dir", str(data_dir), *url],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+
     try:
         with server.client() as http:
             ingest(http, [note(i) for i in range(5)])
-        remote = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "app",
-                "replay",
-                "--data-dir",
-                str(data_dir),
-                "--url",
-                server.url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-        )
+        remote = replay("--url", server.url)
         assert remote.returncode == 0, remote.stderr
         assert "generation 1 active: 5 documents, 5 chunks, 0 failed" in remote.stdout
-        nowhere = f"http://127.0.0.1:{free_port()}"
-        nobody = subprocess.run(
-            [sys.executable, "-m", "app", "replay", "--data-dir", str(data_dir), "--url", nowhere],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-        )
+        nobody = replay("--url", f"http://127.0.0.1:{free_port()}")
         assert nobody.returncode == 1
         assert "held by `rag-pipeline serve`" in nobody.stderr and "--url" in nobody.stderr
     finally:
         assert server.stop() == 0
-    here = subprocess.run(
-        [sys.executable, "-m", "app", "replay", "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    here = replay()
     assert here.returncode == 0, here.stderr
     assert "generation 2 active: 5 documents, 5 chunks, 0 failed" in here.stdout
     # A worker holds the index too, and replays when asked.
     worker = Server(data_dir, command="worker").start()
     try:
-        via_worker = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "app",
-                "replay",
-                "--data-dir",
-                str(data_dir),
-                "--url",
-                worker.url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-        )
+        via_worker = replay("--url", worker.url)
         assert via_worker.returncode == 0, via_worker.stderr
         assert "generation 3 active: 5 documents, 5 chunks" in via_worker.stdout
     finally:
