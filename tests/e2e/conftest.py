@@ -59,7 +59,12 @@ def _drop_server_keys() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("e2e") / "data").start()
+    yield from loaded_server(tmp_path_factory.mktemp("e2e") / "data")
+
+
+def loaded_server(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A started server holding DOCS (indexed), stopped when the generator is closed."""
+    srv = Server(data_dir, env=env).start()
     try:
         response = httpx.post(
             f"{srv.url}/api/v1/ingest?wait=true", json={"documents": DOCS}, timeout=120

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from tests.e2e.conftest import DOCS
+from tests.e2e.conftest import loaded_server
 from tests.e2e.server import Server
 from tests.e2e.test_search_api import (
     test_bm25_mode_returns_only_term_matches,
@@ -53,16 +52,7 @@ __all__ = [
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Overrides the shared Edge-backed server for this module's tests."""
     data_dir = tmp_path_factory.mktemp("e2e-qdrant") / "data"
-    srv = Server(data_dir, env={"QDRANT_URL": ":memory:"}).start()
-    try:
-        response = httpx.post(
-            f"{srv.url}/api/v1/ingest?wait=true", json={"documents": DOCS}, timeout=120
-        )
-        assert response.status_code == 200, response.text
-        assert {d["status"] for d in response.json()["documents"]} == {"indexed"}
-        yield srv
-    finally:
-        srv.stop()
+    yield from loaded_server(data_dir, env={"QDRANT_URL": ":memory:"})
 
 
 def test_the_index_is_not_the_embedded_one(server: Server) -> None:
