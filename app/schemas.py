@@ -55,7 +55,7 @@ def _json_value(depth: int) -> dict[str, Any]:
 class DocumentInput(_Strict):
     """A document to index. `id` is yours; re-sending the same id replaces the document."""
 
-    # Merged into the OpenAPI component (app/api/routes.py): the metadata depth limit.
+    # Merged into the OpenAPI component (app/api/openapi.py): the metadata depth limit.
     openapi_schema: ClassVar[dict[str, Any]] = {
         "properties": {"metadata": {"additionalProperties": _json_value(MAX_METADATA_DEPTH)}}
     }
@@ -101,7 +101,7 @@ class IngestResponse(msgspec.Struct, kw_only=True):
 class Condition(_Strict):
     """A metadata condition: `any` of a list of values, or a numeric range."""
 
-    # Merged into the OpenAPI component (app/api/routes.py): what the handler checks beyond
+    # Merged into the OpenAPI component (app/api/openapi.py): what the handler checks beyond
     # the field types, so clients and fuzzers see the same rules. `any` holds strings or
     # integers, not a mix; a condition is `any` or a range, never both or neither.
     openapi_schema: ClassVar[dict[str, Any]] = {
@@ -157,7 +157,7 @@ class Condition(_Strict):
 class SearchRequest(_Strict):
     """A search. `filters` maps metadata fields to a value (exact match) or a Condition."""
 
-    # Merged into the OpenAPI component (app/api/routes.py): the raw filter values' schema.
+    # Merged into the OpenAPI component (app/api/openapi.py): the raw filter values' schema.
     openapi_schema: ClassVar[dict[str, Any]] = {
         "properties": {
             "filters": {
