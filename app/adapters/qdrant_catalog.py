@@ -10,7 +10,7 @@ log = logging.getLogger(__name__)
 
 
 class QdrantCatalog:
-    """Generations are collections `<alias>--g<ms>`; the alias names the active one.
+    """Generations are collections `<alias>--g<µs>`; the alias names the active one.
 
     Switching the alias is one atomic operation on the cluster, so every replica and worker
     reads and writes the new generation from the moment it lands, and it outlives any process.

@@ -63,7 +63,7 @@ def alias_name(prefix: str, model_id: str) -> str:
 class QdrantIndex:
     """Chunks of every tenant in one collection, reached through the alias `alias_name(...)`.
 
-    The alias points at one generation collection (`<alias>--g<ms>`); a replay builds a new
+    The alias points at one generation collection (`<alias>--g<µs>`); a replay builds a new
     generation beside it (`create_generation`, then writes through `on_collection`), and
     `switch_alias` swaps it in atomically. The alias and its first generation are created on
     first use, so a cluster that is down at start-up only makes the index unready.
@@ -145,7 +145,7 @@ class QdrantIndex:
         """Create an empty generation collection with the index's schema; returns its name.
         `bm25_avg_len`: the mean chunk length to normalise BM25 by (a replay can measure it
         with SparseBm25.token_count); by default this index's."""
-        collection = name or f"{self.alias}--g{time.time_ns() // 1_000_000}"
+        collection = name or f"{self.alias}--g{_next_stamp()}"
         await self._call(self._create_collection, collection, bm25_avg_len)
         return collection
 
@@ -242,7 +242,7 @@ class QdrantIndex:
             except Exception as exc:
                 if not _is_not_found(exc) or self.target != self.alias:
                     raise
-                collection = f"{self.alias}--g{time.time_ns() // 1_000_000}"
+                collection = f"{self.alias}--g{_next_stamp()}"
                 await self._create_collection(collection)
                 await self.client.update_collection_aliases(
                     [
@@ -508,6 +508,17 @@ def _retry_after(exc: UnexpectedResponse) -> float:
         return max(0.0, float(header)) if header else 1.0
     except ValueError:
         return 1.0
+
+
+_last_stamp = 0
+
+
+def _next_stamp() -> int:
+    """A generation stamp in microseconds, strictly increasing within the process: two
+    generations made in the same millisecond (a first use and a replay) once collided."""
+    global _last_stamp
+    _last_stamp = max(time.time_ns() // 1_000, _last_stamp + 1)
+    return _last_stamp
 
 
 def _generation_order(name: str) -> tuple[int, str]:

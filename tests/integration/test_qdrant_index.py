@@ -58,6 +58,22 @@ def test_alias_and_first_generation_are_made_on_first_use() -> None:
     asyncio.run(go())
 
 
+def test_generations_made_back_to_back_are_distinct_and_ordered() -> None:
+    """CI once failed with "collection already exists": a first use and a replay's
+    generation were both named after the same millisecond."""
+
+    async def go() -> None:
+        index = memory_index()
+        assert await index.ready()
+        first = await index.current_generation()
+        made = [await index.create_generation() for _ in range(20)]
+        assert len(set(made)) == 20 and first not in made
+        assert await index.generations() == [first, *made]
+        await index.aclose()
+
+    asyncio.run(go())
+
+
 def test_a_replay_builds_a_generation_and_swaps_it_in() -> None:
     rng = np.random.default_rng(11)
     v = unit(rng)[0]
