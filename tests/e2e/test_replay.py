@@ -144,7 +144,12 @@ def test_searches_and_ingest_go_on_during_a_replay(data_dir: Path) -> None:
             spec = http.get("/openapi.json").json()["paths"]
             # Admin work: the key's 401/403/429 besides the replay's own answers.
             assert set(spec["/api/v1/reindex"]["post"]["responses"]) == {
-                "202", "401", "403", "409", "429", "503"
+                "202",
+                "401",
+                "403",
+                "409",
+                "429",
+                "503",
             }
             assert "parameters" not in spec["/api/v1/reindex"]["post"]  # no ?wait here
             status = spec["/api/v1/reindex/{job_id}"]["get"]

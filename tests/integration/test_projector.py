@@ -724,6 +724,8 @@ async def test_an_open_breaker_pauses_the_projector(
         await task
         index.close()
         await api.aclose()
+
+
 async def test_dead_consumers_leave_the_group_once_idle_and_drained(
     ingest: LoggedIngest,
     make_projector: MakeProjector,

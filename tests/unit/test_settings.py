@@ -159,8 +159,13 @@ def test_readme_table_matches_the_code() -> None:
 
 def test_openai_embedder_settings() -> None:
     settings = Settings.from_env(
-        {"RAG_EMBEDDER": "openai", "OPENAI_API_KEY": "sk-test", "RAG_EMBEDDING_DIMENSIONS": "256",
-         "OPENAI_BASE_URL": "http://vllm:8000/v1", "RAG_EMBEDDER_BREAKER_FAILURES": "3"}
+        {
+            "RAG_EMBEDDER": "openai",
+            "OPENAI_API_KEY": "sk-test",
+            "RAG_EMBEDDING_DIMENSIONS": "256",
+            "OPENAI_BASE_URL": "http://vllm:8000/v1",
+            "RAG_EMBEDDER_BREAKER_FAILURES": "3",
+        }
     )
     assert (settings.embedder, settings.embedding_model) == ("openai", "text-embedding-3-small")
     assert (settings.embedding_dimensions, settings.embedder_breaker_failures) == (256, 3)
@@ -173,8 +178,11 @@ def test_security_settings() -> None:
     assert (defaults.rate_limit_per_second, defaults.rate_limit_burst) == (20.0, 40)
     assert (defaults.max_query_chars, defaults.max_text_chars) == (4096, 1_000_000)
     settings = Settings.from_env(
-        {"RAG_API_KEYS_FILE": "/etc/keys.json", "RAG_RATE_LIMIT_PER_SECOND": "0",
-         "RAG_CORS_ORIGINS": "https://a.example.com, http://localhost:3000"}
+        {
+            "RAG_API_KEYS_FILE": "/etc/keys.json",
+            "RAG_RATE_LIMIT_PER_SECOND": "0",
+            "RAG_CORS_ORIGINS": "https://a.example.com, http://localhost:3000",
+        }
     )
     assert settings.api_keys_file == "/etc/keys.json" and settings.rate_limit_per_second == 0
     assert settings.cors_origin_list() == ["https://a.example.com", "http://localhost:3000"]
@@ -196,11 +204,13 @@ def test_bad_embedder_settings_are_named(env: dict[str, str], named: str) -> Non
 
 @pytest.mark.parametrize(
     ("env", "named"),
-    [({"RAG_CORS_ORIGINS": "https://a.example.com/path"}, "RAG_CORS_ORIGINS"),
-     ({"RAG_CORS_ORIGINS": "a.example.com"}, "RAG_CORS_ORIGINS"),
-     ({"RAG_RATE_LIMIT_BURST": "0"}, "RAG_RATE_LIMIT_BURST"),
-     ({"RAG_MAX_QUERY_CHARS": "5000"}, "RAG_MAX_QUERY_CHARS"),
-     ({"RAG_MAX_TEXT_CHARS": "2000000"}, "RAG_MAX_TEXT_CHARS")],
+    [
+        ({"RAG_CORS_ORIGINS": "https://a.example.com/path"}, "RAG_CORS_ORIGINS"),
+        ({"RAG_CORS_ORIGINS": "a.example.com"}, "RAG_CORS_ORIGINS"),
+        ({"RAG_RATE_LIMIT_BURST": "0"}, "RAG_RATE_LIMIT_BURST"),
+        ({"RAG_MAX_QUERY_CHARS": "5000"}, "RAG_MAX_QUERY_CHARS"),
+        ({"RAG_MAX_TEXT_CHARS": "2000000"}, "RAG_MAX_TEXT_CHARS"),
+    ],
 )
 def test_bad_security_settings_are_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
