@@ -16,6 +16,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
+from app.adapters.wordpiece_counter import WordPieceCounter, counting_tokenizer
 from app.domain import Encoded, EncodedQuery, Vector
 from app.errors import DependencyUnavailable, ModelIntegrityError
 from app.retrieval.late_interaction import pack_signs
@@ -64,17 +65,13 @@ class LocalEmbedder:
         tokenizer_json = _read_verified(tokenizer_file, TOKENIZER_SHA256, "tokenizer").decode()
         try:
             self._tokenizer = Tokenizer.from_str(tokenizer_json)
-            # A separate instance because truncation is per-instance state, and tokenizers
-            # must not be reconfigured while other threads encode with them.
-            counter = Tokenizer.from_str(tokenizer_json)
+            counter = counting_tokenizer(tokenizer_json)
         except Exception as exc:
             raise DependencyUnavailable(f"cannot parse tokenizer {tokenizer_file}: {exc}") from exc
         # The file pads every text to a fixed 128 tokens; we pad per batch ourselves.
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(MAX_TOKENS)
-        counter.no_padding()
-        counter.no_truncation()
-        self._counter = counter
+        self._count_tokens = WordPieceCounter(counter)
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -127,12 +124,7 @@ class LocalEmbedder:
 
     def token_counter(self) -> Callable[[str], int]:
         """Tokens of a text without [CLS]/[SEP] and without truncation, for the chunker."""
-        counter = self._counter
-
-        def count(text: str) -> int:
-            return len(counter.encode(text, add_special_tokens=False))
-
-        return count
+        return self._count_tokens
 
     async def embed_documents(self, texts: Sequence[str]) -> Encoded:
         """Pooled vectors and token signatures, in input order."""
@@ -267,14 +259,7 @@ def minilm_token_counter() -> Callable[[str], int]:
     data = _read_verified(
         resources.files("app") / "assets" / "minilm-tokenizer.json", TOKENIZER_SHA256, "tokenizer"
     )
-    counter = Tokenizer.from_str(data.decode())
-    counter.no_padding()
-    counter.no_truncation()
-
-    def count(text: str) -> int:
-        return len(counter.encode(text, add_special_tokens=False))
-
-    return count
+    return WordPieceCounter(counting_tokenizer(data.decode()))
 
 
 def _read_verified(file: Traversable, sha256: str, what: str) -> bytes:

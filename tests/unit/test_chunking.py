@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -351,23 +350,13 @@ def test_real_tokenizer_respects_size_and_covers_the_document(
 
 
 @pytest.mark.slow
-def test_scifact_corpus_chunks_fast_and_within_size(
-    scifact: Path, minilm: Callable[[str], int]
-) -> None:
+def test_scifact_corpus_chunks_within_size(scifact: Path, minilm: Callable[[str], int]) -> None:
+    # How fast chunking runs is measured by bench/replay_rate.py, not here.
     docs = [json.loads(line) for line in (scifact / "corpus.jsonl").read_text().splitlines()]
-    # Tokenizing is most of the work and its speed depends on the machine, so the bound is
-    # relative: chunking may cost at most twice one tokenizer pass over the corpus.
-    started = time.perf_counter()
-    for d in docs:
-        minilm(d["title"] + "\n" + d["text"])
-    one_pass = time.perf_counter() - started
-    started = time.perf_counter()
     chunked = [
         chunk_document(d["text"], title=d["title"], size=256, overlap=32, count_tokens=minilm)
         for d in docs
     ]
-    elapsed = time.perf_counter() - started
-    assert elapsed < 2 * one_pass + 1.0, f"chunking {elapsed:.1f}s vs one pass {one_pass:.1f}s"
     assert all(chunks for d, chunks in zip(docs, chunked, strict=True) if d["text"].strip())
     sample = [c for chunks in chunked[:300] for c in chunks]
     assert all(minilm(c.embed_text) <= 256 for c in sample)
