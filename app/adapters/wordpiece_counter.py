@@ -1,4 +1,4 @@
-"""Counts a BERT WordPiece tokenizer's tokens for the chunker, fast on plain ASCII text."""
+"""Counts a BERT WordPiece tokenizer's tokens for the chunker, word by word with a cache."""
 
 from __future__ import annotations
 
@@ -6,26 +6,28 @@ import re
 
 from tokenizers import Tokenizer
 
-# Text the fast path handles exactly: printable ASCII, space, tab, newline, carriage return.
-# On it, BERT's normaliser only lower-cases and its pre-tokeniser splits at whitespace and
-# isolates every ASCII punctuation character (every printable non-alphanumeric), so the
-# words are what _WORDS finds. Anything else (accents, CJK, control characters, Unicode
-# punctuation) goes through the tokenizer itself, and so does text holding an added token
-# such as "[SEP]", which the tokenizer matches in the raw text as one token.
-_PLAIN = re.compile(r"[\x20-\x7e\t\n\r]*")
-_WORDS = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
+# BERT's normaliser maps tab, newline and carriage return to spaces.
+_TO_SPACE = str.maketrans("\t\n\r", "   ")
+# On plain ASCII, BERT's normaliser only lower-cases and its pre-tokeniser isolates every
+# ASCII punctuation character (every printable non-alphanumeric).
+_ASCII_WORDS = re.compile(r"[a-z0-9]+|[^a-z0-9]")
 
 
 class WordPieceCounter:
-    """`count(text)` = len(tokenizer.encode(text, add_special_tokens=False)), without
-    truncation.
+    """`count(text)` = len(tokenizer.encode(text, add_special_tokens=False)), untruncated.
 
     The tokenizer's Python binding costs ~0.8 us per character (80 us for a sentence), and
     the chunker counts every sentence of every document it applies: that was a quarter of a
-    replay's time. A sentence's count is the sum of its words' counts, and words repeat, so
-    plain-ASCII text is split here and each distinct word is run through the WordPiece model
-    once. A test holds the result equal to the tokenizer's over the SciFact corpus and over
-    generated text.
+    replay's time. BERT's normaliser (lower case, accents, CJK, control characters) acts on
+    each character alone, and its pre-tokeniser splits at whitespace first, so a text's count
+    is the sum of its space-separated words' counts once the text holds no control, format
+    or unassigned character and no whitespace but space, tab, newline and carriage return
+    (then it passes str.isprintable with those three mapped to spaces). Words repeat, so each
+    distinct word is counted once: an ASCII word by splitting it here and running the
+    WordPiece model on the pieces, any other word by the tokenizer. Other texts, and texts
+    holding an added token such as "[SEP]" (matched in the raw text as one token), go to the
+    tokenizer whole. A test holds the result equal to the tokenizer's on generated text and
+    on every sentence of SciFact.
     """
 
     def __init__(self, tokenizer: Tokenizer, *, max_cached_words: int = 200_000) -> None:
@@ -36,20 +38,31 @@ class WordPieceCounter:
         self._added = tuple(t.content for t in tokenizer.get_added_tokens_decoder().values())
 
     def __call__(self, text: str) -> int:
-        if _PLAIN.fullmatch(text) is None or any(t in text for t in self._added):
-            return len(self._tokenizer.encode(text, add_special_tokens=False))
-        words = self._words
-        total = 0
-        for word in _WORDS.findall(text.lower()):
-            n = words.get(word)
-            if n is None:
-                n = len(self._model.tokenize(word))
-                if len(words) >= self._max_cached_words:
-                    # Bounded memory for corpora with endless distinct tokens (ids, hashes).
-                    words.clear()
-                words[word] = n
-            total += n
-        return total
+        if "[" in text and any(t in text for t in self._added):
+            return self._encode(text)
+        if not text.isprintable() and not text.translate(_TO_SPACE).isprintable():
+            return self._encode(text)
+        words = text.split()
+        try:
+            return sum(map(self._words.__getitem__, words))
+        except KeyError:
+            return sum(self._word(w) for w in words)
+
+    def _word(self, word: str) -> int:
+        n = self._words.get(word)
+        if n is None:
+            if word.isascii():
+                n = sum(len(self._model.tokenize(p)) for p in _ASCII_WORDS.findall(word.lower()))
+            else:
+                n = self._encode(word)
+            if len(self._words) >= self._max_cached_words:
+                # Bounded memory for corpora with endless distinct words (ids, hashes).
+                self._words.clear()
+            self._words[word] = n
+        return n
+
+    def _encode(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
 
 
 def counting_tokenizer(tokenizer_json: str) -> Tokenizer:
