@@ -72,6 +72,11 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     # (a live one reads every block_ms); its name is removed from the group. None: ten
     # times claim_idle_ms, far past anything a live projector's pause could explain.
     forget_idle_ms: int | None = None
+    # The index is a generation this projector alone has written since it was created (a
+    # replay's): a document with no applied record has nothing in it to sweep, so the
+    # per-document delete of other versions or of a deleted document (a filtered count
+    # and delete each) is skipped.
+    fresh_index: bool = False
 
     @property
     def forget_after_ms(self) -> int:
@@ -545,12 +550,15 @@ class Projector:
         upserts: list[tuple[_Item, DocumentUpserted]] = []
         unchanged: list[tuple[_Item, DocumentUpserted, int]] = []
         deletes: list[_Item] = []
+        unrecorded: dict[str, set[str]] = defaultdict(set)
         for tenant, group in by_tenant.items():
             current = await self.status.applied(
                 self.projection, tenant, [i.event.doc_id for i in group]
             )
             for item, applied in zip(group, current, strict=True):
                 event = item.event
+                if applied is None:
+                    unrecorded[tenant].add(event.doc_id)
                 if applied is not None and id_key(applied.event_id) >= id_key(item.entry.id):
                     skipped += 1  # the index already reflects this entry or a later one
                 elif isinstance(event, DocumentDeleted):
@@ -570,11 +578,19 @@ class Projector:
         # document missing. Unchanged versions are swept too, in case an upsert of another
         # version was written and then abandoned by a crash before it was recorded.
         await asyncio.gather(
-            *(self.indexer.replace(e.tenant, e.doc_id, e.version) for _, e in upserts),
+            *(
+                self.indexer.replace(e.tenant, e.doc_id, e.version)
+                for _, e in upserts
+                if not (self.config.fresh_index and e.doc_id in unrecorded[e.tenant])
+            ),
             *(self.indexer.replace(e.tenant, e.doc_id, e.version) for _, e, _ in unchanged),
         )
         await asyncio.gather(
-            *(self.indexer.delete(i.event.tenant, i.event.doc_id) for i in deletes)
+            *(
+                self.indexer.delete(i.event.tenant, i.event.doc_id)
+                for i in deletes
+                if not (self.config.fresh_index and i.event.doc_id in unrecorded[i.event.tenant])
+            )
         )
 
         now = time.time()

@@ -121,7 +121,9 @@ class Replay:
             self.status,
             streams=self.streams,
             consumer="replay",
-            config=ProjectorConfig(batch=self.config.batch, write_chunks=self.config.write_chunks),
+            config=ProjectorConfig(
+                batch=self.config.batch, write_chunks=self.config.write_chunks, fresh_index=True
+            ),
             projection=scratch,
         )
         swapped = False

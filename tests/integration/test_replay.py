@@ -274,6 +274,42 @@ async def test_replay_equals_the_live_index_across_tenants_and_skips_poison(
 
 
 @pytest.mark.anyio
+async def test_a_fresh_generation_still_sweeps_documents_it_has_written(
+    parts: dict[str, Any], embedder: LocalEmbedder
+) -> None:
+    """A replay's projector skips the sweep of other versions for documents it has no record
+    of (nothing of them is in its new generation); once it has written one, a newer version
+    must still replace its chunks and a delete remove them, as in a catch-up."""
+    catalog: EdgeCatalog = parts["catalog"]
+    log: RedisEventLog = parts["event_log"]
+    stream = parts["streams"].documents
+    generation, index = await catalog.create()
+    projector = Projector(
+        log,
+        Indexer(embedder, index),
+        parts["cache"],
+        parts["status"],
+        streams=parts["streams"],
+        consumer="replay",
+        config=ProjectorConfig(fresh_index=True),
+        projection="fresh-test",
+    )
+
+    async def apply(event: DocumentUpserted | DocumentDeleted) -> list[dict[str, Any]]:
+        await log.append(stream, event)
+        (entry,) = (await log.range(stream, start="-", count=1000))[-1:]
+        assert await projector.apply([entry]) == {}
+        return [p for _, p, _ in await index.all_points() if p["doc_id"] == "a"]
+
+    first = await apply(upserted("acme", "a", "Sentence number one is here. " * 12))
+    assert len(first) > 1 and {p["version"] for p in first} == {first[0]["version"]}
+    second = await apply(upserted("acme", "a", "A shorter second version."))
+    assert len(second) == 1 and second[0]["version"] != first[0]["version"]
+    assert await apply(DocumentDeleted(tenant="acme", doc_id="a", at=0, traceparent=None)) == []
+    await catalog.discard(generation)
+
+
+@pytest.mark.anyio
 async def test_a_failed_replay_leaves_everything_as_it_was(
     parts: dict[str, Any],
     embedder: LocalEmbedder,
