@@ -33,6 +33,9 @@ class WordPieceCounter:
     def __init__(self, tokenizer: Tokenizer, *, max_cached_words: int = 200_000) -> None:
         self._tokenizer = tokenizer
         self._model = tokenizer.model
+        # A piece that is itself in the vocabulary is one token (WordPiece takes the longest
+        # known prefix first): most pieces are, and the lookup saves a call to the model.
+        self._vocab = frozenset(tokenizer.get_vocab())
         self._words: dict[str, int] = {}
         self._max_cached_words = max_cached_words
         self._added = tuple(t.content for t in tokenizer.get_added_tokens_decoder().values())
@@ -52,7 +55,10 @@ class WordPieceCounter:
         n = self._words.get(word)
         if n is None:
             if word.isascii():
-                n = sum(len(self._model.tokenize(p)) for p in _ASCII_WORDS.findall(word.lower()))
+                n = sum(
+                    1 if piece in self._vocab else len(self._model.tokenize(piece))
+                    for piece in _ASCII_WORDS.findall(word.lower())
+                )
             else:
                 n = self._encode(word)
             if len(self._words) >= self._max_cached_words:
