@@ -72,6 +72,7 @@ def text_index_params() -> qe.TextIndexParams:
         min_token_len=1,
         max_token_len=40,
         scoring=True,
+        enable_hnsw=False,
     )
 
 
@@ -133,9 +134,16 @@ class EdgeIndex:
             else qe.EdgeShard.create(str(self.path), config)
         )
         existing = shard.info().payload_schema
-        wanted: dict[str, Any] = {field: qe.KeywordIndexParams() for field in _KEYWORD_FIELDS}
+        # Qdrant adds HNSW links per value of every payload index with enable_hnsw (per
+        # frequent token, for a text index), for filtered dense search. Only the tenant and
+        # metadata filters shape dense searches; the text index serves BM25 by itself and
+        # doc_id/version/chunk_index serve lookups and deletes. With the links, building
+        # HNSW for SciFact's 10k chunks took 32 s instead of 10 s.
+        wanted: dict[str, Any] = {
+            field: qe.KeywordIndexParams(enable_hnsw=False) for field in _KEYWORD_FIELDS
+        }
         wanted["tenant"] = qe.KeywordIndexParams(is_tenant=True)
-        wanted["chunk_index"] = qe.IntegerIndexParams(lookup=True, range=False)
+        wanted["chunk_index"] = qe.IntegerIndexParams(lookup=True, range=False, enable_hnsw=False)
         wanted[SEARCH_TEXT] = text_index_params()
         for field, kind in metadata_indexes.items():
             wanted[f"metadata.{field}"] = _INDEX_KINDS[kind]()
