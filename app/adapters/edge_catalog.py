@@ -10,6 +10,11 @@ The record is replaced atomically (temporary file, fsync, rename, fsync of the d
 after a crash at any point it names either the old generation or the new one, complete. Any
 other generation found at open was being built, or dropped, when a process stopped: it is
 removed, since only the process holding the index (app/wiring.py IndexOwnership) opens this.
+
+A new generation is built by a child process (app/adapters/edge_builder.py): the engine holds
+the GIL through every write and through the HNSW build, which in this process would stall
+everything it serves meanwhile. `activate` has the child finish the shard (flush, HNSW,
+close), then opens it here.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import logging
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import msgspec
 
+from app.adapters.edge_builder import EdgeBuilder
 from app.adapters.edge_index import EdgeIndex
 from app.errors import DependencyUnavailable, RagError
 
@@ -57,7 +64,7 @@ class EdgeCatalog:
         self._search_threads = search_threads
         self._record = self.root / f"{model_id}.active"
         self._lock = threading.Lock()
-        self._building: dict[str, EdgeIndex] = {}
+        self._building: dict[str, EdgeBuilder] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         self._active = self._read_record()
         self._remove_others(keep={self._active})
@@ -75,27 +82,47 @@ class EdgeCatalog:
             return self.root / self.model_id
         return self.root / f"{self.model_id}.gen-{generation}"
 
-    async def create(self) -> tuple[str, EdgeIndex]:
+    async def create(self) -> tuple[str, EdgeBuilder]:
         with self._lock:
             taken = [int(self._active), *map(int, self._building), *self._on_disk()]
             generation = str(max(taken) + 1)
             path = self.path(generation)
             if path.exists():  # a leftover: nothing refers to it
                 shutil.rmtree(path)
-        index = await asyncio.to_thread(self._open, generation, True)
-        self._building[generation] = index
-        log.info("building index generation %s at %s", generation, index.path)
-        return generation, index
+        builder = EdgeBuilder(
+            path, model_id=self.model_id, dim=self._dim, metadata_indexes=self._metadata_indexes
+        )
+        try:
+            await builder.started()
+        except BaseException:
+            await asyncio.to_thread(self._drop_build, builder)
+            raise
+        self._building[generation] = builder
+        log.info("building index generation %s at %s", generation, path)
+        return generation, builder
 
     async def activate(self, generation: str) -> None:
-        index = self._building.pop(generation, None)
-        if index is None:
+        builder = self._building.pop(generation, None)
+        if builder is None:
             raise RagError(f"generation {generation!r} is not being built here")
+        started = time.perf_counter()
         try:
-            await asyncio.to_thread(index.finish_building)
+            await builder.finish()
+            finished = time.perf_counter()
+            index = await asyncio.to_thread(self._open, generation)
+            log.info(
+                "index generation %s finished in %.2fs, opened in %.2fs",
+                generation,
+                finished - started,
+                time.perf_counter() - finished,
+            )
+        except BaseException:
+            await asyncio.to_thread(self._drop_build, builder)
+            raise
+        try:
             await asyncio.to_thread(self._write_record, generation)
         except OSError as exc:
-            self._building[generation] = index
+            await asyncio.to_thread(self._drop, index)
             raise DependencyUnavailable(f"cannot record the active index: {exc}") from exc
         # Swapped on the event loop, between two operations: every one that starts from now
         # on resolves the new generation; those already running finish on the old one,
@@ -105,18 +132,18 @@ class EdgeCatalog:
         await asyncio.to_thread(self._drop, previous)
 
     async def discard(self, generation: str) -> None:
-        index = self._building.pop(generation, None)
-        if index is not None:
-            await asyncio.to_thread(self._drop, index)
+        builder = self._building.pop(generation, None)
+        if builder is not None:
+            await asyncio.to_thread(self._drop_build, builder)
 
     def close(self) -> None:
         for generation in list(self._building):
-            self._drop(self._building.pop(generation))
+            self._drop_build(self._building.pop(generation))
         self._index.close()
 
     # --- files ---------------------------------------------------------------------------
 
-    def _open(self, generation: str, building: bool = False) -> EdgeIndex:
+    def _open(self, generation: str) -> EdgeIndex:
         return EdgeIndex(
             self._data_dir,
             model_id=self.model_id,
@@ -124,13 +151,17 @@ class EdgeCatalog:
             metadata_indexes=self._metadata_indexes,
             search_threads=self._search_threads,
             path=self.path(generation),
-            building=building,
         )
 
     @staticmethod
     def _drop(index: EdgeIndex) -> None:
         index.close()
         shutil.rmtree(index.path, ignore_errors=True)
+
+    @staticmethod
+    def _drop_build(builder: EdgeBuilder) -> None:
+        builder.close()
+        shutil.rmtree(builder.path, ignore_errors=True)
 
     def _read_record(self) -> str:
         try:

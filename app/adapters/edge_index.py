@@ -93,9 +93,9 @@ class EdgeIndex:
         # `path` places the shard elsewhere: a generation of app/adapters/edge_catalog.py.
         self.path = path if path is not None else data_dir / "index" / model_id
         self.dim = dim
-        # A generation being built (app/adapters/edge_catalog.py) is read by no one and is
-        # discarded if the process dies, so it needs durability, and HNSW, only once it is
-        # activated: until finish_building() writes skip the flush and the optimizer waits.
+        # A generation being built (app/adapters/edge_builder.py) is read by no one and is
+        # discarded if its process dies, so it needs durability, and HNSW, only once it is
+        # finished: writes skip the flush and the optimizer waits for optimize() and close().
         self.building = building
         self._write_lock = threading.Lock()
         # Operations running in threads; close() waits for them, so a generation being
@@ -190,15 +190,6 @@ class EdgeIndex:
                 if not self.building:
                     self._shard.flush()
         return int(doomed)
-
-    def finish_building(self) -> None:
-        """Make everything written durable, and from now on every write (blocking)."""
-        with self._write_lock:
-            self._shard.flush()
-            self.building = False
-        # HNSW for what the build wrote, in the background: searches work on plain
-        # segments meanwhile (exact, and fast at this size).
-        self._maybe_optimize()
 
     def _maybe_optimize(self) -> None:
         # HNSW is built by the optimizer, which Edge runs only when asked; do it off the
