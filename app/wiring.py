@@ -25,6 +25,7 @@ from app.adapters.qdrant_index import QdrantIndex
 from app.adapters.redis_cache import RedisEmbeddingCache
 from app.adapters.redis_doc_status import RedisDocStatus
 from app.adapters.redis_rate_limit import RedisRateLimiter
+from app.adapters.redis_replay_jobs import RedisReplayJobs
 from app.adapters.redis_streams import RedisEventLog
 from app.api_keys import KeyRing
 from app.circuit_breaker import CircuitBreaker
@@ -278,7 +279,10 @@ def build_projection(settings: Settings, role: str) -> Projection:
         status=status,
         indexer=indexer,
         projector=projector,
-        replays=ReplayJobs(lambda: projection.replay()),
+        replays=ReplayJobs(
+            lambda: projection.replay(),
+            store=RedisReplayJobs(settings.redis_url, prefix=settings.stream_prefix),
+        ),
         replay_config=ReplayConfig(batch=settings.replay_batch),
     )
     return projection

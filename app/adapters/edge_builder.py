@@ -86,6 +86,9 @@ class EdgeBuilder:
                 ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
+                # Its own session: a Ctrl-C at the terminal reaches the parent, which then
+                # stops the child itself, instead of both at once.
+                start_new_session=True,
             )
         # The child's end is closed here, so the child's exit shows as EOF on ours.
         self._conn = Connection(ours.detach())

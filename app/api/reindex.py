@@ -19,9 +19,9 @@ async def start(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     job_id = request.path_params["job_id"]
-    job = _jobs(request).get(job_id)
+    job = await _jobs(request).get(job_id)
     if job is None:
-        raise NotFound(f"replay {job_id!r} is not known here (only the latest one is kept)")
+        raise NotFound(f"replay {job_id!r} is not known (job records are kept for a week)")
     return json_response(_wire(job))
 
 

@@ -23,6 +23,7 @@ from app.adapters.qdrant_catalog import QdrantCatalog
 from app.adapters.qdrant_index import QdrantIndex
 from app.adapters.redis_cache import RedisEmbeddingCache
 from app.adapters.redis_doc_status import RedisDocStatus
+from app.adapters.redis_replay_jobs import RedisReplayJobs
 from app.adapters.redis_streams import EVENT_FIELD, RedisEventLog
 from app.domain import Chunk, IndexedChunk
 from app.errors import DependencyUnavailable
@@ -30,7 +31,7 @@ from app.events import DocumentDeleted, DocumentUpserted, Streams
 from app.indexing import Indexer
 from app.ports import IndexCatalog
 from app.projector import Projector, ProjectorConfig
-from app.replay import Replay, ReplayConfig, ReplayProgress
+from app.replay import Replay, ReplayConfig, ReplayJobs, ReplayProgress, StoredReplayJob
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 
@@ -375,3 +376,68 @@ async def test_replay_on_a_qdrant_cluster_swaps_the_alias_and_equals_the_live_in
     finally:
         await unwire(parts)
         await catalog.aclose()
+
+
+# --- replay jobs and their records ------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_finished_job_is_readable_after_a_restart(
+    parts: dict[str, Any],
+    embedder: LocalEmbedder,
+    raw_redis: redis.asyncio.Redis,
+    redis_url: str,
+    prefix: str,
+) -> None:
+    await fill(parts, raw_redis)
+    jobs = ReplayJobs(
+        lambda: replay_of(parts, embedder), store=RedisReplayJobs(redis_url, prefix=prefix)
+    )
+    job = jobs.start()
+    while (await jobs.get(job.job_id)).progress.phase not in ("done", "failed"):  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)
+    await jobs.aclose()
+
+    restarted = ReplayJobs(
+        lambda: replay_of(parts, embedder), store=RedisReplayJobs(redis_url, prefix=prefix)
+    )
+    try:
+        again = await restarted.get(job.job_id)
+        assert again is not None and again.progress.phase == "done"
+        assert again.progress.chunks == job.progress.chunks > 0
+        assert again.progress.generation == parts["catalog"].active
+        assert await restarted.get("no-such-job") is None
+    finally:
+        await restarted.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_job_no_longer_saved_reads_as_interrupted(redis_url: str, prefix: str) -> None:
+    store = RedisReplayJobs(redis_url, prefix=prefix)
+    jobs = ReplayJobs(lambda: pytest.fail("not started here"), store=store, save_every=1.0)
+    try:
+        now = time.time()
+        for job_id, saved_at in (("stale", now - 60), ("live", now - 1)):
+            progress = ReplayProgress(phase="rebuilding", started_at=now - 120, applied=7)
+            await store.save(StoredReplayJob(job_id=job_id, progress=progress, saved_at=saved_at))
+        stale = await jobs.get("stale")
+        assert stale is not None and stale.progress.phase == "failed"
+        assert "interrupted" in (stale.progress.error or "") and stale.progress.applied == 7
+        live = await jobs.get("live")
+        assert live is not None and live.progress.phase == "rebuilding"
+    finally:
+        await jobs.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_job_store_that_is_down_does_not_fail_the_replay(
+    parts: dict[str, Any], embedder: LocalEmbedder, raw_redis: redis.asyncio.Redis
+) -> None:
+    await fill(parts, raw_redis)
+    nowhere = RedisReplayJobs("redis://127.0.0.1:1/0", prefix="x:")
+    jobs = ReplayJobs(lambda: replay_of(parts, embedder), store=nowhere, save_every=0.05)
+    job = jobs.start()
+    while job.progress.phase not in ("done", "failed"):
+        await asyncio.sleep(0.05)
+    await jobs.aclose()
+    assert job.progress.phase == "done" and parts["catalog"].active == "1"
