@@ -133,7 +133,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         method="GET",
         path="/api/v1/reindex/{job_id}",
         handler=reindex.status,
-        summary="A replay's phase and progress (the latest one only)",
+        summary="A replay's phase and progress (records kept a week)",
         responses={200: ReindexJob, 404: ErrorBody},
         scope="admin",
     ),
