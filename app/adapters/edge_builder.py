@@ -165,11 +165,17 @@ class EdgeBuilder:
         if self._closed:
             return
         self._closed = True
-        try:
-            with self._lock:
+        if self._lock.acquire(blocking=False):
+            try:
                 self._conn.send((_STOP, (), {}))
-        except OSError:
-            pass
+            except OSError:
+                pass
+            finally:
+                self._lock.release()
+        else:
+            # A request is in flight (an HNSW build can take minutes): a shutdown must not
+            # wait for it, and the shard is discarded anyway.
+            self._process.kill()
         try:
             self._process.wait(10)
         except subprocess.TimeoutExpired:

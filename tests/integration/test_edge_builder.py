@@ -145,3 +145,19 @@ def test_a_builder_whose_parent_is_gone_exits(tmp_path: Path) -> None:
     asyncio.run(builder.started())
     builder._conn.close()  # what the parent's death does to the child's socket
     assert builder._process.wait(timeout=30) == 0
+
+
+@pytest.mark.anyio
+async def test_closing_during_a_request_does_not_wait_for_it(tmp_path: Path) -> None:
+    """A shutdown during a long engine call (an HNSW build) stops the child at once; the
+    call in flight fails instead of the shutdown waiting for it."""
+    builder = EdgeBuilder(tmp_path / "g", model_id="m", dim=DIM)
+    await builder.started()
+    await builder.upsert(chunks(20_000))
+    finishing = asyncio.ensure_future(builder.finish())
+    await asyncio.sleep(0.3)  # the child is building HNSW for 20,000 points (seconds)
+    started = time.perf_counter()
+    await asyncio.to_thread(builder.close)
+    assert time.perf_counter() - started < 2.0
+    with pytest.raises(DependencyUnavailable, match="exited"):
+        await finishing
