@@ -9,40 +9,17 @@ import numpy as np
 import pytest
 
 from app.adapters.edge_index import EdgeIndex
-from app.domain import Chunk, FieldFilter, IndexedChunk, IndexQuery
+from app.domain import FieldFilter, Hit, IndexQuery
 from app.indexing import chunk_id
-from app.retrieval.late_interaction import pack_signs
-
-DIM = 32
-WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
-
-
-def unit(rng: np.random.Generator, n: int = 1) -> np.ndarray:
-    v = rng.standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def make_chunk(
-    tenant: str, doc: str, i: int, text: str, version: str = "v1", metadata: dict | None = None
-) -> Chunk:
-    return Chunk(
-        chunk_id=chunk_id(tenant, doc, i),
-        tenant=tenant,
-        doc_id=doc,
-        version=version,
-        chunk_index=i,
-        title=doc.title(),
-        section=[],
-        text=text,
-        embed_text=f"{doc}\n{text}",
-        metadata=metadata or {},
-    )
-
-
-def indexed(chunk: Chunk, vector: np.ndarray) -> IndexedChunk:
-    return IndexedChunk(
-        chunk=chunk, vector=vector, token_signature=pack_signs(np.vstack([vector, -vector]))
-    )
+from tests.integration.test_index_contract import (
+    DIM,
+    WORDS,
+    indexed,
+    make_chunk,
+    query,
+    unit,
+)
+from tests.integration.test_index_contract import search as retrieve_and_hydrate
 
 
 @pytest.fixture()
@@ -56,36 +33,8 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def search(index: EdgeIndex, q: IndexQuery):
-    """Retrieve, then load the payloads as the pipeline does for the hits it returns."""
-
-    async def go():
-        hits = await index.retrieve(q)
-        await index.hydrate(hits)
-        return hits
-
-    return run(go())
-
-
-def query(
-    vector: np.ndarray,
-    text: str = "",
-    *,
-    tenant: str = "a",
-    limit: int = 10,
-    dense: bool = True,
-    bm25: bool = True,
-    filters: list[FieldFilter] | None = None,
-):
-    return IndexQuery(
-        tenant=tenant,
-        text=text,
-        vector=vector,
-        limit=limit,
-        dense=dense,
-        bm25=bm25,
-        filters=filters or [],
-    )
+def search(index: EdgeIndex, q: IndexQuery) -> list[Hit]:
+    return run(retrieve_and_hydrate(index, q))
 
 
 def test_dense_and_bm25_scores_are_exact(index: EdgeIndex) -> None:
