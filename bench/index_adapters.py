@@ -31,8 +31,7 @@ from app.corpus import read_beir_corpus, read_beir_queries  # noqa: E402
 from app.domain import ChunkingParams, DocumentIn  # noqa: E402
 from app.indexing import Indexer, document_version  # noqa: E402
 from app.pipeline import Pipeline, PipelineConfig, SearchParams  # noqa: E402
-
-SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact-train"
+from tests.conftest import SCIFACT  # noqa: E402
 
 
 class _All:

@@ -33,17 +33,10 @@ from app.corpus import read_beir_corpus  # noqa: E402
 from app.domain import ChunkingParams, DocumentIn  # noqa: E402
 from app.indexing import Indexer, document_version  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from tests.conftest import SCIFACT  # noqa: E402
 from tests.e2e.server import Server  # noqa: E402
 
-# ../shared from the main checkout, ../../shared from a worktree under wt/
-DATASET = next(
-    (
-        base / "shared" / "datasets" / "scifact-train"
-        for base in (ROOT.parent, ROOT.parent.parent)
-        if (base / "shared" / "datasets" / "scifact-train").is_dir()
-    ),
-    ROOT.parent / "shared" / "datasets" / "scifact-train",
-)
+DATASET = SCIFACT
 
 
 def measure(

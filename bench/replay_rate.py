@@ -29,11 +29,10 @@ from app.replay import ReplayConfig, ReplayProgress  # noqa: E402
 from app.schemas import DocumentInput  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.wiring import build_projection  # noqa: E402
+from tests.conftest import SCIFACT  # noqa: E402
 from tests.e2e.server import Server  # noqa: E402
 
-DATASET = ROOT.parent / "shared" / "datasets" / "scifact-train"
-if not DATASET.exists():
-    DATASET = Path("/work/shared/datasets/scifact-train")
+DATASET = SCIFACT
 
 
 def load(settings: Settings, docs: list[DocumentInput]) -> None:

@@ -27,17 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.corpus import read_beir_queries  # noqa: E402
+from tests.conftest import SCIFACT  # noqa: E402
 from tests.e2e.server import PREFIXES, Server, drop_keys  # noqa: E402
 
-# ../shared from the main checkout, ../../shared from a worktree under wt/
-DATASET = next(
-    (
-        base / "shared" / "datasets" / "scifact-train"
-        for base in (ROOT.parent, ROOT.parent.parent)
-        if (base / "shared" / "datasets" / "scifact-train").is_dir()
-    ),
-    ROOT.parent / "shared" / "datasets" / "scifact-train",
-)
+DATASET = SCIFACT
 
 
 def nearest_rank(values: list[float], p: int) -> float:

@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 from app.client import Client  # noqa: E402
 from app.corpus import read_beir_queries  # noqa: E402
 from app.evaluation import ensure_corpus  # noqa: E402
+from tests.conftest import SCIFACT  # noqa: E402
 from tests.e2e.server import Server  # noqa: E402
 
-DATASET = ROOT.parent / "shared" / "datasets" / "scifact-train"
+DATASET = SCIFACT
 
 
 def percentile(values: list[float], q: float) -> float:
