@@ -188,6 +188,16 @@ class Services(msgspec.Struct, kw_only=True):
         await self.projection.aclose()
 
 
+def held_projection(state: object) -> Projection | None:
+    """The Projection an app's state holds: `serve` keeps it in its Services, `worker` on its
+    own; None before start-up is done."""
+    services: Services | None = getattr(state, "services", None)
+    if services is not None:
+        return services.projection
+    projection: Projection | None = getattr(state, "projection", None)
+    return projection
+
+
 def consumer_name() -> str:
     """This process's name in the consumer group: unique among live processes."""
     return f"{socket.gethostname()}-{os.getpid()}"

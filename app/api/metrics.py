@@ -11,7 +11,7 @@ from starlette.responses import Response
 from app.errors import RagError
 from app.projector import GROUP
 from app.telemetry import metrics
-from app.wiring import Projection, Services
+from app.wiring import Projection, held_projection
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +21,7 @@ _GAUGE_TIMEOUT_SECONDS = 2.0
 
 
 async def scrape(request: Request) -> Response:
-    services: Services | None = getattr(request.app.state, "services", None)
-    projection: Projection | None = (
-        services.projection
-        if services is not None
-        else getattr(request.app.state, "projection", None)
-    )
+    projection = held_projection(request.app.state)
     if projection is not None:
         try:
             await asyncio.wait_for(_refresh(projection), _GAUGE_TIMEOUT_SECONDS)

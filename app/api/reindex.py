@@ -9,7 +9,7 @@ from app.api.codec import json_response
 from app.errors import DependencyUnavailable, NotFound
 from app.replay import ReplayJob, ReplayJobs
 from app.schemas import ReindexJob
-from app.wiring import Projection
+from app.wiring import held_projection
 
 
 async def start(request: Request) -> Response:
@@ -26,12 +26,7 @@ async def status(request: Request) -> Response:
 
 
 def _jobs(request: Request) -> ReplayJobs:
-    services = getattr(request.app.state, "services", None)
-    projection: Projection | None = (
-        services.projection
-        if services is not None
-        else getattr(request.app.state, "projection", None)
-    )
+    projection = held_projection(request.app.state)
     if projection is None:
         # Replays run in the process that holds the index: it alone may write it.
         raise DependencyUnavailable("this process does not hold the index", retry_after=5.0)
