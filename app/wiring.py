@@ -38,7 +38,8 @@ from app.pipeline import Pipeline, PipelineConfig
 from app.ports import Embedder
 from app.projector import Projector, ProjectorConfig
 from app.recorder import RetrievalRecorder
-from app.replay import Replay, ReplayConfig, ReplayJobs, ReplayProgress
+from app.replay import Replay, ReplayConfig, ReplayProgress
+from app.replay_jobs import ReplayJobs
 from app.reranking import LateInteractionReranker
 from app.settings import Settings
 

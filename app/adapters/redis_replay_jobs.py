@@ -6,14 +6,14 @@ from __future__ import annotations
 import msgspec
 
 from app.adapters.redis_client import durable_client, translated
-from app.replay import StoredReplayJob
+from app.replay_jobs import StoredReplayJob
 
 JOB_STORE = "replay job store"  # how errors name this store
 _TTL_SECONDS = 7 * 24 * 3600
 
 
 class RedisReplayJobs:
-    """Replay job records; see app/replay.py ReplayJobs for when they are written."""
+    """Replay job records; see app/replay_jobs.py ReplayJobs for when they are written."""
 
     def __init__(self, url: str, *, prefix: str = "rag:", pool_size: int = 2) -> None:
         self._prefix = prefix

@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from app.api.codec import json_response
 from app.errors import DependencyUnavailable, NotFound
-from app.replay import ReplayJob, ReplayJobs
+from app.replay_jobs import ReplayJob, ReplayJobs
 from app.schemas import ReindexJob
 from app.wiring import held_projection
 

@@ -31,7 +31,8 @@ from app.events import DocumentDeleted, DocumentUpserted, Streams
 from app.indexing import Indexer
 from app.ports import IndexCatalog
 from app.projector import Projector, ProjectorConfig
-from app.replay import Replay, ReplayConfig, ReplayJobs, ReplayProgress, StoredReplayJob
+from app.replay import Replay, ReplayConfig, ReplayProgress
+from app.replay_jobs import ReplayJobs, StoredReplayJob
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 
