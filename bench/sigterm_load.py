@@ -13,12 +13,9 @@ run, with the exit code.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
-import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.e2e.conftest import DOCS  # noqa: E402
-from tests.e2e.load import open_loop  # noqa: E402
+from tests.e2e.load import in_flight_at, searches_through_sigterm  # noqa: E402
 from tests.e2e.server import PREFIXES, Server, drop_keys  # noqa: E402
 from tests.openai_wire import FakeEmbeddings, Reply  # noqa: E402
 
@@ -47,23 +44,8 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
             with server.client() as http:
                 assert http.post("/api/v1/ingest?wait=true", json={"documents": DOCS}).is_success
             fake.outage = Reply(delay=args.embed_ms / 1000)
-            signalled: list[float] = []
-
-            def at(elapsed: float) -> None:
-                if elapsed >= args.seconds / 2 and not signalled:
-                    signalled.append(time.monotonic())
-                    proc.send_signal(signal.SIGTERM)
-
-            outcomes = asyncio.run(
-                open_loop(
-                    "127.0.0.1",
-                    server.port,
-                    "/api/v1/search",
-                    lambda i: {"query": f"volcano {i}"},
-                    rate=args.rate,
-                    seconds=args.seconds,
-                    at=at,
-                )
+            outcomes, sig = searches_through_sigterm(
+                proc, server.port, rate=args.rate, seconds=args.seconds, sigterm_at=args.seconds / 2
             )
             code = proc.wait(60)
             server.proc = None
@@ -72,14 +54,7 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
             drop_keys(PREFIXES)
     kinds = collections.Counter("answered" if o.status is not None else o.kind for o in outcomes)
     statuses = collections.Counter(o.status for o in outcomes if o.status is not None)
-    sig = signalled[0]
-    in_flight = sum(
-        1
-        for o in outcomes
-        if o.connected is not None
-        and o.latency_ms is not None
-        and o.connected < sig < o.connected + o.latency_ms / 1000
-    )
+    in_flight = len(in_flight_at(outcomes, sig))
     return {
         "sent": len(outcomes),
         "answered": kinds["answered"],

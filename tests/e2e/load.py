@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,3 +91,40 @@ async def open_loop(
             at(time.monotonic() - start)
         tasks.append(asyncio.ensure_future(request(host, port, path, payload(i), timeout)))
     return list(await asyncio.gather(*tasks))
+
+
+def searches_through_sigterm(
+    proc: subprocess.Popen[bytes], port: int, *, rate: float, seconds: float, sigterm_at: float
+) -> tuple[list[Outcome], float]:
+    """Open-loop searches at `rate` for `seconds` against the server `proc` on `port`, which
+    is sent SIGTERM once `sigterm_at` seconds in: the outcomes, and when the signal went."""
+    signalled: list[float] = []
+
+    def at(elapsed: float) -> None:
+        if elapsed >= sigterm_at and not signalled:
+            signalled.append(time.monotonic())
+            proc.send_signal(signal.SIGTERM)
+
+    outcomes = asyncio.run(
+        open_loop(
+            "127.0.0.1",
+            port,
+            "/api/v1/search",
+            lambda i: {"query": f"volcano {i}"},
+            rate=rate,
+            seconds=seconds,
+            at=at,
+        )
+    )
+    return outcomes, signalled[0]
+
+
+def in_flight_at(outcomes: list[Outcome], moment: float) -> list[Outcome]:
+    """The requests connected before `moment` and answered after it."""
+    return [
+        o
+        for o in outcomes
+        if o.connected is not None
+        and o.latency_ms is not None
+        and o.connected < moment < o.connected + o.latency_ms / 1000
+    ]

@@ -5,9 +5,7 @@ nothing and the retrieval events of the last searches are flushed."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import DOCS
-from tests.e2e.load import open_loop
+from tests.e2e.load import in_flight_at, searches_through_sigterm
 from tests.e2e.server import Server
 from tests.openai_wire import FakeEmbeddings, Reply
 
@@ -129,30 +127,15 @@ def test_sigterm_under_load_drops_no_request(fake: FakeEmbeddings, data_dir: Pat
             assert http.post("/api/v1/ingest?wait=true", json={"documents": DOCS}).is_success
         # Every search spends 0.3 s at the embeddings API: requests are in flight at SIGTERM.
         fake.outage = Reply(delay=0.3)
-        signalled: list[float] = []
-
-        def sigterm_after_one_second(elapsed: float) -> None:
-            if elapsed >= 1.0 and not signalled:
-                signalled.append(time.monotonic())
-                proc.send_signal(signal.SIGTERM)
-
-        outcomes = asyncio.run(
-            open_loop(
-                "127.0.0.1",
-                server.port,
-                "/api/v1/search",
-                lambda i: {"query": f"volcano {i}"},
-                rate=50,
-                seconds=2,
-                at=sigterm_after_one_second,
-            )
+        outcomes, signalled = searches_through_sigterm(
+            proc, server.port, rate=50, seconds=2, sigterm_at=1.0
         )
         assert proc.wait(30) == 0
         server.proc = None
 
         accepted = [o for o in outcomes if o.connected is not None]
         # Every request connected before SIGTERM was answered, in flight at the signal or not.
-        before = [o for o in accepted if o.connected is not None and o.connected < signalled[0]]
+        before = [o for o in accepted if o.connected is not None and o.connected < signalled]
         assert [o for o in before if o.status != 200] == []
         # After it, a request is answered or refused (not accepted), never dropped: new
         # connections are refused at the kernel before the listening socket closes, so none
@@ -161,15 +144,8 @@ def test_sigterm_under_load_drops_no_request(fake: FakeEmbeddings, data_dir: Pat
             (o.kind, o.error) for o in outcomes if o.kind not in ("200", "refused")
         ]
         assert len(accepted) >= 50  # the first second's requests, at least
-        in_flight = [
-            o
-            for o in accepted
-            if o.connected is not None
-            and o.latency_ms is not None
-            and o.connected < signalled[0] < o.connected + o.latency_ms / 1000
-        ]
-        assert in_flight  # the test means something only if some were
-        assert any(o.connected is None and o.started > signalled[0] for o in outcomes)
+        assert in_flight_at(accepted, signalled)  # the test means something only if some were
+        assert any(o.connected is None and o.started > signalled for o in outcomes)
 
         # The recorder flushed on the way out: the last answered search is on record.
         last = max(accepted, key=lambda o: o.started)
