@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import statistics
 import sys
 import tempfile
@@ -26,42 +25,23 @@ sys.path.insert(0, str(ROOT))
 from app.adapters.edge_index import EdgeIndex  # noqa: E402
 from app.adapters.local_embedder import LocalEmbedder  # noqa: E402
 from app.adapters.qdrant_index import QdrantIndex  # noqa: E402
-from app.adapters.sparse_bm25 import DEFAULT_AVG_LEN, SparseBm25  # noqa: E402
-from app.corpus import read_beir_corpus, read_beir_queries  # noqa: E402
-from app.domain import ChunkingParams, DocumentIn  # noqa: E402
-from app.indexing import Indexer, document_version  # noqa: E402
+from app.adapters.sparse_bm25 import DEFAULT_AVG_LEN  # noqa: E402
+from app.corpus import read_beir_queries  # noqa: E402
+from app.indexing import Indexer  # noqa: E402
 from app.pipeline import Pipeline, PipelineConfig, SearchParams  # noqa: E402
 from tests.conftest import SCIFACT  # noqa: E402
-
-
-class _All:
-    def __init__(self, *indexes: EdgeIndex | QdrantIndex) -> None:
-        self.indexes = indexes
-
-    async def upsert(self, chunks: object) -> None:
-        for index in self.indexes:
-            await index.upsert(chunks)  # type: ignore[arg-type]
+from tests.integration.test_index_congruence import FanOut, planned_sample  # noqa: E402
 
 
 async def main(args: argparse.Namespace) -> None:
     data = Path(args.scifact)
     embedder = LocalEmbedder(batch_size=32, max_concurrent_batches=1, threads=0)
-    docs = [
-        DocumentIn(id=d.id, title=d.title, text=d.text)
-        for d in itertools.islice(read_beir_corpus(data / "corpus.jsonl"), args.docs)
-    ]
     queries = list(read_beir_queries(data / "queries.jsonl").values())[: args.queries]
-    chunking = ChunkingParams(size=256, overlap=32)
-    planner = Indexer(embedder, None)  # type: ignore[arg-type]
-    chunks = [
-        c for d in docs for c in planner.plan("t", d, document_version(d, chunking), chunking)
-    ]
-    counter = SparseBm25()
-    mean_len = sum(counter.token_count(c.embed_text) for c in chunks) / len(chunks)
+    docs, chunks, mean_len = planned_sample(data, args.docs, embedder)
     edge = EdgeIndex(Path(tempfile.mkdtemp()), model_id="m", dim=embedder.dim)
     exact = QdrantIndex.connect(":memory:", model_id="m", dim=embedder.dim, bm25_avg_len=mean_len)
     default = QdrantIndex.connect(":memory:", model_id="m", dim=embedder.dim)
-    await Indexer(embedder, _All(edge, exact, default)).write(chunks)  # type: ignore[arg-type]
+    await Indexer(embedder, FanOut(edge, exact, default)).write(chunks)  # type: ignore[arg-type]
     config = PipelineConfig(
         default_top_k=10,
         default_min_score=-1.0,

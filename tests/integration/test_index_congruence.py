@@ -23,7 +23,7 @@ from app.adapters.local_embedder import LocalEmbedder
 from app.adapters.qdrant_index import QdrantIndex
 from app.adapters.sparse_bm25 import SparseBm25
 from app.corpus import read_beir_corpus, read_beir_queries
-from app.domain import ChunkingParams, DocumentIn, Hit, IndexedChunk, SearchMode
+from app.domain import Chunk, ChunkingParams, DocumentIn, Hit, IndexedChunk, SearchMode
 from app.indexing import Indexer, document_version
 from app.pipeline import Pipeline, PipelineConfig, SearchParams
 
@@ -38,8 +38,8 @@ MODES: tuple[SearchMode, ...] = ("dense", "bm25", "hybrid")
 Ranked = list[tuple[str, float]]  # (chunk id, fused score), best first
 
 
-class _Both:
-    """Writes each batch to both indexes, so the documents are embedded once."""
+class FanOut:
+    """Writes each batch to every index given, so the documents are embedded once."""
 
     def __init__(self, *indexes: EdgeIndex | QdrantIndex) -> None:
         self.indexes = indexes
@@ -49,25 +49,35 @@ class _Both:
             await index.upsert(chunks)
 
 
+def planned_sample(
+    scifact: Path, docs: int, embedder: LocalEmbedder
+) -> tuple[list[DocumentIn], list[Chunk], float]:
+    """The first `docs` SciFact documents, their chunks as tenant "t"'s, and the chunks' mean
+    BM25 length.
+
+    Edge normalises BM25 by the live mean length; the cluster adapter by the one its
+    collection was made with: give it this corpus's, as a replay that measured it would.
+    """
+    sample = [
+        DocumentIn(id=d.id, title=d.title, text=d.text)
+        for d in itertools.islice(read_beir_corpus(scifact / "corpus.jsonl"), docs)
+    ]
+    chunking = ChunkingParams(size=256, overlap=32)
+    planner = Indexer(embedder, None)  # type: ignore[arg-type]
+    chunks = [
+        c for d in sample for c in planner.plan("t", d, document_version(d, chunking), chunking)
+    ]
+    counter = SparseBm25()
+    return sample, chunks, sum(counter.token_count(c.embed_text) for c in chunks) / len(chunks)
+
+
 @pytest.fixture(scope="module")
 def rankings(
     scifact: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[tuple[SearchMode, str], tuple[Ranked, Ranked]]:
     embedder = LocalEmbedder(batch_size=32, max_concurrent_batches=1, threads=0)
-    docs = [
-        DocumentIn(id=d.id, title=d.title, text=d.text)
-        for d in itertools.islice(read_beir_corpus(scifact / "corpus.jsonl"), DOCS)
-    ]
     queries = dict(itertools.islice(read_beir_queries(scifact / "queries.jsonl").items(), QUERIES))
-    chunking = ChunkingParams(size=256, overlap=32)
-    planner = Indexer(embedder, None)  # type: ignore[arg-type]
-    chunks = [
-        c for d in docs for c in planner.plan("t", d, document_version(d, chunking), chunking)
-    ]
-    # Edge normalises BM25 by the live mean length; the cluster adapter by the one its
-    # collection was made with: give it this corpus's, as a replay that measured it would.
-    counter = SparseBm25()
-    mean_len = sum(counter.token_count(c.embed_text) for c in chunks) / len(chunks)
+    _, chunks, mean_len = planned_sample(scifact, DOCS, embedder)
     config = PipelineConfig(
         default_top_k=TOP,
         default_min_score=-1.0,
@@ -82,7 +92,7 @@ def rankings(
             ":memory:", model_id="m", dim=embedder.dim, bm25_avg_len=mean_len
         )
         try:
-            await Indexer(embedder, _Both(edge, cluster)).write(chunks)  # type: ignore[arg-type]
+            await Indexer(embedder, FanOut(edge, cluster)).write(chunks)  # type: ignore[arg-type]
             assert (await edge.stats()).points == (await cluster.stats()).points == len(chunks)
             pipelines = [Pipeline(embedder, index, None, config) for index in (edge, cluster)]
             out: dict[tuple[SearchMode, str], tuple[Ranked, Ranked]] = {}
