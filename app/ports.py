@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Protocol
 
 import msgspec
 
 from app.domain import (
+    Chunk,
     DocumentState,
     Encoded,
     EncodedQuery,
@@ -244,8 +245,15 @@ class IndexCatalog(Protocol):
         `activate` the one returned before is closed."""
         ...
 
-    async def create(self) -> tuple[str, VectorIndex]:
-        """A new, empty generation beside the active one, not yet read by anyone."""
+    async def create(
+        self, *, corpus: AsyncIterable[Sequence[Chunk]] | None = None
+    ) -> tuple[str, VectorIndex]:
+        """A new, empty generation beside the active one, not yet read by anyone.
+
+        `corpus`: the chunks the caller is about to write to it, in batches, planned only as
+        they are read. An adapter that must know the corpus before its first write reads it
+        (the cluster's BM25 length normalisation); one whose index keeps its own statistics
+        as it goes (Edge) ignores it."""
         ...
 
     async def activate(self, generation: str) -> None:

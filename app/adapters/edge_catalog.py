@@ -25,12 +25,14 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
 
 import msgspec
 
 from app.adapters.edge_builder import EdgeBuilder
 from app.adapters.edge_index import EdgeIndex
+from app.domain import Chunk
 from app.errors import DependencyUnavailable, RagError
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,11 @@ class EdgeCatalog:
             return self.root / self.model_id
         return self.root / f"{self.model_id}.gen-{generation}"
 
-    async def create(self) -> tuple[str, EdgeBuilder]:
+    async def create(
+        self, *, corpus: AsyncIterable[Sequence[Chunk]] | None = None
+    ) -> tuple[str, EdgeBuilder]:
+        # `corpus` is not read: the shard's text index computes its BM25 statistics (the
+        # mean length too) from what it holds, as it goes.
         with self._lock:
             taken = [int(self._active), *map(int, self._building), *self._on_disk()]
             generation = str(max(taken) + 1)

@@ -267,6 +267,12 @@ class QdrantIndex:
             self._bm25 = SparseBm25(float(meta.get("bm25_avg_len", self._default_avg_len)))
             return self._bm25
 
+    def forget_collection_metadata(self) -> None:
+        """Read the collection's metadata again at the next call: after the alias moved to
+        another generation, whose BM25 length normalisation may differ (a replay's measured
+        mean). Only this process learns of it: see docs/design.md, "Replay"."""
+        self._bm25 = None
+
     # --- writes -------------------------------------------------------------------------
 
     @client_span(QDRANT_UPSERT, "qdrant", "upsert")

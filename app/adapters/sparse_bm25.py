@@ -12,7 +12,9 @@ BM25_B = 0.75
 # Mean length in tokens (after stop words) of a SciFact chunk at the default chunk size of
 # 256 embedder tokens: 88 (3,928 chunks of 2,000 documents). Qdrant Edge normalises by the
 # live mean; a sparse vector has the length normalisation baked in when it is written, so a
-# collection records the value it was built with (docs/design.md, "The cluster adapter").
+# collection records the value it was built with: this one for the first generation, the
+# corpus's measured mean for a replay's (app/adapters/qdrant_catalog.py; docs/design.md,
+# "The cluster adapter").
 DEFAULT_AVG_LEN = 88.0
 
 
