@@ -3,12 +3,15 @@
 1. Read `rag:documents` from the start to its head, folding it to each document's newest
    entry (later entries win: a deleted document stays deleted, an older version never
    overwrites a newer one).
-2. Apply those entries to a new, empty generation (IndexCatalog.create) through the
-   projector's own apply path (app/projector.py `Projector.apply`: chunking, embedding cache,
-   embedder, upserts), recording applied records under a projection of the replay's own.
-   Searches and the live projector keep using the active generation meanwhile.
-3. Catch up: apply what was appended since, page by page, to the new generation.
-4. Pause the live projector (its batch in hand finishes first), catch up to the head once
+2. Create a new, empty generation (IndexCatalog.create), offering the catalog the chunks
+   step 3 will write: the cluster adapter measures their mean BM25 length from them, since
+   its sparse vectors have the length normalisation baked in; Edge ignores them.
+3. Apply those entries to it through the projector's own apply path (app/projector.py
+   `Projector.apply`: chunking, embedding cache, embedder, upserts), recording applied
+   records under a projection of the replay's own. Searches and the live projector keep
+   using the active generation meanwhile.
+4. Catch up: apply what was appended since, page by page, to the new generation.
+5. Pause the live projector (its batch in hand finishes first), catch up to the head once
    more, activate the new generation (reads and writes switch at once; the old one is
    dropped) and adopt the replay's applied records as the index's, then resume. Whatever
    the live projector had not applied yet is either in the new generation already (and is
@@ -32,6 +35,7 @@ from typing import Literal
 import msgspec
 
 from app.doc_status import DocStatusStore
+from app.domain import Chunk, ChunkingParams, DocumentIn
 from app.errors import DependencyUnavailable
 from app.events import DocumentDeleted, DocumentUpserted, Entry, Streams
 from app.indexing import Indexer
@@ -110,25 +114,32 @@ class Replay:
     async def run(self) -> ReplayProgress:
         """Rebuild, swap, and return the final progress; raises if the replay failed (the
         active generation is then unchanged)."""
-        generation, index = await self.catalog.create()
-        self.progress.generation = generation
-        # Unique per attempt, so records left by a crashed replay are never read as ours.
-        scratch = f"{self.embedder.model_id}~replay-{generation}-{uuid.uuid4().hex[:8]}"
-        projector = Projector(
-            self.event_log,
-            Indexer(self.embedder, index),
-            self.cache,
-            self.status,
-            streams=self.streams,
-            consumer="replay",
-            config=ProjectorConfig(
-                batch=self.config.batch, write_chunks=self.config.write_chunks, fresh_index=True
-            ),
-            projection=scratch,
-        )
+        generation: str | None = None
+        scratch = ""
         swapped = False
         try:
-            last = await self._bulk(projector)
+            finals, last = await self._read()
+            # Read first, so that a catalog that must know the corpus before its first write
+            # (the cluster's BM25 length normalisation) can measure what the bulk pass writes.
+            generation, index = await self.catalog.create(corpus=self._planned(finals))
+            self.progress.generation = generation
+            # Unique per attempt, so records left by a crashed replay are never read as ours.
+            scratch = f"{self.embedder.model_id}~replay-{generation}-{uuid.uuid4().hex[:8]}"
+            projector = Projector(
+                self.event_log,
+                Indexer(self.embedder, index),
+                self.cache,
+                self.status,
+                streams=self.streams,
+                consumer="replay",
+                config=ProjectorConfig(
+                    batch=self.config.batch,
+                    write_chunks=self.config.write_chunks,
+                    fresh_index=True,
+                ),
+                projection=scratch,
+            )
+            await self._bulk(projector, finals)
             self._set(phase="catching_up")
             for _ in range(self.config.catch_up_rounds):
                 last, read = await self._catch_up(projector, last)
@@ -151,13 +162,13 @@ class Replay:
             return self.progress
         except BaseException as exc:
             self._set(phase="failed", finished_at=time.time(), error=f"{exc!r}")
-            if not swapped:
+            if generation is not None and not swapped:
                 await asyncio.shield(self._abandon(generation, scratch))
             raise
 
-    async def _bulk(self, projector: Projector) -> str:
-        """Fold the stream to each document's newest entry and apply those; returns the id
-        of the last entry read (the head when reading started)."""
+    async def _read(self) -> tuple[list[Entry], str]:
+        """Fold the stream to each document's newest entry; returns those and the id of the
+        last entry read (the head when reading started)."""
         newest: dict[tuple[str, str], Entry] = {}
         last = "0-0"
         while True:
@@ -172,7 +183,22 @@ class Replay:
             last = page[-1].id
             self._set(entries=self.progress.entries + len(page))
         self._tenants.update(tenant for tenant, _ in newest)
-        finals = list(newest.values())
+        return list(newest.values()), last
+
+    async def _planned(self, finals: list[Entry]) -> AsyncIterator[list[Chunk]]:
+        """The chunks the bulk pass will write, a batch of documents at a time, planned as
+        the projector plans them (nothing is planned unless the catalog reads this)."""
+        planner = Indexer(self.embedder, self.catalog.current())
+        upserts = [e.event for e in finals if isinstance(e.event, DocumentUpserted)]
+        for start in range(0, len(upserts), self.config.batch):
+            # In a thread, as the projector chunks; a batch at a time, so that a cancellation
+            # (a shutdown) takes effect between batches.
+            yield await asyncio.to_thread(
+                _plan_all, planner, upserts[start : start + self.config.batch]
+            )
+
+    async def _bulk(self, projector: Projector, finals: list[Entry]) -> None:
+        """Apply each document's newest entry, `in_flight` batches at a time."""
         self._set(phase="rebuilding", documents=len(finals))
         gate = asyncio.Semaphore(self.config.in_flight)
 
@@ -187,7 +213,6 @@ class Replay:
                     group.create_task(one(finals[start : start + self.config.batch]))
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from failed  # the first cause, not the group
-        return last
 
     async def _catch_up(
         self, projector: Projector, last: str, *, to_head: bool = False
@@ -256,3 +281,18 @@ class Replay:
             setattr(self.progress, name, value)
         if self._on_progress is not None:
             self._on_progress(self.progress)
+
+
+def _plan_all(planner: Indexer, events: list[DocumentUpserted]) -> list[Chunk]:
+    """The chunks of these documents as `Projector.apply` plans them (app/projector.py)."""
+    out: list[Chunk] = []
+    for event in events:
+        doc = DocumentIn(
+            id=event.doc_id, text=event.text, title=event.title, metadata=event.metadata
+        )
+        chunking = ChunkingParams(size=event.chunk_size, overlap=event.chunk_overlap)
+        try:
+            out += planner.plan(event.tenant, doc, event.version, chunking)
+        except Exception:  # the projector records it failed, and it writes nothing
+            log.debug("replay: %s/%s does not chunk", event.tenant, event.doc_id, exc_info=True)
+    return out
