@@ -21,10 +21,15 @@ class ActiveIndex:
         await self.catalog.current().upsert(chunks)
 
     async def delete_document(
-        self, tenant: str, doc_id: str, *, keep_version: str | None = None
+        self,
+        tenant: str,
+        doc_id: str,
+        *,
+        older_than: str | None = None,
+        written_by: str | None = None,
     ) -> int:
         return await self.catalog.current().delete_document(
-            tenant, doc_id, keep_version=keep_version
+            tenant, doc_id, older_than=older_than, written_by=written_by
         )
 
     async def document(self, tenant: str, doc_id: str) -> DocumentState | None:

@@ -20,13 +20,9 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from app.domain import id_key
+
 Status = Literal["pending", "indexed", "deleted", "failed"]
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    """A stream entry id ("<ms>-<seq>") as a sortable pair."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def is_newer(entry_id: str, than: str) -> bool:
@@ -50,6 +46,10 @@ class Applied(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     version: str | None = None  # the event's version; None for a delete
     chunks: int = 0  # points the index holds for the document (indexed only)
     error: str | None = None  # why it failed (failed only)
+    # Indexed: the event whose points hold this version (event_id itself, or an earlier one
+    # when this event found its version already indexed). None on records written before
+    # points carried their event, whose points the projector rewrites rather than adopts.
+    points: str | None = None
     at: float
 
 
@@ -104,9 +104,16 @@ class DocStatusStore(Protocol):
         ...
 
     async def record_applied(
-        self, projection: str, tenant: str, records: Mapping[str, Applied]
-    ) -> None:
-        """Store each record unless the document already has one for a later entry."""
+        self,
+        projection: str,
+        tenant: str,
+        records: Mapping[str, Applied],
+        *,
+        expect: Mapping[str, str] | None = None,
+    ) -> set[str]:
+        """Store each record unless the document already has one for a later entry; with
+        `expect` (doc id -> event id), store that document's record only if the stored one
+        is for exactly that entry (compare-and-set). Returns the doc ids stored."""
         ...
 
     async def adopt_applied(self, projection: str, source: str, tenants: Sequence[str]) -> None:

@@ -15,6 +15,12 @@ Metadata = dict[str, Any]
 DEFAULT_TENANT = "default"
 
 
+def id_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ("<ms>-<seq>") as a sortable pair; "" (no entry) sorts first."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
 class DocumentIn(msgspec.Struct, frozen=True, kw_only=True):
     """A document as a client submits it."""
 
@@ -34,10 +40,14 @@ class ChunkingParams(msgspec.Struct, frozen=True, kw_only=True):
 class Chunk(msgspec.Struct, frozen=True, kw_only=True):
     """One piece of a document, as embedded and indexed."""
 
-    chunk_id: str  # UUIDv5 of (tenant, doc_id, chunk_index): the point id
+    chunk_id: str  # UUIDv5 of (tenant, doc_id, event_id, chunk_index): the point id
     tenant: str
     doc_id: str
     version: str
+    # The document event whose application wrote this chunk: a point of one event is never
+    # overwritten by another's, and a document's points are swept by event order
+    # (docs/design.md, "Several projectors"). "" for chunks written before events had ids.
+    event_id: str
     chunk_index: int
     title: str
     section: list[str]  # Markdown heading path the chunk sits under

@@ -1,14 +1,13 @@
-"""Applies documents to the index: chunk, embed, write, then drop the previous version's chunks."""
+"""Plans a document's chunks (ids, version, event) and drops the points of older events."""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
 
 import msgspec
 
-from app.domain import Chunk, ChunkingParams, DocumentIn, IndexedChunk
+from app.domain import Chunk, ChunkingParams, DocumentIn
 from app.ports import Embedder, VectorIndex
 from app.retrieval.chunking import chunk_document
 
@@ -24,22 +23,31 @@ def document_version(doc: DocumentIn, chunking: ChunkingParams) -> str:
     return hashlib.sha256(material).hexdigest()[:24]
 
 
-def chunk_id(tenant: str, doc_id: str, index: int) -> str:
-    """Deterministic point id: UUIDv5 of tenant, document id and chunk index."""
-    return str(uuid.uuid5(_POINT_NAMESPACE, f"{tenant}\x1f{doc_id}\x1f{index}"))
+def chunk_id(tenant: str, doc_id: str, index: int, event_id: str = "") -> str:
+    """Deterministic point id: UUIDv5 of tenant, document id, the event that wrote the chunk
+    and chunk index, so two events never write the same point ("" is the scheme before
+    points carried their event, kept so such points keep their ids)."""
+    name = f"{tenant}\x1f{doc_id}\x1f{index}"
+    if event_id:
+        name = f"{tenant}\x1f{doc_id}\x1f{event_id}\x1f{index}"
+    return str(uuid.uuid5(_POINT_NAMESPACE, name))
 
 
 class Indexer:
     """Turns documents into indexed chunks; idempotent for a given (tenant, id, version)."""
 
-    def __init__(self, embedder: Embedder, index: VectorIndex, *, write_batch: int = 256) -> None:
+    def __init__(self, embedder: Embedder, index: VectorIndex) -> None:
         self.embedder = embedder
         self.index = index
         self._count_tokens = embedder.token_counter()
-        self._write_batch = write_batch
 
     def plan(
-        self, tenant: str, doc: DocumentIn, version: str, chunking: ChunkingParams
+        self,
+        tenant: str,
+        doc: DocumentIn,
+        version: str,
+        chunking: ChunkingParams,
+        event_id: str = "",
     ) -> list[Chunk]:
         pieces = chunk_document(
             doc.text,
@@ -51,10 +59,11 @@ class Indexer:
         )
         return [
             Chunk(
-                chunk_id=chunk_id(tenant, doc.id, i),
+                chunk_id=chunk_id(tenant, doc.id, i, event_id),
                 tenant=tenant,
                 doc_id=doc.id,
                 version=version,
+                event_id=event_id,
                 chunk_index=i,
                 title=doc.title,
                 section=piece.section,
@@ -65,26 +74,11 @@ class Indexer:
             for i, piece in enumerate(pieces)
         ]
 
-    async def write(self, chunks: Sequence[Chunk]) -> None:
-        """Embed and upsert chunks (of any number of documents), in write batches."""
-        for start in range(0, len(chunks), self._write_batch):
-            batch = chunks[start : start + self._write_batch]
-            encoded = await self.embedder.embed_documents([c.embed_text for c in batch])
-            signatures = encoded.token_signatures
-            await self.index.upsert(
-                [
-                    IndexedChunk(
-                        chunk=chunk,
-                        vector=encoded.vectors[i],
-                        token_signature=None if signatures is None else signatures[i],
-                    )
-                    for i, chunk in enumerate(batch)
-                ]
-            )
+    async def sweep(self, tenant: str, doc_id: str, *, before: str) -> int:
+        """Drop the document's points written by events older than `before` (and those
+        written before points carried their event); call once `before`'s record is stored."""
+        return await self.index.delete_document(tenant, doc_id, older_than=before)
 
-    async def replace(self, tenant: str, doc_id: str, version: str) -> None:
-        """Drop chunks of every other version; call after the new version is written."""
-        await self.index.delete_document(tenant, doc_id, keep_version=version)
-
-    async def delete(self, tenant: str, doc_id: str) -> int:
-        return await self.index.delete_document(tenant, doc_id)
+    async def drop_written_by(self, tenant: str, doc_id: str, event_id: str) -> int:
+        """Drop the points one event wrote: a loser of a race, or one given up on."""
+        return await self.index.delete_document(tenant, doc_id, written_by=event_id)

@@ -15,8 +15,8 @@ from typing import Literal
 
 import msgspec
 
-from app.doc_status import DocStatusStore, DocView, Written, id_key, resolve
-from app.domain import ChunkingParams, DocumentIn
+from app.doc_status import DocStatusStore, DocView, Written, resolve
+from app.domain import ChunkingParams, DocumentIn, id_key
 from app.errors import DependencyUnavailable, InvalidRequest, NotFound
 from app.events import DocumentDeleted, DocumentUpserted, Streams
 from app.indexing import document_version

@@ -57,9 +57,16 @@ class VectorIndex(Protocol):
         ...
 
     async def delete_document(
-        self, tenant: str, doc_id: str, *, keep_version: str | None = None
+        self,
+        tenant: str,
+        doc_id: str,
+        *,
+        older_than: str | None = None,
+        written_by: str | None = None,
     ) -> int:
-        """Delete a document's chunks, except those of `keep_version`; returns points removed."""
+        """Delete a document's chunks: all of them; with `older_than`, those written by an
+        earlier event (or by none: points from before chunks carried their event); with
+        `written_by`, those written by that event. Returns the points removed."""
         ...
 
     async def document(self, tenant: str, doc_id: str) -> DocumentState | None: ...
@@ -146,6 +153,23 @@ class EventLog(Protocol):
 
     async def delivery_counts(self, stream: str, group: str, ids: Sequence[str]) -> dict[str, int]:
         """How often each pending entry has been delivered; ids not pending are absent."""
+        ...
+
+    async def add_strikes(
+        self, stream: str, group: str, ids: Sequence[str], delta: int = 1
+    ) -> dict[str, int]:
+        """Add `delta` to each entry's strike count (kept beside the group) and return the
+        new counts. A strike is an isolated attempt to apply the entry that failed, or that
+        was under way when its process died: unlike a delivery, a batch's death or a
+        takeover is never one (app/projector.py)."""
+        ...
+
+    async def strikes(self, stream: str, group: str, ids: Sequence[str]) -> dict[str, int]:
+        """Each entry's strike count; entries without strikes are absent."""
+        ...
+
+    async def clear_strikes(self, stream: str, group: str, ids: Sequence[str]) -> None:
+        """Forget the strikes of entries that are done with (acknowledged)."""
         ...
 
     async def range(

@@ -30,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -39,8 +41,8 @@ import msgspec
 import numpy as np
 from opentelemetry.trace import Span, SpanKind
 
-from app.doc_status import Applied, DocStatusStore, id_key
-from app.domain import Chunk, ChunkingParams, DocumentIn, IndexedChunk, Vector
+from app.doc_status import Applied, DocStatusStore
+from app.domain import Chunk, ChunkingParams, DocumentIn, IndexedChunk, Vector, id_key
 from app.errors import DependencyUnavailable, EmbedderUnavailable
 from app.events import DocumentDeleted, DocumentUpserted, Entry, EventDeadLettered, Streams
 from app.indexing import Indexer
@@ -51,9 +53,6 @@ log = logging.getLogger(__name__)
 
 GROUP = "indexer"
 
-# An entry delivered this many times is applied on its own: its batch has died or failed
-# twice already, and alone it cannot take innocent entries down with it again.
-_ISOLATE_AFTER_DELIVERIES = 3
 _FIRST_BACKOFF_SECONDS = 0.5
 _MAX_BACKOFF_SECONDS = 30.0
 
@@ -77,6 +76,9 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     # per-document delete of other versions or of a deleted document (a filtered count
     # and delete each) is skipped.
     fresh_index: bool = False
+    # Fault injection for tests (RAG_FAULT_KILL_DOC_ID): SIGKILL this process whenever this
+    # document is about to be applied, as a poison event that crashes the process would.
+    kill_on_doc: str | None = None
 
     @property
     def forget_after_ms(self) -> int:
@@ -379,7 +381,9 @@ class Projector:
                 )
         return failures
 
-    async def _process(self, entries: Sequence[Entry], *, redelivered: bool) -> None:
+    async def _process(
+        self, entries: Sequence[Entry], *, redelivered: bool, dirty: bool = False
+    ) -> None:
         self.counts.batches += 1
         gone: list[str] = []
         poison: list[tuple[Entry, str]] = []
@@ -398,56 +402,68 @@ class Projector:
         if poison:
             await self._dead_letter(poison)
 
-        isolated: list[_Item] = []
+        failures: dict[str, tuple[_Item, BaseException]] = {}
         if redelivered and items:
-            counts = await self.log.delivery_counts(self.stream, GROUP, [i.entry.id for i in items])
-            exhausted = [i for i in items if counts.get(i.entry.id, 0) > self.config.max_deliveries]
+            # Delivered before and not acknowledged: their process died (or they failed).
+            # Which entry killed it, if any, is unknown, so each is applied on its own, and
+            # only a death during an entry's own apply strikes it (_apply_each). Entries
+            # with fewer strikes go first, so a poison entry delays no other.
+            strikes = await self.log.strikes(self.stream, GROUP, [i.entry.id for i in items])
+            exhausted = [
+                i for i in items if strikes.get(i.entry.id, 0) >= self.config.max_deliveries
+            ]
             if exhausted:
                 await self._dead_letter(
                     [
                         (
                             i.entry,
-                            f"delivered {counts[i.entry.id]} times without being applied or "
-                            "failing: the projector may have died while applying it",
+                            f"the projector died {strikes[i.entry.id]} times while applying it "
+                            "on its own (or it failed)",
                         )
                         for i in exhausted
-                    ]
+                    ],
+                    strikes,
                 )
             done = {i.entry.id for i in exhausted}
-            isolated = [
-                i
-                for i in items
-                if i.entry.id not in done and counts.get(i.entry.id, 0) >= _ISOLATE_AFTER_DELIVERIES
-            ]
-            done |= {i.entry.id for i in isolated}
-            items = [i for i in items if i.entry.id not in done]
-
-        failures: dict[str, tuple[_Item, BaseException]] = {}
-        groups = [[i] for i in isolated] + ([items] if items else [])
-        for group in groups:
+            isolated = sorted(
+                (i for i in items if i.entry.id not in done),
+                key=lambda i: (strikes.get(i.entry.id, 0), id_key(i.entry.id)),
+            )
+            for item in isolated:
+                failures.update(await self._apply_each([item]))
+        elif items:
             try:
-                await self._apply(group)
+                await self._apply(items, dirty=dirty)
             except Exception as exc:
-                if len(group) == 1 or isinstance(exc, EmbedderUnavailable):
+                if isinstance(exc, EmbedderUnavailable):
                     # An embedder outage fails every entry alike: no culprit to look for.
-                    failures.update({i.entry.id: (i, exc) for i in group})
+                    failures.update({i.entry.id: (i, exc) for i in items})
                 else:
                     # Which one is it? Apply them one by one; the good ones go through.
-                    failures.update(await self._apply_each(group))
+                    # They may have written points before the batch failed: dirty.
+                    failures.update(await self._apply_each(items))
             else:
-                await self.log.ack(self.stream, GROUP, [i.entry.id for i in group])
+                await self.log.ack(self.stream, GROUP, [i.entry.id for i in items])
         if failures:
             await self._failed(failures)
 
     async def _apply_each(self, items: Sequence[_Item]) -> dict[str, tuple[_Item, BaseException]]:
+        """Apply entries one at a time, each under a strike that stands only if the process
+        dies during it: the in-flight marker of an isolated apply."""
         failures: dict[str, tuple[_Item, BaseException]] = {}
         for item in items:
+            entry_id = item.entry.id
+            await self.log.add_strikes(self.stream, GROUP, [entry_id])
             try:
-                await self._apply([item])
+                await self._apply([item], dirty=True)
             except Exception as exc:
-                failures[item.entry.id] = (item, exc)
+                # It did not kill the process: the marker comes off, and _failed decides
+                # whether the failure is the entry's (a strike) or an outage (none).
+                await self.log.add_strikes(self.stream, GROUP, [entry_id], -1)
+                failures[entry_id] = (item, exc)
             else:
-                await self.log.ack(self.stream, GROUP, [item.entry.id])
+                await self.log.ack(self.stream, GROUP, [entry_id])
+                await self.log.clear_strikes(self.stream, GROUP, [entry_id])
         return failures
 
     async def _failed(self, failures: dict[str, tuple[_Item, BaseException]]) -> None:
@@ -462,25 +478,25 @@ class Projector:
             ) from outage
         if not await self.indexer.index.ready():
             # Nothing can be applied now; these entries are not at fault. They are held and
-            # retried as they are, without counting deliveries against them.
+            # retried as they are, without striking them.
             self._held += [item.entry for item, _ in failures.values()]
             first = next(iter(failures.values()))[1]
             raise DependencyUnavailable(
                 f"the index does not answer; {len(failures)} entries wait: {first}"
             ) from first
-        counts = await self.log.delivery_counts(self.stream, GROUP, list(failures))
+        counts = await self.log.add_strikes(self.stream, GROUP, list(failures))
         dead: list[tuple[Entry, str]] = []
         for entry_id, (item, exc) in failures.items():
-            deliveries = counts.get(entry_id, 0)
+            strikes = counts.get(entry_id, 0)
             reason = f"{type(exc).__name__}: {exc}"
-            if deliveries >= self.config.max_deliveries:
+            if strikes >= self.config.max_deliveries:
                 dead.append((item.entry, reason))
             else:
                 log.warning(
-                    "applying %s (%s) failed, delivery %d of %d: %s",
+                    "applying %s (%s) failed, strike %d of %d: %s",
                     entry_id,
                     item.event.doc_id,
-                    deliveries,
+                    strikes,
                     self.config.max_deliveries,
                     reason,
                 )
@@ -492,11 +508,12 @@ class Projector:
     async def _dead_letter(
         self, entries: Sequence[tuple[Entry, str]], counts: dict[str, int] | None = None
     ) -> None:
-        """Move entries to the dead-letter stream with why, mark their documents failed and
-        acknowledge them, in that order: a crash in between repeats a step, never skips one."""
+        """Move entries to the dead-letter stream with why, drop any points they wrote,
+        mark their documents failed and acknowledge them, in that order: a crash in between
+        repeats a step, never skips one."""
         ids = [entry.id for entry, _ in entries]
         if counts is None:
-            counts = await self.log.delivery_counts(self.stream, GROUP, ids)
+            counts = await self.log.strikes(self.stream, GROUP, ids)
         now = time.time()
         await self.log.append_many(
             self.streams.dead_letter,
@@ -516,6 +533,9 @@ class Projector:
         failed: dict[str, dict[str, Applied]] = defaultdict(dict)
         for entry, error in entries:
             event = entry.event
+            if isinstance(event, DocumentUpserted):
+                # An attempt that died after writing left points no record names.
+                await self.indexer.drop_written_by(event.tenant, event.doc_id, entry.id)
             if isinstance(event, DocumentUpserted | DocumentDeleted):
                 failed[event.tenant][event.doc_id] = Applied(
                     event_id=entry.id,
@@ -525,18 +545,25 @@ class Projector:
                     at=now,
                 )
             log.error(
-                "dead-lettered %s after %d deliveries: %s", entry.id, counts.get(entry.id, 1), error
+                "dead-lettered %s after %d strikes: %s", entry.id, counts.get(entry.id, 1), error
             )
         for tenant, records in failed.items():
             await self.status.record_applied(self.projection, tenant, records)
         await self.log.ack(self.stream, GROUP, ids)
+        await self.log.clear_strikes(self.stream, GROUP, ids)
         self.counts.dead_lettered += len(entries)
         metrics.dead_lettered(len(entries))
 
     # --- applying -----------------------------------------------------------------------
 
-    async def _apply(self, items: Sequence[_Item]) -> None:
-        """Bring the index up to date with these entries (any order, any repetition)."""
+    async def _apply(self, items: Sequence[_Item], *, dirty: bool = False) -> None:
+        """Bring the index up to date with these entries (any order, any repetition, any
+        number of projectors at once; docs/design.md, "Several projectors").
+
+        Each document's applied record only moves forward (compare-and-set in the status
+        store), and points are swept only by the winner of that record, after it is stored,
+        and only those of older events; a loser drops the points it wrote itself. `dirty`:
+        the entries may have written points in an earlier, unfinished attempt."""
         newest: dict[tuple[str, str], _Item] = {}
         for item in items:
             key = (item.event.tenant, item.event.doc_id)
@@ -548,7 +575,7 @@ class Projector:
         for item in newest.values():
             by_tenant[item.event.tenant].append(item)
         upserts: list[tuple[_Item, DocumentUpserted]] = []
-        unchanged: list[tuple[_Item, DocumentUpserted, int]] = []
+        unchanged: list[tuple[_Item, DocumentUpserted, Applied]] = []
         deletes: list[_Item] = []
         unrecorded: dict[str, set[str]] = defaultdict(set)
         for tenant, group in by_tenant.items():
@@ -567,61 +594,117 @@ class Projector:
                     applied is not None
                     and applied.status == "indexed"
                     and applied.version == event.version
+                    and applied.points is not None
                 ):
-                    unchanged.append((item, event, applied.chunks))
+                    unchanged.append((item, event, applied))
                 else:
                     upserts.append((item, event))
+        self._maybe_crash([i for i, _ in upserts] + [i for i, _, _ in unchanged] + deletes)
 
-        plans = await asyncio.to_thread(self._plan, [event for _, event in upserts])
+        plans = await asyncio.to_thread(self._plan, [(i.entry.id, e) for i, e in upserts])
         await self._write([chunk for plan in plans for chunk in plan])
-        # Other versions go only now that this one is written: a search never finds the
-        # document missing. Unchanged versions are swept too, in case an upsert of another
-        # version was written and then abandoned by a crash before it was recorded.
-        await asyncio.gather(
-            *(
-                self.indexer.replace(e.tenant, e.doc_id, e.version)
-                for _, e in upserts
-                if not (self.config.fresh_index and e.doc_id in unrecorded[e.tenant])
-            ),
-            *(self.indexer.replace(e.tenant, e.doc_id, e.version) for _, e, _ in unchanged),
-        )
-        await asyncio.gather(
-            *(
-                self.indexer.delete(i.event.tenant, i.event.doc_id)
-                for i in deletes
-                if not (self.config.fresh_index and i.event.doc_id in unrecorded[i.event.tenant])
-            )
-        )
 
         now = time.time()
         records: dict[str, dict[str, Applied]] = defaultdict(dict)
+        expect: dict[str, dict[str, str]] = defaultdict(dict)
         for (item, event), plan in zip(upserts, plans, strict=True):
             records[event.tenant][event.doc_id] = Applied(
                 event_id=item.entry.id,
                 status="indexed",
                 version=event.version,
                 chunks=len(plan),
+                points=item.entry.id,
                 at=now,
             )
-        for item, event, chunks in unchanged:
+        for item, event, applied in unchanged:
+            # Its version's points are there already: adopted, if the record they belong
+            # to is still the one in force.
             records[event.tenant][event.doc_id] = Applied(
                 event_id=item.entry.id,
                 status="indexed",
                 version=event.version,
-                chunks=chunks,
+                chunks=applied.chunks,
+                points=applied.points,
                 at=now,
             )
+            expect[event.tenant][event.doc_id] = applied.event_id
         for item in deletes:
             records[item.event.tenant][item.event.doc_id] = Applied(
                 event_id=item.entry.id, status="deleted", at=now
             )
+        stored: set[tuple[str, str]] = set()
         for tenant, by_doc in records.items():
-            await self.status.record_applied(self.projection, tenant, by_doc)
-        self.counts.applied += len(upserts) + len(unchanged) + len(deletes)
+            won = await self.status.record_applied(
+                self.projection, tenant, by_doc, expect=expect.get(tenant)
+            )
+            stored |= {(tenant, doc_id) for doc_id in won}
+
+        # Winners sweep what older events wrote; losers drop what they wrote themselves.
+        # A fresh generation holds nothing of a document it has no record of.
+        def fresh(tenant: str, doc_id: str) -> bool:
+            return self.config.fresh_index and doc_id in unrecorded[tenant]
+
+        sweeps = []
+        for item, event in upserts:
+            if (event.tenant, event.doc_id) not in stored:
+                sweeps.append(
+                    self.indexer.drop_written_by(event.tenant, event.doc_id, item.entry.id)
+                )
+            elif not fresh(event.tenant, event.doc_id):
+                sweeps.append(self.indexer.sweep(event.tenant, event.doc_id, before=item.entry.id))
+        for item in deletes:
+            key = (item.event.tenant, item.event.doc_id)
+            if key in stored and not fresh(*key):
+                sweeps.append(self.indexer.sweep(*key, before=item.entry.id))
+        for _, event, applied in unchanged:
+            if (event.tenant, event.doc_id) in stored and applied.points is not None:
+                sweeps.append(self.indexer.sweep(event.tenant, event.doc_id, before=applied.points))
+        await asyncio.gather(*sweeps)
+        lost = [item for item, event, _ in unchanged if (event.tenant, event.doc_id) not in stored]
+
+        if dirty:
+            done = {i.entry.id for i, _ in upserts} | {i.entry.id for i in deletes}
+            done |= {i.entry.id for i, _, _ in unchanged}
+            await self._tidy([i for i in items if i.entry.id not in done])
+
+        self.counts.applied += len(upserts) + len(unchanged) - len(lost) + len(deletes)
         self.counts.chunks += sum(len(plan) for plan in plans)
         self.counts.skipped += skipped
+        if lost:
+            # Another projector replaced the record whose points this entry would adopt:
+            # decide again against the record now in force.
+            await self._apply(lost, dirty=dirty)
 
-    def _plan(self, events: Sequence[DocumentUpserted]) -> list[list[Chunk]]:
+    async def _tidy(self, items: Sequence[_Item]) -> None:
+        """Finish what an earlier attempt at these (skipped) entries may have left: the
+        sweep of an entry whose record was stored, or the points of one that lost."""
+        by_tenant: dict[str, list[_Item]] = defaultdict(list)
+        for item in items:
+            by_tenant[item.event.tenant].append(item)
+        for tenant, group in by_tenant.items():
+            records = await self.status.applied(
+                self.projection, tenant, [i.event.doc_id for i in group]
+            )
+            for item, record in zip(group, records, strict=True):
+                doc_id = item.event.doc_id
+                if record is not None and record.event_id == item.entry.id:
+                    if record.status == "deleted" or record.points is not None:
+                        before = record.points or record.event_id
+                        await self.indexer.sweep(tenant, doc_id, before=before)
+                elif isinstance(item.event, DocumentUpserted) and (
+                    record is None or record.points != item.entry.id
+                ):
+                    await self.indexer.drop_written_by(tenant, doc_id, item.entry.id)
+
+    def _maybe_crash(self, items: Sequence[_Item]) -> None:
+        """The fault-injection hook RAG_FAULT_KILL_DOC_ID (tests only): die as a poison
+        event would, by SIGKILL, whenever that document is about to be applied."""
+        target = self.config.kill_on_doc
+        if target and any(i.event.doc_id == target for i in items):
+            log.critical("RAG_FAULT_KILL_DOC_ID: killing this process applying %s", target)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _plan(self, events: Sequence[tuple[str, DocumentUpserted]]) -> list[list[Chunk]]:
         # Chunking tokenizes every document: CPU work kept off the event loop.
         return [
             self.indexer.plan(
@@ -631,8 +714,9 @@ class Projector:
                 ),
                 event.version,
                 ChunkingParams(size=event.chunk_size, overlap=event.chunk_overlap),
+                event_id,
             )
-            for event in events
+            for event_id, event in events
         ]
 
     async def _write(self, chunks: Sequence[Chunk]) -> None:

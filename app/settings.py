@@ -88,6 +88,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         default=60_000, name="RAG_PROJECTOR_CLAIM_IDLE_MS"
     )
     projector_in_process: bool = msgspec.field(default=True, name="RAG_PROJECTOR_IN_PROCESS")
+    fault_kill_doc_id: str = msgspec.field(default="", name="RAG_FAULT_KILL_DOC_ID")
     ingest_wait_seconds: Annotated[float, Meta(gt=0, le=600)] = msgspec.field(
         default=30.0, name="RAG_INGEST_WAIT_SECONDS"
     )
@@ -401,8 +402,9 @@ SETTINGS_DOC: dict[str, str] = {
     "`false` stops recording: `GET /api/v1/retrievals/{id}` and feedback then answer 404 for "
     "new searches, and `/api/v1/quality` has nothing new to count (for benchmarks, or where "
     "no query may be kept even hashed).",
-    "RAG_PROJECTOR_MAX_DELIVERIES": "Deliveries of a document event that fail before it is "
-    "moved to the dead-letter stream.",
+    "RAG_PROJECTOR_MAX_DELIVERIES": "Strikes against a document event before it is moved to "
+    "the dead-letter stream: a strike is an attempt to apply the event on its own that failed, "
+    "or during which the process died. A batch's death, a restart or a takeover is never one.",
     "RAG_PROJECTOR_BATCH": "Document events the projector reads and applies at a time.",
     "RAG_PROJECTOR_CLAIM_IDLE_MS": "How long an event may sit unacknowledged with a consumer "
     "before another consumer claims it (the first is presumed dead).",
@@ -410,6 +412,9 @@ SETTINGS_DOC: dict[str, str] = {
     "itself. The embedded index has one writer: the process that opened it, so `worker` runs "
     "only when no `serve` holds the data directory; `false` pauses indexing while `serve` "
     "runs (events wait in the stream).",
+    "RAG_FAULT_KILL_DOC_ID": "Fault injection for tests, never for production: the projector "
+    "kills its own process (SIGKILL) whenever it is about to apply the document with this id, "
+    "as a poison event would. Empty: off.",
     "RAG_INGEST_WAIT_SECONDS": "Longest an ingest or delete with `?wait=true` waits for the "
     "projector before answering 202 with status pending.",
     "QDRANT_URL": "The Qdrant cluster holding the index, e.g. `http://qdrant:6333`; serve "

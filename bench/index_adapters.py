@@ -27,7 +27,6 @@ from app.adapters.local_embedder import LocalEmbedder  # noqa: E402
 from app.adapters.qdrant_index import QdrantIndex  # noqa: E402
 from app.adapters.sparse_bm25 import DEFAULT_AVG_LEN  # noqa: E402
 from app.corpus import read_beir_queries  # noqa: E402
-from app.indexing import Indexer  # noqa: E402
 from app.pipeline import Pipeline, PipelineConfig, SearchParams  # noqa: E402
 from tests.conftest import SCIFACT  # noqa: E402
 from tests.integration.test_index_congruence import FanOut, planned_sample  # noqa: E402
@@ -41,7 +40,7 @@ async def main(args: argparse.Namespace) -> None:
     edge = EdgeIndex(Path(tempfile.mkdtemp()), model_id="m", dim=embedder.dim)
     exact = QdrantIndex.connect(":memory:", model_id="m", dim=embedder.dim, bm25_avg_len=mean_len)
     default = QdrantIndex.connect(":memory:", model_id="m", dim=embedder.dim)
-    await Indexer(embedder, FanOut(edge, exact, default)).write(chunks)  # type: ignore[arg-type]
+    await FanOut(edge, exact, default).write(embedder, chunks)
     config = PipelineConfig(
         default_top_k=10,
         default_min_score=-1.0,

@@ -6,7 +6,7 @@ import base64
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from app.domain import Hit, IndexedChunk
+from app.domain import Hit, IndexedChunk, id_key
 
 DENSE = "dense"
 # BM25 reads the same text the embedder reads (title, section path, chunk text).
@@ -24,6 +24,7 @@ def payload_of(item: IndexedChunk) -> dict[str, Any]:
         "tenant": chunk.tenant,
         "doc_id": chunk.doc_id,
         "version": chunk.version,
+        "event_id": chunk.event_id,
         "chunk_index": chunk.chunk_index,
         "title": chunk.title,
         "section": chunk.section,
@@ -56,3 +57,25 @@ def signatures_of(records: Iterable[tuple[object, Mapping[str, Any] | None]]) ->
         if encoded:
             out[str(point_id)] = base64.b64decode(encoded)
     return out
+
+
+def doomed_points(
+    records: Iterable[tuple[object, Mapping[str, Any] | None]],
+    *,
+    older_than: str | None,
+    written_by: str | None,
+) -> list[object]:
+    """Which of a document's points (id, payload with "event_id") a delete removes: every
+    one, those of events older than `older_than` (a point without an event counts as
+    oldest), or those of `written_by`. Stream ids order as numbers, not as strings, so the
+    choice is made here rather than by a filter on the index."""
+    doomed = []
+    limit = id_key(older_than) if older_than is not None else None
+    for point_id, payload in records:
+        written = str((payload or {}).get("event_id") or "")
+        if written_by is not None:
+            if written == written_by:
+                doomed.append(point_id)
+        elif limit is None or id_key(written) < limit:
+            doomed.append(point_id)
+    return doomed

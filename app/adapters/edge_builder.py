@@ -104,10 +104,15 @@ class EdgeBuilder:
             await self._call("upsert", list(chunks))
 
     async def delete_document(
-        self, tenant: str, doc_id: str, *, keep_version: str | None = None
+        self,
+        tenant: str,
+        doc_id: str,
+        *,
+        older_than: str | None = None,
+        written_by: str | None = None,
     ) -> int:
         deleted: int = await self._call(
-            "delete_document", tenant, doc_id, keep_version=keep_version
+            "delete_document", tenant, doc_id, older_than=older_than, written_by=written_by
         )
         return deleted
 

@@ -18,6 +18,7 @@ from app.adapters.chunk_payload import (
     HEAVY_FIELDS,
     SEARCH_TEXT,
     SIGNATURE,
+    doomed_points,
     fill_hits,
     payload_of,
     signatures_of,
@@ -172,24 +173,51 @@ class EdgeIndex:
 
     @client_span(QDRANT_DELETE, "qdrant", "delete")
     async def delete_document(
-        self, tenant: str, doc_id: str, *, keep_version: str | None = None
+        self,
+        tenant: str,
+        doc_id: str,
+        *,
+        older_than: str | None = None,
+        written_by: str | None = None,
     ) -> int:
-        return await self._run(self._delete_document, tenant, doc_id, keep_version)
+        return await self._run(self._delete_document, tenant, doc_id, older_than, written_by)
 
-    def _delete_document(self, tenant: str, doc_id: str, keep_version: str | None) -> int:
+    def _delete_document(
+        self, tenant: str, doc_id: str, older_than: str | None, written_by: str | None
+    ) -> int:
         flt = _doc_filter(tenant, doc_id)
-        if keep_version is not None:
-            flt = qe.Filter(
-                must=flt.must,
-                must_not=[qe.FieldCondition(key="version", match=qe.MatchValue(keep_version))],
-            )
         with self._write_lock:
-            doomed = self._shard.count(qe.CountRequest(filter=flt, exact=True))
-            if doomed:
-                self._shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
-                if not self.building:
-                    self._shard.flush()
-        return int(doomed)
+            if older_than is None and written_by is None:
+                doomed = int(self._shard.count(qe.CountRequest(filter=flt, exact=True)))
+                if doomed:
+                    self._shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
+            else:
+                ids = doomed_points(
+                    self._document_points(flt), older_than=older_than, written_by=written_by
+                )
+                doomed = len(ids)
+                if ids:
+                    self._shard.update(qe.UpdateOperation.delete_points(ids))  # type: ignore[arg-type]
+            if doomed and not self.building:
+                self._shard.flush()
+        return doomed
+
+    def _document_points(self, flt: qe.Filter) -> list[tuple[object, dict[str, Any] | None]]:
+        """Every point of one document with the event that wrote it."""
+        out: list[tuple[object, dict[str, Any] | None]] = []
+        offset = None
+        while True:
+            records, offset = self._shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset,
+                    limit=1_000,
+                    filter=flt,
+                    with_payload=qe.PayloadSelector.Include(["event_id"]),
+                )
+            )
+            out += [(r.id, r.payload) for r in records]
+            if offset is None:
+                return out
 
     def _maybe_optimize(self) -> None:
         # HNSW is built by the optimizer, which Edge runs only when asked; do it off the

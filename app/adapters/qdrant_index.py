@@ -20,6 +20,7 @@ from app.adapters.chunk_payload import (
     DENSE,
     HEAVY_FIELDS,
     SIGNATURE,
+    doomed_points,
     fill_hits,
     payload_of,
     signatures_of,
@@ -289,24 +290,55 @@ class QdrantIndex:
 
     @client_span(QDRANT_DELETE, "qdrant", "delete")
     async def delete_document(
-        self, tenant: str, doc_id: str, *, keep_version: str | None = None
+        self,
+        tenant: str,
+        doc_id: str,
+        *,
+        older_than: str | None = None,
+        written_by: str | None = None,
     ) -> int:
         flt = _doc_filter(tenant, doc_id)
-        if keep_version is not None:
-            flt = qm.Filter(must=flt.must, must_not=[_match("version", keep_version)])
 
         async def delete() -> int:
             await self._ensure()
-            # Counted, then deleted by the same filter: with several writers the count is
-            # what matched a moment before (the projector orders a document's writes).
-            doomed = (await self.client.count(self.target, count_filter=flt, exact=True)).count
-            if doomed:
+            if older_than is None and written_by is None:
+                # Counted, then deleted by the same filter: with several writers the count
+                # is what matched a moment before.
+                count = await self.client.count(self.target, count_filter=flt, exact=True)
+                if count.count:
+                    await self.client.delete(
+                        self.target, points_selector=qm.FilterSelector(filter=flt), wait=True
+                    )
+                return int(count.count)
+            ids = doomed_points(
+                await self._document_points(flt), older_than=older_than, written_by=written_by
+            )
+            if ids:
                 await self.client.delete(
-                    self.target, points_selector=qm.FilterSelector(filter=flt), wait=True
+                    self.target,
+                    points_selector=qm.PointIdsList(points=ids),  # type: ignore[arg-type]
+                    wait=True,
                 )
-            return int(doomed)
+            return len(ids)
 
         return await self._call(delete)
+
+    async def _document_points(self, flt: qm.Filter) -> list[tuple[object, dict[str, Any] | None]]:
+        """Every point of one document with the event that wrote it."""
+        out: list[tuple[object, dict[str, Any] | None]] = []
+        offset: Any = None
+        while True:
+            records, offset = await self.client.scroll(
+                self.target,
+                scroll_filter=flt,
+                limit=1_000,
+                offset=offset,
+                with_payload=["event_id"],
+                with_vectors=False,
+            )
+            out += [(r.id, r.payload) for r in records]
+            if offset is None:
+                return out
 
     # --- reads --------------------------------------------------------------------------
 

@@ -22,31 +22,41 @@ from app.telemetry.tracing import client_span
 T = TypeVar("T")
 
 # Sets each field only if the stored record is for an earlier (or the same) stream entry, so
-# two writers racing, or a redelivered old event, can never move a document's record back.
-# Stream ids are compared as (ms, seq) numbers: ms since the epoch fits a Lua double exactly.
-# ARGV: field, entry id, value, field, entry id, value, ...
+# two writers racing, or a redelivered old event, can never move a document's record back;
+# with an expected entry id, only if the stored record is for exactly that entry (a
+# compare-and-set: app/projector.py adopts the points of the record it read, and must not
+# adopt them if another writer replaced that record meanwhile). Stream ids are compared as
+# (ms, seq) numbers: ms since the epoch fits a Lua double exactly.
+# ARGV: field, entry id, expected entry id or "", value, ...; returns the fields stored.
 _SET_IF_NEWER = """
 local function key(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
 end
-local stored = 0
-for i = 1, #ARGV, 3 do
+local stored = {}
+for i = 1, #ARGV, 4 do
   local current = redis.call('HGET', KEYS[1], ARGV[i])
+  local expected = ARGV[i + 2]
   local write = true
+  local current_id = nil
   if current then
     local ok, decoded = pcall(cjson.decode, current)
     if ok and type(decoded) == 'table' and type(decoded['event_id']) == 'string' then
-      local new_ms, new_seq = key(ARGV[i + 1])
-      local old_ms, old_seq = key(decoded['event_id'])
-      if old_ms and (old_ms > new_ms or (old_ms == new_ms and old_seq > new_seq)) then
-        write = false
-      end
+      current_id = decoded['event_id']
+    end
+  end
+  if expected ~= '' then
+    write = current_id == expected
+  elseif current_id then
+    local new_ms, new_seq = key(ARGV[i + 1])
+    local old_ms, old_seq = key(current_id)
+    if old_ms and (old_ms > new_ms or (old_ms == new_ms and old_seq > new_seq)) then
+      write = false
     end
   end
   if write then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
-    stored = stored + 1
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 3])
+    stored[#stored + 1] = ARGV[i]
   end
 end
 return stored
@@ -54,6 +64,10 @@ return stored
 
 _ENCODER = msgspec.json.Encoder()
 STATUS_STORE = "status store"  # how errors name this store
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _decode(raw: bytes | str | None, type_: type[T]) -> T | None:
@@ -131,9 +145,14 @@ class RedisDocStatus:
         await self._store(self.written_key(tenant), records)
 
     async def record_applied(
-        self, projection: str, tenant: str, records: Mapping[str, Applied]
-    ) -> None:
-        await self._store(self.applied_key(projection, tenant), records)
+        self,
+        projection: str,
+        tenant: str,
+        records: Mapping[str, Applied],
+        *,
+        expect: Mapping[str, str] | None = None,
+    ) -> set[str]:
+        return await self._store(self.applied_key(projection, tenant), records, expect)
 
     async def adopt_applied(self, projection: str, source: str, tenants: Sequence[str]) -> None:
         if not tenants:
@@ -155,14 +174,21 @@ class RedisDocStatus:
             await self._redis.delete(*(self.applied_key(projection, t) for t in tenants))
 
     @client_span(REDIS_STATUS, "redis", "HSET")
-    async def _store(self, key: str, records: Mapping[str, Written | Applied]) -> None:
+    async def _store(
+        self,
+        key: str,
+        records: Mapping[str, Written | Applied],
+        expect: Mapping[str, str] | None = None,
+    ) -> set[str]:
         if not records:
-            return
+            return set()
+        expect = expect or {}
         args: list[Any] = []
         for doc_id, record in records.items():
-            args += [doc_id, record.event_id, _ENCODER.encode(record)]
+            args += [doc_id, record.event_id, expect.get(doc_id, ""), _ENCODER.encode(record)]
         with translated(STATUS_STORE, f"set-if-newer {key}"):
-            await self._set_if_newer(keys=[key], args=args)
+            stored = await self._set_if_newer(keys=[key], args=args)
+        return {_text(field) for field in stored or []}
 
     async def close(self) -> None:
         await self._redis.aclose(close_connection_pool=True)

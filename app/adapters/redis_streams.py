@@ -239,6 +239,44 @@ class RedisEventLog:
             for row in reply
         }
 
+    def _strikes_key(self, stream: str, group: str) -> str:
+        return f"{stream}:strikes:{group}"
+
+    @client_span(REDIS_ACK, "redis", "HINCRBY")
+    async def add_strikes(
+        self, stream: str, group: str, ids: Sequence[str], delta: int = 1
+    ) -> dict[str, int]:
+        if not ids:
+            return {}
+        key = self._strikes_key(stream, group)
+        with translated(EVENT_LOG, f"HINCRBY {key}"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for entry_id in ids:
+                    pipe.hincrby(key, entry_id, delta)
+                counts = await pipe.execute()
+        return {entry_id: int(n) for entry_id, n in zip(ids, counts, strict=True)}
+
+    @client_span(REDIS_READ, "redis", "HMGET")
+    async def strikes(self, stream: str, group: str, ids: Sequence[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        key = self._strikes_key(stream, group)
+        with translated(EVENT_LOG, f"HMGET {key}"):
+            values = await self._redis.hmget(key, list(ids))
+        return {
+            entry_id: int(v)
+            for entry_id, v in zip(ids, values, strict=True)
+            if v is not None and int(v) > 0
+        }
+
+    @client_span(REDIS_ACK, "redis", "HDEL")
+    async def clear_strikes(self, stream: str, group: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        key = self._strikes_key(stream, group)
+        with translated(EVENT_LOG, f"HDEL {key}"):
+            await self._redis.hdel(key, *ids)
+
     @client_span(REDIS_READ, "redis", "XRANGE")
     async def range(
         self, stream: str, *, start: str = "-", end: str = "+", count: int = 1000

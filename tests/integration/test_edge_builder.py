@@ -32,6 +32,7 @@ def chunks(n: int, *, seed: int = 3) -> list[IndexedChunk]:
                 tenant="t",
                 doc_id=f"d{i}",
                 version="v1",
+                event_id="",
                 chunk_index=0,
                 title="",
                 section=[],

@@ -123,27 +123,6 @@ def test_filters(index: EdgeIndex) -> None:
     assert ids(FieldFilter(key="kind", equals="x"), FieldFilter(key="year", gt=2000)) == {"d2"}
 
 
-def test_versions_replace_and_delete(index: EdgeIndex) -> None:
-    rng = np.random.default_rng(5)
-    old = [
-        indexed(make_chunk("a", "doc", i, f"old part {i}", version="v1"), unit(rng)[0])
-        for i in range(3)
-    ]
-    run(index.upsert(old))
-    state = run(index.document("a", "doc"))
-    assert state is not None and (state.version, state.chunks) == ("v1", 3)
-
-    new = [indexed(make_chunk("a", "doc", 0, "new text", version="v2"), unit(rng)[0])]
-    run(index.upsert(new))
-    assert run(index.delete_document("a", "doc", keep_version="v2")) == 2
-    state = run(index.document("a", "doc"))
-    assert state is not None and (state.version, state.chunks) == ("v2", 1)
-
-    assert run(index.delete_document("a", "doc")) == 1
-    assert run(index.document("a", "doc")) is None
-    assert run(index.delete_document("a", "doc")) == 0
-
-
 def test_token_signatures_round_trip(index: EdgeIndex) -> None:
     rng = np.random.default_rng(6)
     item = indexed(make_chunk("a", "sig", 0, "golf"), unit(rng)[0])

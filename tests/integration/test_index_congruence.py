@@ -44,9 +44,22 @@ class FanOut:
     def __init__(self, *indexes: EdgeIndex | QdrantIndex) -> None:
         self.indexes = indexes
 
-    async def upsert(self, chunks: Sequence[IndexedChunk]) -> None:
-        for index in self.indexes:
-            await index.upsert(chunks)
+    async def write(self, embedder: LocalEmbedder, chunks: Sequence[Chunk]) -> None:
+        """Embed the chunks in batches and upsert each batch to every index."""
+        for start in range(0, len(chunks), 256):
+            batch = chunks[start : start + 256]
+            encoded = await embedder.embed_documents([c.embed_text for c in batch])
+            signatures = encoded.token_signatures
+            items = [
+                IndexedChunk(
+                    chunk=chunk,
+                    vector=encoded.vectors[i],
+                    token_signature=None if signatures is None else signatures[i],
+                )
+                for i, chunk in enumerate(batch)
+            ]
+            for index in self.indexes:
+                await index.upsert(items)
 
 
 def planned_sample(
@@ -92,7 +105,7 @@ def rankings(
             ":memory:", model_id="m", dim=embedder.dim, bm25_avg_len=mean_len
         )
         try:
-            await Indexer(embedder, FanOut(edge, cluster)).write(chunks)  # type: ignore[arg-type]
+            await FanOut(edge, cluster).write(embedder, chunks)
             assert (await edge.stats()).points == (await cluster.stats()).points == len(chunks)
             pipelines = [Pipeline(embedder, index, None, config) for index in (edge, cluster)]
             out: dict[tuple[SearchMode, str], tuple[Ranked, Ranked]] = {}

@@ -39,12 +39,14 @@ def make_chunk(
     version: str = "v1",
     metadata: dict | None = None,
     section: list[str] | None = None,
+    event_id: str = "",
 ) -> Chunk:
     return Chunk(
-        chunk_id=chunk_id(tenant, doc, i),
+        chunk_id=chunk_id(tenant, doc, i, event_id),
         tenant=tenant,
         doc_id=doc,
         version=version,
+        event_id=event_id,
         chunk_index=i,
         title=doc.title(),
         section=section or [],
@@ -323,28 +325,45 @@ def test_boolean_filters(play: Callable[..., None], request: pytest.FixtureReque
 
 
 def test_versions_replace_and_delete(play: Callable[..., None]) -> None:
+    """Points carry the event that wrote them; deletes pick them by event order (numeric
+    stream-id order: "9-9" is older than "10-0"), by event, or all of a document."""
     rng = np.random.default_rng(5)
-    old = [
-        indexed(make_chunk("a", "doc", i, f"old part {i}", version="v1"), unit(rng)[0])
-        for i in range(3)
-    ]
-    new = [indexed(make_chunk("a", "doc", 0, "new text", version="v2"), unit(rng)[0])]
-    other = [indexed(make_chunk("a", "other", 0, "old part", version="v1"), unit(rng)[0])]
+
+    def version(event_id: str, texts: list[str], doc: str = "doc") -> list[IndexedChunk]:
+        return [
+            indexed(
+                make_chunk("a", doc, i, text, version=f"v{event_id}", event_id=event_id),
+                unit(rng)[0],
+            )
+            for i, text in enumerate(texts)
+        ]
+
+    legacy = version("", ["legacy part"])  # written before points carried their event
+    old = version("9-9", ["old part 0", "old part 1", "old part 2"])
+    new = version("10-0", ["new text"])
+    loser = version("9-10", ["stale text"])  # an older event, written after the newer one
+    other = version("9-9", ["old part"], doc="other")
 
     async def scenario(index: Index) -> None:
-        await index.upsert(old + other)
+        await index.upsert(legacy + old + other)
         state = await index.document("a", "doc")
-        assert state is not None and (state.version, state.chunks) == ("v1", 3)
+        assert state is not None and state.chunks == 4
 
-        await index.upsert(new)  # chunk 0 is replaced in place (same point id)
-        assert (await index.stats("a")).points == 4
-        assert await index.delete_document("a", "doc", keep_version="v2") == 2
+        await index.upsert(new)  # its own points: the old version's stay until swept
+        assert (await index.stats("a")).points == 6
+        await index.upsert(loser)
+        assert await index.delete_document("a", "doc", older_than="10-0") == 5
         state = await index.document("a", "doc")
-        assert state is not None and (state.version, state.chunks) == ("v2", 1)
+        assert state is not None and (state.version, state.chunks) == ("v10-0", 1)
         hits = await search(index, query(new[0].vector, "old part", limit=10))
         assert {(h.doc_id, h.text) for h in hits} == {("doc", "new text"), ("other", "old part")}
-        # keeping the live version deletes nothing
-        assert await index.delete_document("a", "doc", keep_version="v2") == 0
+        # sweeping again below the live event deletes nothing
+        assert await index.delete_document("a", "doc", older_than="10-0") == 0
+
+        await index.upsert(loser)
+        assert await index.delete_document("a", "doc", written_by="9-10") == 1
+        assert await index.delete_document("a", "doc", written_by="9-10") == 0
+        assert (await index.stats("a")).points == 2
 
         assert await index.delete_document("a", "doc") == 1
         assert await index.document("a", "doc") is None

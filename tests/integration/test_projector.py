@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from app.adapters.redis_doc_status import RedisDocStatus
 from app.adapters.redis_streams import EVENT_FIELD, RedisEventLog
 from app.circuit_breaker import CircuitBreaker
 from app.doc_status import Applied, Written
-from app.domain import ChunkingParams, DocumentIn
+from app.domain import ChunkingParams, DocumentIn, IndexedChunk
 from app.errors import DependencyUnavailable, EmbedderUnavailable
 from app.events import DocumentUpserted, EventDeadLettered, FeedbackGiven, Streams
 from app.indexing import Indexer, document_version
@@ -123,10 +123,14 @@ def doc(doc_id: str, text: str, title: str = "") -> DocumentIn:
     return DocumentIn(id=doc_id, text=text, title=title)
 
 
-def planned(embedder: LocalEmbedder, document: DocumentIn, chunking: ChunkingParams) -> list[str]:
-    """The chunk ids the index must hold for this document at this version."""
+def planned(
+    embedder: LocalEmbedder, document: DocumentIn, chunking: ChunkingParams, event_id: str = ""
+) -> list[str]:
+    """The chunk ids the index must hold for this document at this version, written by
+    this event."""
     version = document_version(document, chunking)
-    plan = Indexer(embedder, None).plan(TENANT, document, version, chunking)  # type: ignore[arg-type]
+    planner = Indexer(embedder, None)  # type: ignore[arg-type]
+    plan = planner.plan(TENANT, document, version, chunking, event_id)
     return [c.chunk_id for c in plan]
 
 
@@ -173,7 +177,9 @@ async def test_upserts_and_deletes_reach_the_index_and_the_status(
     assert view is not None and (view.status, view.version) == ("pending", accepted[0].version)
 
     await drain(make_projector())
-    expected = {d.id: planned(embedder, d, SMALL) for d in docs}
+    expected = {
+        d.id: planned(embedder, d, SMALL, a.event_id) for d, a in zip(docs, accepted, strict=True)
+    }
     assert len(expected["savanna"]) >= 3
     held = await points(index)
     assert {d: sorted(p for p, _ in pts) for d, pts in held.items()} == {
@@ -194,7 +200,7 @@ async def test_upserts_and_deletes_reach_the_index_and_the_status(
     (update,) = await ingest.ingest(TENANT, [shorter], SMALL)
     await drain(make_projector())
     assert sorted((await points(index))["savanna"]) == [
-        (pid, update.version) for pid in planned(embedder, shorter, SMALL)
+        (pid, update.version) for pid in planned(embedder, shorter, SMALL, update.event_id)
     ]
 
     deleted = await ingest.delete(TENANT, "savanna")
@@ -272,7 +278,7 @@ async def test_an_older_version_never_overwrites_a_newer_one(
     assert await projector.claim_idle(100) == 1  # XAUTOCLAIM from the dead consumer
     held = await points(index)
     assert sorted(held["x"]) == sorted(
-        (pid, second.version) for pid in planned(embedder, new, SMALL)
+        (pid, second.version) for pid in planned(embedder, new, SMALL, second.event_id)
     )
     view = await ingest.status(TENANT, "x")
     assert view is not None and (view.status, view.version) == ("indexed", second.version)
@@ -436,7 +442,52 @@ async def test_an_exclusive_projector_takes_over_a_dead_consumers_entries_at_onc
     assert await settled(event_log, streams) == (0, 0)
 
 
-async def test_entries_that_keep_dying_are_isolated_then_dead_lettered(
+async def test_deaths_of_whole_batches_dead_letter_nothing(
+    ingest: LoggedIngest,
+    make_projector: MakeProjector,
+    index: EdgeIndex,
+    event_log: RedisEventLog,
+    streams: Streams,
+) -> None:
+    """A crash loop: the batch is delivered, its process dies, again and again. Deliveries
+    pile up, but a batch's death says nothing about any one entry in it."""
+    stream = streams.documents
+    docs = [doc(f"d{i}", f"Healthy note {i} about rivers.") for i in range(4)]
+    await ingest.ingest(TENANT, docs, SMALL)
+    await event_log.ensure_group(stream, GROUP)
+    await event_log.read_group(stream, GROUP, "dead", count=10, block_ms=0)
+    for _ in range(8):  # eight restarts that died with the batch in hand
+        await event_log.read_pending(stream, GROUP, "dead", count=10)
+    projector = make_projector("owner", exclusive=True, max_deliveries=3)
+    await projector.start()
+    assert set(await points(index)) == {d.id for d in docs}
+    assert await event_log.length(streams.dead_letter) == 0
+    assert (
+        await event_log.strikes(stream, GROUP, [e.id for e in await event_log.range(stream)]) == {}
+    )
+    assert await settled(event_log, streams) == (0, 0)
+
+
+class Hang:
+    """The Edge index, except that writing one document's chunks never returns: the
+    process applying it is stuck there until it is killed (its task cancelled)."""
+
+    def __init__(self, index: EdgeIndex, doc_id: str) -> None:
+        self.index = index
+        self.doc_id = doc_id
+        self.reached = asyncio.Event()
+
+    async def upsert(self, chunks: Sequence[IndexedChunk]) -> None:
+        if any(c.chunk.doc_id == self.doc_id for c in chunks):
+            self.reached.set()
+            await asyncio.Event().wait()
+        await self.index.upsert(chunks)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.index, name)
+
+
+async def test_only_deaths_while_an_entry_is_applied_alone_strike_it(
     ingest: LoggedIngest,
     make_projector: MakeProjector,
     index: EdgeIndex,
@@ -444,24 +495,38 @@ async def test_entries_that_keep_dying_are_isolated_then_dead_lettered(
     streams: Streams,
 ) -> None:
     stream = streams.documents
-    await ingest.ingest(TENANT, [doc("killer", "Pretend this one crashes the process.")], SMALL)
+    await ingest.ingest(
+        TENANT,
+        [doc("killer", "Pretend this one crashes the process."), doc("victim", "Innocent.")],
+        SMALL,
+    )
+    # Its first projector took both in one batch and died: no strikes yet.
     await event_log.ensure_group(stream, GROUP)
-    await event_log.read_group(stream, GROUP, "dead", count=1, block_ms=0)
-    # Its projector died with it three more times (each re-read is a delivery): 4 so far.
-    for _ in range(3):
-        await event_log.read_pending(stream, GROUP, "dead", count=10)
-    await ingest.ingest(TENANT, [doc("victim", "An innocent entry in the same batch.")], SMALL)
-    await event_log.read_group(stream, GROUP, "dead", count=1, block_ms=0)
-    await event_log.read_pending(stream, GROUP, "dead", count=10)  # victim: 2, killer: 5
+    await event_log.read_group(stream, GROUP, "dead", count=10, block_ms=0)
+    killer_id = (await event_log.range(stream))[0].id
+    for deaths in range(1, 4):
+        hang = Hang(index, "killer")
+        projector = make_projector(f"owner{deaths}", on=hang, exclusive=True, max_deliveries=3)
+        task = asyncio.create_task(projector.start())
+        await asyncio.wait_for(hang.reached.wait(), 30)
+        task.cancel()  # the process dies while the killer is applied on its own
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await event_log.strikes(stream, GROUP, [killer_id]) == {killer_id: deaths}
+        # Both went one by one, in stream order while neither had a strike; from then on the
+        # innocent entry goes first (fewer strikes), and is indexed whatever the killer does.
+        assert set(await points(index)) == (set() if deaths == 1 else {"victim"})
 
-    projector = make_projector("owner", exclusive=True, max_deliveries=4)
-    await projector.start()  # the takeover is one more delivery: killer 6 > 4, victim 3
+    projector = make_projector("last", exclusive=True, max_deliveries=3)
+    await projector.start()  # three strikes: dead-lettered without being applied again
     assert set(await points(index)) == {"victim"}
     (letter,) = [e.event for e in await event_log.range(streams.dead_letter)]
     assert isinstance(letter, EventDeadLettered)
-    assert letter.deliveries == 6 and "died while applying it" in letter.error
+    assert letter.deliveries == 3 and "died 3 times while applying it" in letter.error
+    assert letter.source_id == killer_id
     view = await ingest.status(TENANT, "killer")
     assert view is not None and view.status == "failed"
+    assert await event_log.strikes(stream, GROUP, [killer_id]) == {}
     assert await settled(event_log, streams) == (0, 0)
 
 

@@ -48,6 +48,7 @@ def chunk(doc_id: str, i: int = 0) -> IndexedChunk:
             tenant="t",
             doc_id=doc_id,
             version="v1",
+            event_id="",
             chunk_index=0,
             title="",
             section=[],
