@@ -32,11 +32,12 @@ async def scrape(request: Request) -> Response:
 
 
 async def _refresh(projection: Projection) -> None:
-    stream = projection.projector.streams.documents
-    length, group, stats = await asyncio.gather(
-        projection.event_log.length(stream),
-        projection.event_log.group_info(stream, GROUP),
+    streams = projection.projector.streams
+    length, group, stats, dead = await asyncio.gather(
+        projection.event_log.length(streams.documents),
+        projection.event_log.group_info(streams.documents, GROUP),
         projection.index.stats(),
+        projection.event_log.length(streams.dead_letter),
     )
     metrics.set_queue(
         0 if group is None else group.pending,
@@ -45,3 +46,4 @@ async def _refresh(projection: Projection) -> None:
         length if group is None else (group.lag or 0),
     )
     metrics.set_index_points(stats.points)
+    metrics.set_dead_letters(dead)

@@ -41,6 +41,12 @@ _appended = Counter(
 )
 _dropped = Counter(schema.EVENTS_DROPPED, schema.METRICS[schema.EVENTS_DROPPED].doc)
 _dead_letters = Counter(schema.DEAD_LETTERS, schema.METRICS[schema.DEAD_LETTERS].doc)
+# Set from XLEN at every scrape (app/api/metrics.py), the stream being shared by every
+# process; moved in between by what this process adds or removes, so it is current here
+# even when a scrape cannot reach Redis.
+_dead_letters_waiting = Gauge(
+    schema.DEAD_LETTERS_WAITING, schema.METRICS[schema.DEAD_LETTERS_WAITING].doc
+)
 _index_points = Gauge(schema.INDEX_POINTS, schema.METRICS[schema.INDEX_POINTS].doc)
 
 # Label-less counters and the gauges' label sets are exported from the first scrape on, at
@@ -106,6 +112,17 @@ def event_dropped() -> None:
 def dead_lettered(count: int) -> None:
     if _enabled and count:
         _dead_letters.inc(count)
+        _dead_letters_waiting.inc(count)
+
+
+def dead_letters_removed(count: int) -> None:
+    """Dead letters requeued or dropped by this process."""
+    if _enabled and count:
+        _dead_letters_waiting.dec(count)
+
+
+def set_dead_letters(count: int) -> None:
+    _dead_letters_waiting.set(count)
 
 
 def set_queue(pending: int, lag: int) -> None:

@@ -165,6 +165,7 @@ CACHE_MISSES_TOTAL = "rag_embedding_cache_misses_total"
 EVENTS_APPENDED = "rag_events_appended_total"
 EVENTS_DROPPED = "rag_events_dropped_total"
 DEAD_LETTERS = "rag_projector_dead_letters_total"
+DEAD_LETTERS_WAITING = "rag_dead_letters"
 INDEX_POINTS = "rag_index_points"
 
 # 1 ms to 10 s.
@@ -205,6 +206,11 @@ METRICS: dict[str, MetricSpec] = {
     ),
     DEAD_LETTERS: MetricSpec(
         type="counter", doc="Document events the projector moved to the dead-letter stream."
+    ),
+    DEAD_LETTERS_WAITING: MetricSpec(
+        type="gauge",
+        doc="Entries in the dead-letter stream now, all tenants: events the projector gave up "
+        "on that nobody has requeued or dropped yet (XLEN, read at scrape).",
     ),
     INDEX_POINTS: MetricSpec(type="gauge", doc="Points (chunks) in the index, all tenants."),
 }
