@@ -414,3 +414,67 @@ class ReindexJob(msgspec.Struct, kw_only=True):
     started_at: float
     finished_at: float | None = None
     error: str | None = None
+
+
+# A dead letter's id: an entry id of the dead-letter stream, "<ms>-<seq>". At most 19 digits
+# a part, so every id the schema admits is one Redis accepts (its parts are u64s).
+DeadLetterId = Annotated[str, Meta(pattern=r"^[0-9]{1,19}-[0-9]{1,19}$")]
+
+
+class DeadLetterQuery(_Strict):
+    """GET /api/v1/dead-letters query parameters: up to `limit` dead letters, `newest` or
+    `oldest` first, starting just past `after` (the previous page's `next`)."""
+
+    limit: Annotated[int, Meta(ge=1, le=100)] = 20
+    order: Literal["newest", "oldest"] = "newest"
+    after: DeadLetterId | None = None
+
+
+class DeadLetterSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A document event the projector gave up on, waiting in the dead-letter stream to be
+    requeued or dropped. `requeueable` false says why in `problem`."""
+
+    id: str  # the dead letter (an entry of the dead-letter stream)
+    doc_id: str | None = None  # null when the event cannot be read
+    event_type: str | None = None  # DocumentUpserted or DocumentDeleted, when it can be read
+    version: str | None = None  # an upsert's content version
+    source_id: str  # the event's entry in the document stream
+    error: str  # why the projector gave up
+    deliveries: int
+    dead_lettered_at: float  # epoch seconds
+    requeueable: bool
+    problem: str | None = None  # why it cannot be requeued
+
+
+class DeadLetterList(msgspec.Struct, kw_only=True):
+    """One page. Fewer than `limit` with a `next` means the read stopped at its bound: ask
+    again with `after` = `next`; `next` null means there is no more."""
+
+    dead_letters: list[DeadLetterSummary]
+    next: str | None
+
+
+class DeadLetterDetail(DeadLetterSummary, kw_only=True, omit_defaults=True):
+    """A dead letter with the event as it was stored (JSON) and its document's status now."""
+
+    event: str
+    document: DocumentStatus | None = None
+
+
+class RequeueResult(msgspec.Struct, kw_only=True):
+    """requeued: the event is in the document stream again as `event_id` and the document is
+    pending; superseded: a newer change to the document (`event_id`) was accepted since, so
+    nothing was appended. Either way the dead letter is gone."""
+
+    id: str
+    doc_id: str
+    outcome: Literal["requeued", "superseded"]
+    event_id: str
+
+
+class DroppedDeadLetter(msgspec.Struct, kw_only=True):
+    """The dead letter that was deleted; its event is gone for good."""
+
+    id: str
+    doc_id: str | None
+    dropped: Literal[True]

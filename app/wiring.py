@@ -23,12 +23,14 @@ from app.adapters.openai_embedder import OpenAIEmbedder
 from app.adapters.qdrant_catalog import QdrantCatalog
 from app.adapters.qdrant_index import QdrantIndex
 from app.adapters.redis_cache import RedisEmbeddingCache
+from app.adapters.redis_dead_letters import RedisDeadLetters
 from app.adapters.redis_doc_status import RedisDocStatus
 from app.adapters.redis_rate_limit import RedisRateLimiter
 from app.adapters.redis_replay_jobs import RedisReplayJobs
 from app.adapters.redis_streams import RedisEventLog
 from app.api_keys import KeyRing
 from app.circuit_breaker import CircuitBreaker
+from app.dead_letters import DeadLetters
 from app.domain import DEFAULT_TENANT, ChunkingParams
 from app.errors import DependencyUnavailable, SettingsError
 from app.events import Streams
@@ -167,6 +169,7 @@ class Services(msgspec.Struct, kw_only=True):
     projector: Projector | None
     recorder: RetrievalRecorder
     access: Access
+    dead_letters: DeadLetters
 
     @property
     def embedder(self) -> Embedder:
@@ -186,6 +189,7 @@ class Services(msgspec.Struct, kw_only=True):
 
     async def aclose(self) -> None:
         await self.access.limiter.close()
+        await self.dead_letters.store.close()
         await self.projection.aclose()
 
 
@@ -398,6 +402,29 @@ def build_services(settings: Settings) -> Services:
             retention_seconds=settings.retrieval_retention_seconds,
         ),
         access=access,
+        dead_letters=build_dead_letters(
+            settings, projection.event_log, projection.status, projection.embedder.model_id
+        ),
+    )
+
+
+def build_dead_letters(
+    settings: Settings, event_log: RedisEventLog, status: RedisDocStatus, projection: str
+) -> DeadLetters:
+    """Dead letters over these adapters, for the API and the CLI; closing its own store
+    (`.store.close()`) is the caller's, the adapters stay theirs. `projection` is the index's
+    embedding model id."""
+    return DeadLetters(
+        event_log,
+        RedisDeadLetters(
+            settings.redis_url,
+            written_key=status.written_key,
+            applied_key=status.applied_key,
+            pool_size=min(4, settings.redis_pool_size),
+        ),
+        status,
+        streams=Streams(settings.stream_prefix),
+        projection=projection,
     )
 
 

@@ -89,7 +89,7 @@ def openapi_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
                 "required": True,
                 "schema": {"type": "string", "minLength": 1},
             }
-            for name in ("doc_id", "retrieval_id", "job_id")
+            for name in ("doc_id", "retrieval_id", "job_id", "letter_id")
             if f"{{{name}}}" in path
         ]
         if 202 in e.responses and 200 in e.responses:  # accepted now, or applied with ?wait

@@ -10,15 +10,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.api import documents, quality, reindex, retrievals, search, system
+from app.api import dead_letters, documents, quality, reindex, retrievals, search, system
 from app.api.codec import json_response
 from app.api.guard import guard
 from app.api.openapi import openapi_spec
 from app.api_keys import Scope
 from app.events import RetrievalRecorded
 from app.schemas import (
+    DeadLetterDetail,
+    DeadLetterList,
+    DeadLetterQuery,
     DeleteResponse,
     DocumentStatus,
+    DroppedDeadLetter,
     ErrorBody,
     FeedbackAccepted,
     FeedbackRequest,
@@ -29,6 +33,7 @@ from app.schemas import (
     QualityReport,
     Readiness,
     ReindexJob,
+    RequeueResult,
     SearchRequest,
     SearchResponse,
     Stats,
@@ -146,6 +151,42 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "feedback precision@k and MRR",
         query=QualityQuery,
         responses={200: QualityReport, 422: ErrorBody, 503: ErrorBody},
+        scope="admin",
+    ),
+    Endpoint(
+        method="GET",
+        path="/api/v1/dead-letters",
+        handler=dead_letters.dead_letters,
+        summary="The caller's dead letters (document events the projector gave up on), "
+        "a page at a time, newest or oldest first",
+        query=DeadLetterQuery,
+        responses={200: DeadLetterList, 422: ErrorBody, 503: ErrorBody},
+        scope="admin",
+    ),
+    Endpoint(
+        method="GET",
+        path="/api/v1/dead-letters/{letter_id}",
+        handler=dead_letters.dead_letter,
+        summary="One dead letter: the error, the event as stored, its document's status now",
+        responses={200: DeadLetterDetail, 404: ErrorBody, 503: ErrorBody},
+        scope="admin",
+    ),
+    Endpoint(
+        method="POST",
+        path="/api/v1/dead-letters/{letter_id}/requeue",
+        handler=dead_letters.requeue_dead_letter,
+        summary="Append the dead letter's event to the document stream again (the document "
+        "is pending once more) and remove the dead letter; `superseded` instead when a newer "
+        "change to the document was accepted since",
+        responses={200: RequeueResult, 404: ErrorBody, 409: ErrorBody, 503: ErrorBody},
+        scope="admin",
+    ),
+    Endpoint(
+        method="DELETE",
+        path="/api/v1/dead-letters/{letter_id}",
+        handler=dead_letters.drop_dead_letter,
+        summary="Drop a dead letter: its event is deleted for good",
+        responses={200: DroppedDeadLetter, 404: ErrorBody, 503: ErrorBody},
         scope="admin",
     ),
     Endpoint(
