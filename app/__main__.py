@@ -1,4 +1,4 @@
-"""The `rag-pipeline` command: serve | worker | replay | ingest | eval | keys."""
+"""The `rag-pipeline` command: serve | worker | replay | ingest | eval | keys | dead-letters."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
 
+from app import dead_letters_cli
 from app.errors import RagError, SettingsError
 from app.listener import Listener
 from app.settings import Settings
@@ -130,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--only-diversity", action="store_true", help="skip the four mode variants")
     ev.add_argument("--api-key-file", type=Path, help=_API_KEY_FILE_HELP)
     ev.set_defaults(run=_eval)
+
+    dead_letters_cli.register(sub)
     return parser
 
 
