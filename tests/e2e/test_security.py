@@ -1,12 +1,14 @@
 """API keys, tenant isolation, limits, rate limits and CORS, against a real server with a keys file.
 
 The canary: tenant A indexes documents with unmistakable texts; tenant B then uses A's exact
-texts, ids, retrieval ids and metadata through every endpoint and must see nothing of A's.
+texts, ids, retrieval ids, metadata and dead letters through every endpoint and must see
+nothing of A's.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -15,9 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
+from app.adapters.redis_streams import EVENT_FIELD
+from app.api.routes import ENDPOINTS as ROUTES
 from app.api_keys import digest, new_key
+from app.events import EventDeadLettered, Streams, encode_event
 from tests.e2e.server import Server
+from tests.e2e.test_dead_letters import redis_of
 
 A_KEY, B_KEY, SEARCH_ONLY, SLOW, ROTATED = (new_key() for _ in range(5))
 WRONG = new_key()
@@ -65,7 +72,26 @@ ENDPOINTS = [
     ("GET", "/api/v1/retrievals/0190d3a0-0000-7000-8000-000000000000", None),
     ("POST", "/api/v1/feedback", {"retrieval_id": "r", "doc_id": "x", "relevance": 1}),
     ("GET", "/api/v1/stats", None),
+    ("POST", "/api/v1/reindex", None),
+    ("GET", "/api/v1/reindex/0190d3a0-0000-7000-8000-000000000000", None),
+    ("GET", "/api/v1/quality", None),
+    ("GET", "/api/v1/dead-letters", None),
+    ("GET", "/api/v1/dead-letters/1-0", None),
+    ("POST", "/api/v1/dead-letters/1-0/requeue", None),
+    ("DELETE", "/api/v1/dead-letters/1-0", None),
 ]
+
+
+def test_every_route_behind_a_key_is_in_the_endpoint_list() -> None:
+    """The auth tests below run over ENDPOINTS: a new route left out would go untested."""
+    for route in ROUTES:
+        if route.scope is None:
+            continue
+        pattern = re.sub(r"\{[^}:]+:path\}", ".+", route.path)
+        pattern = re.sub(r"\{[^}]+\}", "[^/]+", pattern)
+        assert any(
+            method == route.method and re.fullmatch(pattern, path) for method, path, _ in ENDPOINTS
+        ), f"{route.method} {route.path} is missing from ENDPOINTS"
 
 
 def write_keys(path: Path, keys: list[dict]) -> None:
@@ -211,6 +237,54 @@ def test_stats_count_only_the_callers_documents(
     b = tenant_b.get("/api/v1/stats").json()["index"]
     assert a["documents"] == len(CANARY)
     assert b["documents"] == 0  # its one document was deleted above, or never indexed
+
+
+def test_another_tenants_dead_letters_are_invisible_and_untouchable(
+    secured: Server, tenant_a: httpx.Client, tenant_b: httpx.Client
+) -> None:
+    """A's canary event set aside as the projector does it: B can neither list, read,
+    requeue nor drop it, by its id or any other way; A can."""
+    url, prefix = redis_of(secured)
+    streams = Streams(prefix)
+    event_id = tenant_a.get("/api/v1/documents/canary-2").json()["event_id"]
+    with redis.Redis.from_url(url) as raw:
+        ((_, fields),) = raw.xrange(streams.documents, event_id, event_id)
+        letter_id = raw.xadd(
+            streams.dead_letter,
+            {
+                EVENT_FIELD: encode_event(
+                    EventDeadLettered(
+                        source_stream=streams.documents,
+                        source_id=event_id,
+                        group="indexer",
+                        raw=fields[EVENT_FIELD],
+                        error="the canary's own failure",
+                        deliveries=5,
+                        at=time.time(),
+                    )
+                )
+            },
+        ).decode()
+    try:
+        for order in ("newest", "oldest"):
+            listed = tenant_b.get("/api/v1/dead-letters", params={"order": order, "limit": 100})
+            assert listed.status_code == 200, listed.text
+            assert listed.json()["dead_letters"] == []
+        for method, path in (
+            ("GET", f"/api/v1/dead-letters/{letter_id}"),
+            ("POST", f"/api/v1/dead-letters/{letter_id}/requeue"),
+            ("DELETE", f"/api/v1/dead-letters/{letter_id}"),
+        ):
+            response = tenant_b.request(method, path)
+            assert response.status_code == 404, response.text
+            assert "arcseconds" not in response.text and "canary" not in response.text
+        mine = tenant_a.get("/api/v1/dead-letters").json()["dead_letters"]
+        assert [(x["id"], x["doc_id"]) for x in mine] == [(letter_id, "canary-2")]
+        assert "arcseconds" in tenant_a.get(f"/api/v1/dead-letters/{letter_id}").text
+    finally:
+        dropped = tenant_a.delete(f"/api/v1/dead-letters/{letter_id}")
+        assert dropped.status_code == 200, dropped.text
+    assert tenant_a.get("/api/v1/documents/canary-2").json()["status"] == "indexed"
 
 
 def test_the_tenant_never_comes_from_the_body(tenant_b: httpx.Client) -> None:
