@@ -52,7 +52,11 @@ def drop_keys(prefixes: set[str]) -> None:
 
 class Server:
     def __init__(
-        self, data_dir: Path, env: dict[str, str] | None = None, command: str = "serve"
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        command: str = "serve",
+        port: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.env = dict(env or {})
@@ -60,7 +64,7 @@ class Server:
             self.env["RAG_STREAM_PREFIX"] = prefix_for(data_dir)
             PREFIXES.add(self.env["RAG_STREAM_PREFIX"])
         self.command = command
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"{command}-{self.port}.log"
 
@@ -73,6 +77,12 @@ class Server:
         return {**os.environ, **self.env}
 
     def start(self, timeout: float = 60.0) -> Server:
+        """Launch, then wait until /ready answers 200."""
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> Server:
+        """Start the process and return at once (a crash loop kills it at any moment)."""
         env = self.child_env()
         self.proc = subprocess.Popen(
             [
@@ -91,6 +101,10 @@ class Server:
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
         )
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> Server:
+        assert self.proc is not None, "not launched"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
