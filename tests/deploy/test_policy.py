@@ -129,15 +129,17 @@ API_KEYS_SECRET = "rag-pipeline-api-keys"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_api_reads_its_keys_file_from_a_secret_volume(
-    rendered: dict[str, list[Doc]], overlay: str
+@pytest.mark.parametrize("deployment", [API, WORKER])
+def test_the_app_reads_its_keys_file_from_a_secret_volume(
+    rendered: dict[str, list[Doc]], overlay: str, deployment: str
 ) -> None:
     """RAG_API_KEYS_FILE lies in a read-only Secret mount without subPath (a subPath mount never
     sees the Secret change, so rotation would need a restart); prod requires the Secret and
-    the file, dev runs open."""
+    the file, dev runs open. The worker too: its replay endpoints are admin-only, and it reads
+    the same ConfigMap (tests/deploy/test_manifests_start.py starts both)."""
     docs = rendered[overlay]
     keys_file = configmap(docs, SETTINGS_CONFIGMAP)["data"]["RAG_API_KEYS_FILE"]
-    spec = one(docs, "Deployment", API)["spec"]["template"]["spec"]
+    spec = one(docs, "Deployment", deployment)["spec"]["template"]["spec"]
     volume = next(
         v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == API_KEYS_SECRET
     )
@@ -149,8 +151,6 @@ def test_the_api_reads_its_keys_file_from_a_secret_volume(
         assert volume["secret"]["optional"] is False
     else:
         assert keys_file == ""
-    worker = one(docs, "Deployment", WORKER)["spec"]["template"]["spec"]
-    assert not any(v.get("secret") for v in worker.get("volumes", [])), "the worker needs no keys"
 
 
 # --- Probes and resources ----------------------------------------------------------------
