@@ -45,6 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.run(args, settings)
         return result
+    except SettingsError as exc:
+        if args.run not in (_serve, _worker, _replay):
+            # The other commands' SettingsErrors are about their arguments (a keys file,
+            # --tenant, --api-key-file): a failed command, not a process that cannot start.
+            print(f"rag-pipeline: {exc}", file=sys.stderr)
+            return 1
+        # One line, whatever the message holds: the last line of a crash-looping pod's log.
+        print(f"rag-pipeline: bad setting: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     except RagError as exc:
         print(f"rag-pipeline: {exc}", file=sys.stderr)
         return 1
@@ -196,9 +205,11 @@ def _run_http(
     """
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
+    from hypercorn.utils import LifespanFailureError
 
-    from app.adapters.embedded_redis import resolve_redis_url, supervise
+    from app.adapters.embedded_redis import supervise
     from app.telemetry import tracing
+    from app.wiring import resolve_event_log
 
     changes = {
         name: value
@@ -216,7 +227,7 @@ def _run_http(
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
 
-    url, embedded = resolve_redis_url(settings)
+    url, embedded = resolve_event_log(settings)
     settings = settings.replace(redis_url=url)
 
     async def run() -> None:
@@ -225,7 +236,12 @@ def _run_http(
         services = await asyncio.to_thread(build, settings)
         listener: Listener | None = None
         try:
-            listener = Listener(settings.host, settings.port, config.backlog)
+            try:
+                listener = Listener(settings.host, settings.port, config.backlog)
+            except OSError as exc:
+                raise SettingsError(
+                    f"RAG_HOST/RAG_PORT: cannot listen on {where}: {exc.strerror or exc}"
+                ) from exc
             config.bind = [listener.bind]
             stop = asyncio.Event()
             app = make_app(settings, services)
@@ -248,7 +264,15 @@ def _run_http(
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, drain)
             log.info("%s on http://%s (data in %s)", what, where, settings.data_path)
-            await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+            try:
+                await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+            except LifespanFailureError as exc:
+                failed = _failed_startup(exc)
+                if failed is None:
+                    raise
+                # Hypercorn's error carries the app's traceback as text; the RagError that
+                # stopped the start-up is the whole story (main prints it on one line).
+                raise failed from None
         finally:
             if listener is not None:
                 listener.close()
@@ -267,18 +291,26 @@ def _run_http(
     return 0
 
 
+def _failed_startup(exc: BaseException) -> RagError | None:
+    """The RagError an app's lifespan start-up raised. Starlette reports it to Hypercorn,
+    which raises its LifespanFailureError while that error is being handled: the context."""
+    seen = exc.__context__
+    while seen is not None and not isinstance(seen, RagError):
+        seen = seen.__context__
+    return seen
+
+
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     """Replay where the index is: here if no process holds it (this process then holds it
     for the replay's duration), else in the holder, whose progress is polled. Running a
     second index writer beside the holder is impossible (Edge's single-writer lock), and
     the holder is also the one whose projector must pause for the swap."""
-    from app.adapters.embedded_redis import resolve_redis_url
     from app.errors import DependencyUnavailable
-    from app.wiring import build_projection
+    from app.wiring import build_projection, resolve_event_log
 
     if args.data_dir is not None:
         settings = settings.replace(data_dir=args.data_dir)
-    url, embedded = resolve_redis_url(settings)
+    url, embedded = resolve_event_log(settings)
     settings = settings.replace(redis_url=url)
     try:
         try:

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import IO
 
 import msgspec
+import redis
 import threadpoolctl
 
 from app.access import Access
 from app.active_index import ActiveIndex
 from app.adapters.edge_catalog import EdgeCatalog
+from app.adapters.embedded_redis import EmbeddedRedis, resolve_redis_url
 from app.adapters.local_embedder import LocalEmbedder
 from app.adapters.openai_embedder import OpenAIEmbedder
 from app.adapters.qdrant_catalog import QdrantCatalog
@@ -215,6 +217,10 @@ def build_projection(settings: Settings, role: str) -> Projection:
         raise SettingsError(
             "REDIS_URL is empty: resolve it first (app.adapters.embedded_redis.resolve_redis_url)"
         )
+    # Settings the libraries below would reject, checked before the model loads.
+    check_redis_url(settings.redis_url)
+    if not settings.qdrant_url:
+        check_data_dir(settings, "the embedded index, QDRANT_URL being empty")
     # The BLAS products here (rerank, MMR) are small; OpenBLAS's worker threads keep spinning
     # after each one and take the cores the embedder needs next: measured, one thread cut
     # search p50 from 59 ms to 32 ms with rerank on.
@@ -329,12 +335,9 @@ def build_embedder(settings: Settings) -> LocalEmbedder | OpenAIEmbedder:
 
 def build_access(settings: Settings) -> Access:
     """API keys (None: open mode, warned about) and the per-key rate limiter."""
-    keys = None
-    if settings.api_keys_file:
-        keys = KeyRing(
-            Path(settings.api_keys_file).expanduser(),
-            reload_seconds=settings.api_keys_reload_seconds,
-        )
+    check_redis_url(settings.redis_url)
+    keys = load_keys(settings)
+    if keys is not None:
         log.info("API keys: %d, from %s", keys.size, keys.path)
     else:
         log.warning(
@@ -429,4 +432,54 @@ def build_dead_letters(
 
 
 def build_worker(settings: Settings) -> Projection:
+    # The worker's app reads the keys file in its lifespan (replays are admin work); reading
+    # it here first stops a bad one before the model loads, as build_services does.
+    load_keys(settings)
     return build_projection(settings, "worker")
+
+
+def load_keys(settings: Settings) -> KeyRing | None:
+    """The keys RAG_API_KEYS_FILE names (None: open mode); SettingsError if unusable."""
+    if not settings.api_keys_file:
+        return None
+    return KeyRing(
+        Path(settings.api_keys_file).expanduser(),
+        reload_seconds=settings.api_keys_reload_seconds,
+    )
+
+
+def resolve_event_log(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
+    """REDIS_URL, or the data directory's embedded Valkey (`resolve_redis_url`), with a data
+    directory that cannot hold it reported as the setting it is."""
+    if not settings.redis_url:
+        check_data_dir(settings, "the embedded Valkey, REDIS_URL being empty")
+    return resolve_redis_url(settings)
+
+
+def check_redis_url(url: str) -> None:
+    """SettingsError for a REDIS_URL redis-py cannot parse (a port that is not a number, a
+    bad database), which it would otherwise raise as a bare ValueError on first use."""
+    if not url:
+        return
+    try:
+        redis.ConnectionPool.from_url(url)  # parses the URL, connects nothing
+    except ValueError as exc:
+        # redis-py's messages name the part at fault, never the password.
+        raise SettingsError(f"REDIS_URL: {exc}") from exc
+
+
+def check_data_dir(settings: Settings, needed_for: str) -> Path:
+    """RAG_DATA_DIR, created if missing; SettingsError if it cannot be, or is not writable."""
+    path = settings.data_path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(
+            f"RAG_DATA_DIR {path}: cannot create it (needed for {needed_for}): "
+            f"{exc.strerror or exc}"
+        ) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SettingsError(
+            f"RAG_DATA_DIR {path}: not writable by this process (needed for {needed_for})"
+        )
+    return path
