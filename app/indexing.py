@@ -8,6 +8,7 @@ import uuid
 import msgspec
 
 from app.domain import Chunk, ChunkingParams, DocumentIn
+from app.events import DocumentUpserted
 from app.ports import Embedder, VectorIndex
 from app.retrieval.chunking import chunk_document
 
@@ -73,6 +74,14 @@ class Indexer:
             )
             for i, piece in enumerate(pieces)
         ]
+
+    def plan_event(self, event: DocumentUpserted, event_id: str = "") -> list[Chunk]:
+        """The chunks an upsert event's application writes (`event_id`: its entry)."""
+        doc = DocumentIn(
+            id=event.doc_id, text=event.text, title=event.title, metadata=event.metadata
+        )
+        chunking = ChunkingParams(size=event.chunk_size, overlap=event.chunk_overlap)
+        return self.plan(event.tenant, doc, event.version, chunking, event_id)
 
     async def sweep(self, tenant: str, doc_id: str, *, before: str) -> int:
         """Drop the document's points written by events older than `before` (and those

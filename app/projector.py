@@ -42,7 +42,7 @@ import numpy as np
 from opentelemetry.trace import Span, SpanKind
 
 from app.doc_status import Applied, DocStatusStore
-from app.domain import Chunk, ChunkingParams, DocumentIn, IndexedChunk, Vector, id_key
+from app.domain import Chunk, IndexedChunk, Vector, id_key
 from app.errors import DependencyUnavailable, EmbedderUnavailable
 from app.events import DocumentDeleted, DocumentUpserted, Entry, EventDeadLettered, Streams
 from app.indexing import Indexer
@@ -706,18 +706,7 @@ class Projector:
 
     def _plan(self, events: Sequence[tuple[str, DocumentUpserted]]) -> list[list[Chunk]]:
         # Chunking tokenizes every document: CPU work kept off the event loop.
-        return [
-            self.indexer.plan(
-                event.tenant,
-                DocumentIn(
-                    id=event.doc_id, text=event.text, title=event.title, metadata=event.metadata
-                ),
-                event.version,
-                ChunkingParams(size=event.chunk_size, overlap=event.chunk_overlap),
-                event_id,
-            )
-            for event_id, event in events
-        ]
+        return [self.indexer.plan_event(event, event_id) for event_id, event in events]
 
     async def _write(self, chunks: Sequence[Chunk]) -> None:
         """Embed (cache first) and upsert, in steps of `write_chunks`; the index write of one

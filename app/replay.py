@@ -35,7 +35,7 @@ from typing import Literal
 import msgspec
 
 from app.doc_status import DocStatusStore
-from app.domain import Chunk, ChunkingParams, DocumentIn
+from app.domain import Chunk
 from app.errors import DependencyUnavailable
 from app.events import DocumentDeleted, DocumentUpserted, Entry, Streams
 from app.indexing import Indexer
@@ -287,12 +287,8 @@ def _plan_all(planner: Indexer, events: list[DocumentUpserted]) -> list[Chunk]:
     """The chunks of these documents as `Projector.apply` plans them (app/projector.py)."""
     out: list[Chunk] = []
     for event in events:
-        doc = DocumentIn(
-            id=event.doc_id, text=event.text, title=event.title, metadata=event.metadata
-        )
-        chunking = ChunkingParams(size=event.chunk_size, overlap=event.chunk_overlap)
         try:
-            out += planner.plan(event.tenant, doc, event.version, chunking)
+            out += planner.plan_event(event)
         except Exception:  # the projector records it failed, and it writes nothing
             log.debug("replay: %s/%s does not chunk", event.tenant, event.doc_id, exc_info=True)
     return out

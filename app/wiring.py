@@ -286,6 +286,7 @@ def build_projection(settings: Settings, role: str) -> Projection:
             # consumer left pending was left by a process that is gone. Cluster consumers
             # run side by side and take over only what sat idle.
             exclusive=ownership is not None,
+            kill_on_doc=settings.fault_kill_doc_id or None,
         ),
         pause=embedder.breaker.retry_after if isinstance(embedder, OpenAIEmbedder) else None,
     )
