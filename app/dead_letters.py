@@ -53,11 +53,13 @@ DEFAULT_SCAN_LIMIT = 10_000
 
 
 def entry_id(value: str) -> str | None:
-    """`value` if it is a complete stream entry id Redis accepts, else None."""
+    """`value` as Redis writes it ("007-0" is "7-0") if it is a complete stream entry id
+    Redis accepts, else None."""
     match = _ENTRY_ID.match(value)
-    if match is None or any(int(part) > _U64 for part in match.groups()):
+    if match is None:
         return None
-    return value
+    ms, seq = (int(part) for part in match.groups())
+    return f"{ms}-{seq}" if ms <= _U64 and seq <= _U64 else None
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
@@ -195,13 +197,13 @@ class DeadLetters:
         (many other tenants' entries): ask again from `next`."""
         if limit < 1:
             raise InvalidRequest("limit must be at least 1", field="limit")
-        if after is not None and entry_id(after) is None:
+        cursor = None if after is None else entry_id(after)
+        if after is not None and cursor is None:
             raise InvalidRequest(
                 f"after must be a dead letter id like 1700000000000-0, got {after!r}",
                 field="after",
             )
         found: list[DeadLetter] = []
-        cursor = after
         scanned = 0
         while True:
             want = min(_READ_PAGE, _MAX_SCANNED - scanned)

@@ -410,7 +410,12 @@ async def test_listing_pages_both_ways_and_keeps_tenants_apart(
         OTHER,
     }
     assert (await service.page(tenant="nobody")).letters == []
-    assert (await service.page(tenant=None, after="0-0")).letters == []
+    for smallest in ("0-0", "000-0"):
+        assert (await service.page(tenant=None, after=smallest)).letters == []
+    largest = f"{2**64 - 1}-{2**64 - 1}"
+    assert (await service.page(tenant=None, order="oldest", after=largest)).letters == []
+    padded = await service.page(tenant=TENANT, limit=3, after="0" + first.next)
+    assert padded.letters == second.letters
     with pytest.raises(InvalidRequest) as bad:
         await service.page(tenant=TENANT, after="yesterday")
     assert bad.value.field == "after"
