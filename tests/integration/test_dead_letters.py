@@ -43,8 +43,9 @@ SMALL = ChunkingParams(size=24, overlap=0)
 
 
 class Refusing:
-    """The Edge index, except that writing the chunks of the documents in `refused` fails,
-    as a poison event's write would; emptying the set is the operator removing the cause."""
+    """The Edge index, except that writing or deleting the chunks of the documents in
+    `refused` fails, as a poison event's write would; emptying the set is the operator
+    removing the cause."""
 
     def __init__(self, index: EdgeIndex) -> None:
         self.index = index
@@ -55,6 +56,13 @@ class Refusing:
         if refused:
             raise RuntimeError(f"refusing to write {sorted(refused)}")
         await self.index.upsert(chunks)
+
+    async def delete_document(self, tenant: str, doc_id: str, **only: str | None) -> int:
+        # Deletes and sweeps fail; dropping what one event wrote (`written_by`) goes
+        # through, as the projector's clean-up after giving up on an entry must.
+        if doc_id in self.refused and only.get("written_by") is None:
+            raise RuntimeError(f"refusing to delete {doc_id!r}")
+        return await self.index.delete_document(tenant, doc_id, **only)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.index, name)
@@ -581,3 +589,35 @@ async def test_the_requeue_records_a_written_record_the_status_store_reads(
         "upsert",
         letter.version,
     )
+
+
+async def test_a_requeued_delete_deletes(
+    ingest: LoggedIngest,
+    projector: Projector,
+    refusing: Refusing,
+    index: EdgeIndex,
+    service: DeadLetters,
+    event_log: RedisEventLog,
+    streams: Streams,
+) -> None:
+    await ingest.ingest(TENANT, [doc("old", "An outdated note.")], SMALL)
+    await drain(projector)
+    refusing.refused = {"old"}
+    deleted = await ingest.delete(TENANT, "old")
+    await dead_lettered(projector, event_log, streams, 1)
+    letter = await only_letter(service)
+    assert (letter.event_type, letter.source_id, letter.version) == (
+        "DocumentDeleted",
+        deleted.event_id,
+        None,
+    )
+    assert await index.document(TENANT, "old") is not None  # the index kept what it had
+
+    refusing.refused = set()
+    done = await service.requeue(letter.id, tenant=TENANT)
+    view = await ingest.status(TENANT, "old")
+    assert view is not None and (view.status, view.version) == ("pending", None)
+    await drain(projector)
+    view = await ingest.status(TENANT, "old")
+    assert view is not None and (view.status, view.event_id) == ("deleted", done.event_id)
+    assert await index.document(TENANT, "old") is None
