@@ -286,7 +286,6 @@ class DeadLetters:
             )
         event = decode_event(letter.raw)  # decodes: `problem` would say otherwise
         assert isinstance(event, DocumentUpserted | DocumentDeleted)
-        upsert = isinstance(event, DocumentUpserted)
         reply = await self.store.requeue(
             RequeueCommand(
                 letter_stream=self.stream,
@@ -297,8 +296,8 @@ class DeadLetters:
                 tenant=event.tenant,
                 doc_id=event.doc_id,
                 after=letter.source_id,
-                event=letter.raw,
-                op="upsert" if upsert else "delete",
+                event=letter.raw,  # exactly as it was first appended
+                op="upsert" if isinstance(event, DocumentUpserted) else "delete",
                 version=event.version if isinstance(event, DocumentUpserted) else None,
                 at=time.time(),
             ),
