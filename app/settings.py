@@ -298,19 +298,35 @@ def _without_password(url: str) -> str:
 
 
 def _check_redis_url(url: str) -> None:
-    if url and urlsplit(url).scheme not in _REDIS_SCHEMES:
+    if not url:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in _REDIS_SCHEMES:
         raise SettingsError(
-            f"REDIS_URL: expected a redis://, rediss:// or unix:// URL, got scheme "
-            f"{urlsplit(url).scheme!r}"
+            f"REDIS_URL: expected a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}"
         )
+    try:
+        parts.port  # noqa: B018  (parsing the port is the check)
+    except ValueError as exc:
+        raise SettingsError(f"REDIS_URL: {exc}") from exc
 
 
 def _check_qdrant_url(url: str) -> None:
-    if url and url != ":memory:" and urlsplit(url).scheme not in ("http", "https"):
+    if not url or url == ":memory:":
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
         raise SettingsError(
             f"QDRANT_URL: expected empty (the embedded index), :memory: (qdrant-client's "
-            f"local mode) or an http:// or https:// URL, got scheme {urlsplit(url).scheme!r}"
+            f"local mode) or an http:// or https:// URL, got scheme {parts.scheme!r}"
         )
+    try:
+        parts.port  # noqa: B018  (parsing the port is the check)
+    except ValueError as exc:
+        raise SettingsError(f"QDRANT_URL: {exc}") from exc
+    if not parts.hostname:
+        # Such a URL would start a process that never becomes ready.
+        raise SettingsError("QDRANT_URL: the URL names no host")
 
 
 def _check_embedder(settings: Settings) -> None:

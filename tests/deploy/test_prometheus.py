@@ -36,7 +36,7 @@ APP_COUNTERS = {
     "rag_projector_dead_letters_total",
 }
 APP_HISTOGRAMS = {"rag_latency_seconds", "rag_stage_latency_seconds"}
-APP_GAUGES = {"rag_embedding_queue_size", "rag_index_points"}
+APP_GAUGES = {"rag_embedding_queue_size", "rag_index_points", "rag_dead_letters"}
 APP_METRICS = (
     APP_COUNTERS
     | APP_GAUGES

@@ -79,6 +79,19 @@ def test_a_bad_redis_url_is_named_without_echoing_it() -> None:
     assert "hunter2" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("REDIS_URL", "redis://cache:notaport/0", "REDIS_URL"),
+        ("QDRANT_URL", "http://", "QDRANT_URL: the URL names no host"),
+        ("QDRANT_URL", "http://qdrant:port", "QDRANT_URL"),
+    ],
+)
+def test_urls_that_cannot_be_used_are_refused_at_start(name: str, value: str, says: str) -> None:
+    with pytest.raises(SettingsError, match=says):
+        Settings.from_env({name: value})
+
+
 def test_qdrant_settings() -> None:
     assert Settings.from_env({}).qdrant_url == ""  # the embedded index
     assert Settings.from_env({"QDRANT_URL": ":memory:"}).qdrant_url == ":memory:"
