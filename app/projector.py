@@ -272,7 +272,9 @@ class Projector:
         self._failed_since_retry = False
         if self._held:
             held, self._held = self._held, []
-            await self.process(held, redelivered=False)  # raises if the index is still down
+            # Not struck (an outage is not their fault), but they may have written points
+            # before the index went away: dirty. Raises if the index is still down.
+            await self.process(held, redelivered=False, dirty=True)
         await self._drain_own_pending()
         if not self._failed_since_retry:
             self._retry_delay = _FIRST_BACKOFF_SECONDS
@@ -309,9 +311,12 @@ class Projector:
 
     # --- one batch ----------------------------------------------------------------------
 
-    async def process(self, entries: Sequence[Entry], *, redelivered: bool) -> None:
+    async def process(
+        self, entries: Sequence[Entry], *, redelivered: bool, dirty: bool = False
+    ) -> None:
         """Apply entries and acknowledge them; failures stay pending or are dead-lettered.
-        `redelivered`: they may have been delivered before, so their counts are checked."""
+        `redelivered`: they were delivered before, so each is applied alone under a strike.
+        `dirty`: an earlier attempt at them may have written points (held entries)."""
         if not entries:
             return
         # A batch is its own trace, linked to the request trace of each event that has one.
@@ -334,7 +339,7 @@ class Projector:
                     schema.LINKS: len(links),
                 },
             ):
-                await self._process(entries, redelivered=redelivered)
+                await self._process(entries, redelivered=redelivered, dirty=dirty)
 
     async def apply(self, entries: Sequence[Entry]) -> dict[str, str]:
         """Apply document entries and record them, outside the consumer group (nothing is
@@ -429,8 +434,7 @@ class Projector:
                 (i for i in items if i.entry.id not in done),
                 key=lambda i: (strikes.get(i.entry.id, 0), id_key(i.entry.id)),
             )
-            for item in isolated:
-                failures.update(await self._apply_each([item]))
+            failures.update(await self._apply_each(isolated))
         elif items:
             try:
                 await self._apply(items, dirty=dirty)
