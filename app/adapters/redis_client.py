@@ -35,6 +35,11 @@ TRANSIENT = {
 }
 
 
+def as_text(value: bytes | str) -> str:
+    """A reply value as text: RESP2 replies are bytes."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def durable_client(
     url: str, *, pool_size: int, socket_timeout: float, connect_timeout: float
 ) -> Redis:

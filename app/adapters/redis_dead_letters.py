@@ -16,16 +16,16 @@ The written-record key belongs to RedisDocStatus; its layout is passed in, not r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
-from app.adapters.redis_client import durable_client, translated
-from app.adapters.redis_streams import EVENT_FIELD, EVENT_LOG
+from app.adapters.redis_client import as_text, durable_client, translated
+from app.adapters.redis_streams import EVENT_FIELD, EVENT_LOG, entries_of
 from app.dead_letters import RequeueCommand, RequeueReply
-from app.errors import EventDecodeError, EventLogError
-from app.events import Entry, decode_event
+from app.errors import EventLogError
+from app.events import Entry
 from app.telemetry import metrics
 from app.telemetry.schema import REDIS_APPEND, REDIS_READ
 from app.telemetry.tracing import client_span
@@ -122,21 +122,6 @@ return {'requeued', id}
 """
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _entry(entry_id: bytes | str, fields: Mapping[Any, Any] | None) -> Entry:
-    eid = _text(entry_id)
-    raw = (fields or {}).get(EVENT_FIELD)
-    if raw is None:
-        return Entry(id=eid, event=None, raw=b"", error="entry has no 'event' field")
-    try:
-        return Entry(id=eid, event=decode_event(raw), raw=raw, error=None)
-    except EventDecodeError as exc:
-        return Entry(id=eid, event=None, raw=raw, error=str(exc))
-
-
 class RedisDeadLetters:
     """The dead-letter operations on one Redis; `written_key(tenant)` and
     `applied_key(projection, tenant)` are the status hashes' names (RedisDocStatus's)."""
@@ -167,7 +152,7 @@ class RedisDeadLetters:
             rows: Sequence[tuple[Any, Any]] | None = await self._redis.xrevrange(
                 stream, max=end, min="-", count=count
             )
-        return [_entry(entry_id, fields) for entry_id, fields in rows or ()]
+        return entries_of(rows)
 
     async def delete(self, stream: str, entry_id: str) -> bool:
         with translated(EVENT_LOG, f"XDEL {stream}"):
@@ -197,12 +182,12 @@ class RedisDeadLetters:
         ]
         with translated(EVENT_LOG, f"requeue {command.letter_id} to {command.stream}"):
             reply = await self._requeue(keys=keys, args=args)
-        outcome = _text(reply[0])
+        outcome = as_text(reply[0])
         if outcome == "requeued":
             metrics.events_appended(command.stream, 1)
-            return RequeueReply(outcome="requeued", event_id=_text(reply[1]))
+            return RequeueReply(outcome="requeued", event_id=as_text(reply[1]))
         if outcome == "superseded":
-            return RequeueReply(outcome="superseded", event_id=_text(reply[1]))
+            return RequeueReply(outcome="superseded", event_id=as_text(reply[1]))
         if outcome == "gone":
             return RequeueReply(outcome="gone")
         if outcome == "busy":

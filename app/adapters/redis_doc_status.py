@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from app.adapters.redis_client import durable_client, translated
+from app.adapters.redis_client import as_text, durable_client, translated
 from app.doc_status import Applied, Written
 from app.telemetry.schema import (
     REDIS_STATUS,
@@ -64,10 +64,6 @@ return stored
 
 _ENCODER = msgspec.json.Encoder()
 STATUS_STORE = "status store"  # how errors name this store
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _decode(raw: bytes | str | None, type_: type[T]) -> T | None:
@@ -188,7 +184,7 @@ class RedisDocStatus:
             args += [doc_id, record.event_id, expect.get(doc_id, ""), _ENCODER.encode(record)]
         with translated(STATUS_STORE, f"set-if-newer {key}"):
             stored = await self._set_if_newer(keys=[key], args=args)
-        return {_text(field) for field in stored or []}
+        return {as_text(field) for field in stored or []}
 
     async def close(self) -> None:
         await self._redis.aclose(close_connection_pool=True)

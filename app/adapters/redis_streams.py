@@ -16,7 +16,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from app.adapters.redis_client import durable_client, translated
+from app.adapters.redis_client import as_text, durable_client, translated
 from app.errors import DependencyUnavailable, EventDecodeError, EventLogError
 from app.events import ConsumerInfo, Entry, Event, GroupInfo, decode_event, encode_event
 from app.telemetry import metrics
@@ -37,12 +37,8 @@ _STREAM_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 _MAX_CLAIM_SCANS = 8
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _entry(entry_id: bytes | str, fields: Mapping[Any, Any] | None) -> Entry:
-    eid = _text(entry_id)
+    eid = as_text(entry_id)
     if not fields:
         # The entry is still pending but was deleted (or trimmed) from the stream since.
         return Entry(id=eid, event=None, raw=b"", error="entry no longer in the stream")
@@ -54,7 +50,7 @@ def _entry(entry_id: bytes | str, fields: Mapping[Any, Any] | None) -> Entry:
             event=None,
             raw=msgspec.msgpack.encode(pairs),
             error=f"entry has no {EVENT_FIELD.decode()!r} field (fields: "
-            f"{sorted(_text(key) for key in fields)})",
+            f"{sorted(as_text(key) for key in fields)})",
         )
     try:
         return Entry(id=eid, event=decode_event(raw), raw=raw, error=None)
@@ -62,7 +58,8 @@ def _entry(entry_id: bytes | str, fields: Mapping[Any, Any] | None) -> Entry:
         return Entry(id=eid, event=None, raw=raw, error=str(exc))
 
 
-def _entries(rows: Sequence[tuple[Any, Any]] | None) -> list[Entry]:
+def entries_of(rows: Sequence[tuple[Any, Any]] | None) -> list[Entry]:
+    """Entries from an XRANGE/XREVRANGE reply, each decoded (or kept raw with the error)."""
     return [_entry(entry_id, fields) for entry_id, fields in rows or ()]
 
 
@@ -70,7 +67,7 @@ def _read_reply(reply: Any) -> list[Entry]:
     # XREADGROUP over RESP2: [[stream, [(id, fields), ...]]], or [] when nothing came.
     if not reply:
         return []
-    return _entries(reply[0][1])
+    return entries_of(reply[0][1])
 
 
 # XGROUP DELCONSUMER drops the consumer's pending entries with it, which would lose them
@@ -124,7 +121,7 @@ class RedisEventLog:
         with translated(EVENT_LOG, f"XADD {stream}"):
             entry_id = await self._redis.xadd(stream, {EVENT_FIELD: encode_event(event)})
         metrics.events_appended(stream, 1)
-        return _text(entry_id)
+        return as_text(entry_id)
 
     @client_span(REDIS_APPEND, "redis", "MULTI XADD")
     async def append_many(self, stream: str, events: Sequence[Event]) -> list[str]:
@@ -137,7 +134,7 @@ class RedisEventLog:
                     pipe.xadd(stream, {EVENT_FIELD: encode_event(event)})
                 ids = await pipe.execute()
         metrics.events_appended(stream, len(ids))
-        return [_text(entry_id) for entry_id in ids]
+        return [as_text(entry_id) for entry_id in ids]
 
     async def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
         with translated(EVENT_LOG, f"XGROUP CREATE {stream} {group}"):
@@ -210,8 +207,8 @@ class RedisEventLog:
                     stream, group, consumer, min_idle_ms, cursor, count=count - len(claimed)
                 )
                 cursor = reply[0]
-                claimed.extend(_entries(reply[1]))
-                if len(claimed) >= count or _text(cursor) == "0-0":
+                claimed.extend(entries_of(reply[1]))
+                if len(claimed) >= count or as_text(cursor) == "0-0":
                     break
         return claimed
 
@@ -234,7 +231,7 @@ class RedisEventLog:
                     pipe.xpending_range(stream, group, min=entry_id, max=entry_id, count=1)
                 replies = await pipe.execute()
         return {
-            _text(row["message_id"]): int(row["times_delivered"])
+            as_text(row["message_id"]): int(row["times_delivered"])
             for reply in replies
             for row in reply
         }
@@ -283,7 +280,7 @@ class RedisEventLog:
     ) -> list[Entry]:
         with translated(EVENT_LOG, f"XRANGE {stream}"):
             rows = await self._redis.xrange(stream, min=start, max=end, count=count)
-        return _entries(rows)
+        return entries_of(rows)
 
     @client_span(REDIS_READ, "redis", "XRANGE")
     async def get(self, stream: str, entry_id: str) -> Entry | None:
@@ -291,7 +288,7 @@ class RedisEventLog:
             return None
         with translated(EVENT_LOG, f"XRANGE {stream} {entry_id}"):
             rows = await self._redis.xrange(stream, min=entry_id, max=entry_id, count=1)
-        found = _entries(rows)
+        found = entries_of(rows)
         return found[0] if found else None
 
     async def length(self, stream: str) -> int:
@@ -307,13 +304,13 @@ class RedisEventLog:
                     return None
                 raise
         for info in groups:
-            if _text(info["name"]) == group:
+            if as_text(info["name"]) == group:
                 lag = info.get("lag")
                 return GroupInfo(
                     consumers=int(info["consumers"]),
                     pending=int(info["pending"]),
                     lag=None if lag is None else int(lag),
-                    last_delivered=_text(info["last-delivered-id"]),
+                    last_delivered=as_text(info["last-delivered-id"]),
                 )
         return None
 
@@ -327,7 +324,7 @@ class RedisEventLog:
                 raise
         return [
             ConsumerInfo(
-                name=_text(row["name"]), pending=int(row["pending"]), idle_ms=int(row["idle"])
+                name=as_text(row["name"]), pending=int(row["pending"]), idle_ms=int(row["idle"])
             )
             for row in rows
         ]
