@@ -259,7 +259,8 @@ def test_projector_span_is_linked_to_the_ingest_request(
     )
     assert response.status_code == 200, response.text
     event_id = response.json()["documents"][0]["event_id"]
-    ingest_spans = _spans(running.exporter, "a" * 32)
+    # The server span ends once the answer is sent, a moment after the client has it.
+    ingest_spans = _wait_for(running.exporter, "a" * 32, "POST /api/v1/ingest")
     (server,) = [s for s in ingest_spans if s.name == "POST /api/v1/ingest"]
     assert server.context is not None
 
