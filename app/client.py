@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from app.schemas import DocumentInput, IngestResponse, ReindexJob, SearchResponse
+from app.api.schemas import DocumentInput, IngestResponse, ReindexJob, SearchResponse
 
 
 async def send_batches(

@@ -7,7 +7,8 @@ from typing import Protocol
 
 import msgspec
 
-from app.domain import (
+from app.domain.events import ConsumerInfo, Entry, Event, GroupInfo
+from app.domain.records import (
     Chunk,
     DocumentState,
     Encoded,
@@ -18,7 +19,6 @@ from app.domain import (
     IndexStats,
     Vector,
 )
-from app.events import ConsumerInfo, Entry, Event, GroupInfo
 
 
 class Embedder(Protocol):
@@ -161,7 +161,7 @@ class EventLog(Protocol):
         """Add `delta` to each entry's strike count (kept beside the group) and return the
         new counts. A strike is an isolated attempt to apply the entry that failed, or that
         was under way when its process died: unlike a delivery, a batch's death or a
-        takeover is never one (app/projector.py)."""
+        takeover is never one (app/services/projector.py)."""
         ...
 
     async def strikes(self, stream: str, group: str, ids: Sequence[str]) -> dict[str, int]:

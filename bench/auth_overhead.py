@@ -27,8 +27,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.adapters.redis_rate_limit import RedisRateLimiter  # noqa: E402
-from app.api_keys import KeyRing, digest, new_key  # noqa: E402
+from app.adapters.redis.rate_limit import RedisRateLimiter  # noqa: E402
+from app.api.keys import KeyRing, digest, new_key  # noqa: E402
 from tests.e2e.conftest import DOCS  # noqa: E402
 from tests.e2e.server import PREFIXES, REDIS_URL, Server, drop_keys  # noqa: E402
 

@@ -22,12 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.adapters.edge_index import EdgeIndex  # noqa: E402
-from app.adapters.local_embedder import LocalEmbedder  # noqa: E402
-from app.adapters.qdrant_index import QdrantIndex  # noqa: E402
-from app.adapters.sparse_bm25 import DEFAULT_AVG_LEN  # noqa: E402
-from app.corpus import read_beir_queries  # noqa: E402
-from app.pipeline import Pipeline, PipelineConfig, SearchParams  # noqa: E402
+from app.adapters.embedders.local import LocalEmbedder  # noqa: E402
+from app.adapters.qdrant.edge_index import EdgeIndex  # noqa: E402
+from app.adapters.qdrant.remote_index import QdrantIndex  # noqa: E402
+from app.adapters.qdrant.sparse_bm25 import DEFAULT_AVG_LEN  # noqa: E402
+from app.cli.corpus import read_beir_queries  # noqa: E402
+from app.services.query import Pipeline, PipelineConfig, SearchParams  # noqa: E402
 from tests.conftest import SCIFACT  # noqa: E402
 from tests.integration.test_index_congruence import FanOut, planned_sample  # noqa: E402
 

@@ -27,11 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.adapters.local_embedder import LocalEmbedder  # noqa: E402
+from app.adapters.embedders.local import LocalEmbedder  # noqa: E402
+from app.cli.corpus import read_beir_corpus  # noqa: E402
 from app.client import Client, send_batches  # noqa: E402
-from app.corpus import read_beir_corpus  # noqa: E402
-from app.domain import ChunkingParams, DocumentIn  # noqa: E402
-from app.indexing import Indexer, document_version  # noqa: E402
+from app.domain.records import ChunkingParams, DocumentIn  # noqa: E402
+from app.services.indexing import Indexer, document_version  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from tests.conftest import SCIFACT  # noqa: E402
 from tests.e2e.server import Server  # noqa: E402

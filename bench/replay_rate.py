@@ -22,13 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.adapters.embedded_redis import resolve_redis_url  # noqa: E402
+from app.adapters.redis.embedded import resolve_redis_url  # noqa: E402
+from app.api.schemas import DocumentInput  # noqa: E402
+from app.bootstrap import build_projection  # noqa: E402
+from app.cli.corpus import read_beir_corpus  # noqa: E402
 from app.client import Client, send_batches  # noqa: E402
-from app.corpus import read_beir_corpus  # noqa: E402
-from app.replay import ReplayConfig, ReplayProgress  # noqa: E402
-from app.schemas import DocumentInput  # noqa: E402
+from app.services.replay import ReplayConfig, ReplayProgress  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from app.wiring import build_projection  # noqa: E402
 from tests.conftest import SCIFACT  # noqa: E402
 from tests.e2e.server import Server  # noqa: E402
 
@@ -62,7 +62,7 @@ def load(settings: Settings, docs: list[DocumentInput]) -> None:
 
 def cpu_seconds() -> float:
     """This process's CPU time (every thread) and that of its finished children: the index
-    builder child (app/adapters/edge_builder.py) is waited for before the swap."""
+    builder child (app/adapters/qdrant/edge_builder.py) is waited for before the swap."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

@@ -27,9 +27,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.cli.corpus import read_beir_queries  # noqa: E402
+from app.cli.evaluation import ensure_corpus  # noqa: E402
 from app.client import Client  # noqa: E402
-from app.corpus import read_beir_queries  # noqa: E402
-from app.evaluation import ensure_corpus  # noqa: E402
 from tests.conftest import SCIFACT  # noqa: E402
 from tests.e2e.server import Server  # noqa: E402
 

@@ -40,7 +40,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.corpus import read_beir_corpus, read_beir_queries  # noqa: E402
+from app.cli.corpus import read_beir_corpus, read_beir_queries  # noqa: E402
 from tests.conftest import SCIFACT  # noqa: E402
 from tests.e2e.server import PREFIXES, Server, drop_keys  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Candidates (dense and BM25 pools with exact scores, plus late-interaction scores) are
 retrieved once per query from an index built by `rag-pipeline serve` + `ingest`; every weight
-setting is then scored offline through app.pipeline.fuse/rescore, so what is measured is what
+setting is then scored offline through app.services.query.fuse/rescore, so what is measured is what
 serves. Stop the server first (the Edge shard is opened here).
 
     python bench/tune_fusion.py --data-dir /tmp/scifact-data ../shared/datasets/scifact-train
@@ -23,14 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import qdrant_edge as qe
 
-from app.adapters.chunk_payload import SEARCH_TEXT
-from app.adapters.edge_catalog import EdgeCatalog
-from app.adapters.local_embedder import LocalEmbedder
-from app.corpus import read_beir_queries, read_qrels
-from app.domain import DEFAULT_TENANT, EncodedQuery, Hit, IndexQuery
-from app.pipeline import FusionWeights, fuse, rescore
-from app.reranking import LateInteractionReranker
+from app.adapters.embedders.local import LocalEmbedder
+from app.adapters.qdrant.edge_catalog import EdgeCatalog
+from app.adapters.qdrant.payload import SEARCH_TEXT
+from app.cli.corpus import read_beir_queries, read_qrels
+from app.domain.records import DEFAULT_TENANT, EncodedQuery, Hit, IndexQuery
 from app.retrieval.metrics import dedupe, ndcg_at_k, recall_at_k
+from app.services.query import FusionWeights, fuse, rescore
+from app.services.reranking import LateInteractionReranker
 
 
 def text_index_variant(name: str) -> qe.TextIndexParams:

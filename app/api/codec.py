@@ -10,6 +10,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.api.schemas import ErrorBody, ErrorDetail
 from app.errors import (
     DependencyUnavailable,
     Forbidden,
@@ -19,7 +20,6 @@ from app.errors import (
     RateLimited,
     Unauthenticated,
 )
-from app.schemas import ErrorBody, ErrorDetail
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -9,9 +9,7 @@ from starlette.responses import Response
 from app.api.codec import json_response
 from app.api.guard import tenant_of
 from app.api.quality import parse_query
-from app.dead_letters import DeadLetter, DeadLetters
-from app.doc_status import DocView
-from app.schemas import (
+from app.api.schemas import (
     DeadLetterDetail,
     DeadLetterList,
     DeadLetterQuery,
@@ -20,7 +18,9 @@ from app.schemas import (
     DroppedDeadLetter,
     RequeueResult,
 )
-from app.wiring import Services
+from app.bootstrap import Services
+from app.domain.doc_status import DocView
+from app.services.dead_letters import DeadLetter, DeadLetters
 
 
 async def dead_letters(request: Request) -> Response:

@@ -9,10 +9,7 @@ from starlette.responses import Response
 
 from app.api.codec import decode, json_response, read_body
 from app.api.guard import tenant_of
-from app.domain import ChunkingParams, DocumentIn
-from app.errors import InvalidRequest, NotFound
-from app.ingest import Accepted
-from app.schemas import (
+from app.api.schemas import (
     MAX_METADATA_DEPTH,
     DeleteResponse,
     DocumentStatus,
@@ -20,8 +17,11 @@ from app.schemas import (
     IngestRequest,
     IngestResponse,
 )
+from app.bootstrap import Services
+from app.domain.records import ChunkingParams, DocumentIn
+from app.errors import InvalidRequest, NotFound
+from app.services.ingest import Accepted
 from app.telemetry.tracing import current_traceparent
-from app.wiring import Services
 
 # W3C trace context; anything else in the header is dropped rather than stored in an event.
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")

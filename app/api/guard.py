@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.access import Access, rate_headers
+from app.api.access import Access, rate_headers
 from app.api.codec import response_for
-from app.api_keys import Principal
+from app.api.keys import Principal
 
 Handler = Callable[[Request], Awaitable[Response]]
 

@@ -8,10 +8,10 @@ import logging
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.bootstrap import Projection, held_projection
 from app.errors import RagError
-from app.projector import GROUP
+from app.services.projector import GROUP
 from app.telemetry import metrics
-from app.wiring import Projection, held_projection
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from app import __version__
-from app.schemas import Condition, DocumentInput, ErrorBody
+from app.api.schemas import Condition, DocumentInput, ErrorBody
 
 if TYPE_CHECKING:
     from app.api.routes import Endpoint

@@ -6,10 +6,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.codec import json_response
+from app.api.schemas import ReindexJob
+from app.bootstrap import held_projection
 from app.errors import DependencyUnavailable, NotFound
-from app.replay_jobs import ReplayJob, ReplayJobs
-from app.schemas import ReindexJob
-from app.wiring import held_projection
+from app.services.replay_jobs import ReplayJob, ReplayJobs
 
 
 async def start(request: Request) -> Response:

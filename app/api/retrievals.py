@@ -9,10 +9,10 @@ from starlette.responses import Response
 
 from app.api.codec import decode, json_response, read_body
 from app.api.guard import tenant_of
+from app.api.schemas import FeedbackAccepted, FeedbackRequest
+from app.bootstrap import Services
+from app.domain.events import FeedbackGiven
 from app.errors import InvalidRequest, NotFound
-from app.events import FeedbackGiven
-from app.schemas import FeedbackAccepted, FeedbackRequest
-from app.wiring import Services
 
 
 async def get_retrieval(request: Request) -> Response:

@@ -13,10 +13,9 @@ from starlette.routing import Route
 from app.api import dead_letters, documents, quality, reindex, retrievals, search, system
 from app.api.codec import json_response
 from app.api.guard import guard
+from app.api.keys import Scope
 from app.api.openapi import openapi_spec
-from app.api_keys import Scope
-from app.events import RetrievalRecorded
-from app.schemas import (
+from app.api.schemas import (
     DeadLetterDetail,
     DeadLetterList,
     DeadLetterQuery,
@@ -38,6 +37,7 @@ from app.schemas import (
     SearchResponse,
     Stats,
 )
+from app.domain.events import RetrievalRecorded
 
 Handler = Callable[[Request], Awaitable[Response]]
 

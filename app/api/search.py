@@ -16,13 +16,13 @@ from app.api.codec import (
     with_whole_numbers_as_int,
 )
 from app.api.guard import tenant_of
-from app.domain import FieldFilter
+from app.api.schemas import Condition, Scalar, SearchRequest, SearchResponse, SearchResult
+from app.bootstrap import Services
+from app.domain.events import RecordedResult, RetrievalRecorded, query_sha256
+from app.domain.records import FieldFilter
 from app.errors import InvalidRequest
-from app.events import RecordedResult, RetrievalRecorded, query_sha256
-from app.pipeline import SearchOutcome, SearchParams
-from app.schemas import Condition, Scalar, SearchRequest, SearchResponse, SearchResult
+from app.services.query import SearchOutcome, SearchParams
 from app.telemetry.tracing import current_trace_id
-from app.wiring import Services
 
 
 async def search(request: Request) -> Response:

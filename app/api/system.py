@@ -9,8 +9,7 @@ from starlette.responses import Response
 
 from app.api.codec import json_response
 from app.api.guard import tenant_of
-from app.projector import GROUP
-from app.schemas import (
+from app.api.schemas import (
     CacheInfo,
     EventsInfo,
     Health,
@@ -19,7 +18,8 @@ from app.schemas import (
     RecorderInfo,
     Stats,
 )
-from app.wiring import Projection, Services
+from app.bootstrap import Projection, Services
+from app.services.projector import GROUP
 
 
 async def health(request: Request) -> Response:

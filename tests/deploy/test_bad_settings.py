@@ -122,18 +122,18 @@ def test_a_setting_refused_during_the_lifespan_is_one_line_too(
 ) -> None:
     """A SettingsError raised in an app's lifespan start-up reaches Hypercorn as the text of
     a LifespanFailureError; the CLI still reports the setting alone."""
-    import app.asgi
-    import app.wiring
-    from app.__main__ import main
+    import app.api.asgi
+    import app.bootstrap
+    from app.cli.main import main
 
     @asynccontextmanager
     async def refuse(app: Starlette) -> AsyncIterator[None]:
         raise SettingsError("RAG_SOMETHING: refused while the app started")
         yield
 
-    monkeypatch.setattr(app.wiring, "build_worker", lambda settings: _NothingToClose())
+    monkeypatch.setattr(app.bootstrap, "build_worker", lambda settings: _NothingToClose())
     monkeypatch.setattr(
-        app.asgi, "create_worker_app", lambda settings, built: Starlette(lifespan=refuse)
+        app.api.asgi, "create_worker_app", lambda settings, built: Starlette(lifespan=refuse)
     )
     for name, value in {
         "REDIS_URL": REDIS_URL,

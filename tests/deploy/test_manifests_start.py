@@ -19,8 +19,8 @@ import msgspec
 import pytest
 import redis
 
-from app.adapters.embedded_redis import EmbeddedRedis
-from app.api_keys import KeyEntry, KeysFile, digest, new_key
+from app.adapters.redis.embedded import EmbeddedRedis
+from app.api.keys import KeyEntry, KeysFile, digest, new_key
 from app.settings import Settings
 from tests.deploy import _pods
 from tests.deploy._support import API, NAMESPACES, OVERLAYS, SECRET, WORKER, Doc, find

@@ -21,10 +21,10 @@ import httpx
 import pytest
 import redis
 
-from app.adapters.embedded_redis import EmbeddedRedis
-from app.adapters.redis_streams import EVENT_FIELD
-from app.api_keys import digest, new_key
-from app.events import EventDeadLettered, Streams, encode_event
+from app.adapters.redis.embedded import EmbeddedRedis
+from app.adapters.redis.streams import EVENT_FIELD
+from app.api.keys import digest, new_key
+from app.domain.events import EventDeadLettered, Streams, encode_event
 from tests.e2e.server import REDIS_URL, Server
 from tests.e2e.test_openai_embedder_e2e import openai_env
 from tests.openai_wire import FakeEmbeddings, Reply

@@ -13,9 +13,9 @@ import httpx
 import pytest
 import redis
 
-from app.adapters.embedded_redis import DISCOVERY_FILE, EmbeddedRedis
-from app.adapters.redis_streams import EVENT_FIELD
-from app.events import DocumentUpserted, decode_event
+from app.adapters.redis.embedded import DISCOVERY_FILE, EmbeddedRedis
+from app.adapters.redis.streams import EVENT_FIELD
+from app.domain.events import DocumentUpserted, decode_event
 from tests.e2e.server import REDIS_URL, Server, prefix_for
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

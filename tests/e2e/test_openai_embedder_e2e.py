@@ -139,7 +139,7 @@ def test_sigterm_under_load_drops_no_request(fake: FakeEmbeddings, data_dir: Pat
         assert [o for o in before if o.status != 200] == []
         # After it, a request is answered or refused (not accepted), never dropped: new
         # connections are refused at the kernel before the listening socket closes, so none
-        # is reset in its accept queue (app/listener.py).
+        # is reset in its accept queue (app/api/listener.py).
         assert {o.kind for o in outcomes} <= {"200", "refused"}, [
             (o.kind, o.error) for o in outcomes if o.kind not in ("200", "refused")
         ]

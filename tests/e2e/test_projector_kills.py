@@ -34,17 +34,17 @@ import httpx
 import msgspec
 import pytest
 
-from app.adapters.edge_index import EdgeIndex
-from app.adapters.embedded_redis import EmbeddedRedis
-from app.adapters.local_embedder import LocalEmbedder
-from app.adapters.redis_doc_status import RedisDocStatus
-from app.adapters.redis_streams import RedisEventLog
-from app.domain import DEFAULT_TENANT, ChunkingParams, DocumentIn
+from app.adapters.embedders.local import LocalEmbedder
+from app.adapters.qdrant.edge_index import EdgeIndex
+from app.adapters.redis.doc_status import RedisDocStatus
+from app.adapters.redis.embedded import EmbeddedRedis
+from app.adapters.redis.streams import RedisEventLog
+from app.domain.events import Streams
+from app.domain.records import DEFAULT_TENANT, ChunkingParams, DocumentIn
 from app.errors import NotFound
-from app.events import Streams
-from app.indexing import Indexer, document_version
-from app.ingest import LoggedIngest
-from app.projector import GROUP
+from app.services.indexing import Indexer, document_version
+from app.services.ingest import LoggedIngest
+from app.services.projector import GROUP
 from tests.e2e.server import REDIS_URL, Server, drop_keys, free_port
 
 KILLS = int(os.environ.get("RAG_KILL_TEST_KILLS", "8"))

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from app.adapters.edge_catalog import EdgeCatalog
+from app.adapters.qdrant.edge_catalog import EdgeCatalog
 from tests.e2e.server import Server, free_port
 
 Points = dict[str, tuple[dict[str, Any], list[float]]]

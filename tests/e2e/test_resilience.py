@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.adapters.embedded_redis import EmbeddedRedis
+from app.adapters.redis.embedded import EmbeddedRedis
 from tests.e2e.conftest import DOCS
 from tests.e2e.server import Server
 from tests.e2e.test_openai_embedder_e2e import openai_env

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from app.recorder import new_retrieval_id, retrieval_time_ms
+from app.services.recorder import new_retrieval_id, retrieval_time_ms
 from tests.e2e.server import Server
 
 

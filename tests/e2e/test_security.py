@@ -19,10 +19,10 @@ import httpx
 import pytest
 import redis
 
-from app.adapters.redis_streams import EVENT_FIELD
+from app.adapters.redis.streams import EVENT_FIELD
+from app.api.keys import digest, new_key
 from app.api.routes import ENDPOINTS as ROUTES
-from app.api_keys import digest, new_key
-from app.events import EventDeadLettered, Streams, encode_event
+from app.domain.events import EventDeadLettered, Streams, encode_event
 from tests.e2e.server import Server
 from tests.e2e.test_dead_letters import redis_of
 

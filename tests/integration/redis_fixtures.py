@@ -16,8 +16,8 @@ import redis
 import redis.asyncio
 from redis.asyncio.connection import AbstractConnection
 
-from app.adapters.embedded_redis import EmbeddedRedis
-from app.adapters.redis_streams import RedisEventLog
+from app.adapters.redis.embedded import EmbeddedRedis
+from app.adapters.redis.streams import RedisEventLog
 from app.settings import Settings
 
 MACHINE_REDIS_URL = Settings.from_env().redis_url

@@ -12,26 +12,26 @@ import pytest
 import redis.asyncio
 from prometheus_client import REGISTRY
 
-from app.adapters.edge_index import EdgeIndex
-from app.adapters.local_embedder import LocalEmbedder
-from app.adapters.redis_cache import RedisEmbeddingCache
-from app.adapters.redis_dead_letters import RedisDeadLetters
-from app.adapters.redis_doc_status import RedisDocStatus
-from app.adapters.redis_streams import EVENT_FIELD, RedisEventLog
-from app.dead_letters import DeadLetter, DeadLetters, RequeueCommand
-from app.doc_status import Written
-from app.domain import ChunkingParams, DocumentIn, IndexedChunk
-from app.errors import DependencyUnavailable, InvalidRequest, NotFound
-from app.events import (
+from app.adapters.embedders.local import LocalEmbedder
+from app.adapters.qdrant.edge_index import EdgeIndex
+from app.adapters.redis.cache import RedisEmbeddingCache
+from app.adapters.redis.dead_letters import RedisDeadLetters
+from app.adapters.redis.doc_status import RedisDocStatus
+from app.adapters.redis.streams import EVENT_FIELD, RedisEventLog
+from app.domain.doc_status import Written
+from app.domain.events import (
     DocumentUpserted,
     EventDeadLettered,
     FeedbackGiven,
     Streams,
     encode_event,
 )
-from app.indexing import Indexer
-from app.ingest import LoggedIngest
-from app.projector import GROUP, Projector, ProjectorConfig
+from app.domain.records import ChunkingParams, DocumentIn, IndexedChunk
+from app.errors import DependencyUnavailable, InvalidRequest, NotFound
+from app.services.dead_letters import DeadLetter, DeadLetters, RequeueCommand
+from app.services.indexing import Indexer
+from app.services.ingest import LoggedIngest
+from app.services.projector import GROUP, Projector, ProjectorConfig
 from app.telemetry import schema
 
 pytest_plugins = ("tests.integration.redis_fixtures",)

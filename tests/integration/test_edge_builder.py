@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.adapters.edge_builder import EdgeBuilder
-from app.adapters.edge_catalog import EdgeCatalog
-from app.adapters.edge_index import EdgeIndex
-from app.domain import Chunk, IndexedChunk, IndexQuery
+from app.adapters.qdrant.edge_builder import EdgeBuilder
+from app.adapters.qdrant.edge_catalog import EdgeCatalog
+from app.adapters.qdrant.edge_index import EdgeIndex
+from app.domain.records import Chunk, IndexedChunk, IndexQuery
 from app.errors import DependencyUnavailable
 
 DIM = 64

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.adapters.edge_index import EdgeIndex
-from app.domain import FieldFilter, Hit, IndexQuery
-from app.indexing import chunk_id
+from app.adapters.qdrant.edge_index import EdgeIndex
+from app.domain.records import FieldFilter, Hit, IndexQuery
+from app.services.indexing import chunk_id
 from tests.integration.test_index_contract import (
     DIM,
     WORDS,

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 import redis
 
-from app.adapters.embedded_redis import DISCOVERY_FILE, Discovery, EmbeddedRedis, resolve_redis_url
+from app.adapters.redis.embedded import DISCOVERY_FILE, Discovery, EmbeddedRedis, resolve_redis_url
 from app.settings import Settings
 from tests.conftest import ROOT
 
@@ -72,7 +72,7 @@ def server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
 # A second process on the same data directory, as `rag-pipeline worker` would be.
 _OTHER_PROCESS = """
 import sys, msgspec
-from app.adapters.embedded_redis import EmbeddedRedis
+from app.adapters.redis.embedded import EmbeddedRedis
 server = EmbeddedRedis(sys.argv[1])
 url = server.start()
 print(msgspec.json.encode({"url": url, "pid": server.pid, "owns": server.owns_server}).decode(),

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from app.adapters.edge_index import EdgeIndex
-from app.adapters.local_embedder import LocalEmbedder
-from app.adapters.qdrant_index import QdrantIndex
-from app.adapters.sparse_bm25 import SparseBm25
-from app.corpus import read_beir_corpus, read_beir_queries
-from app.domain import Chunk, ChunkingParams, DocumentIn, Hit, IndexedChunk, SearchMode
-from app.indexing import Indexer, document_version
-from app.pipeline import Pipeline, PipelineConfig, SearchParams
+from app.adapters.embedders.local import LocalEmbedder
+from app.adapters.qdrant.edge_index import EdgeIndex
+from app.adapters.qdrant.remote_index import QdrantIndex
+from app.adapters.qdrant.sparse_bm25 import SparseBm25
+from app.cli.corpus import read_beir_corpus, read_beir_queries
+from app.domain.records import Chunk, ChunkingParams, DocumentIn, Hit, IndexedChunk, SearchMode
+from app.services.indexing import Indexer, document_version
+from app.services.query import Pipeline, PipelineConfig, SearchParams
 
 pytestmark = pytest.mark.slow
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.adapters.edge_index import EdgeIndex
-from app.adapters.qdrant_index import QdrantIndex
-from app.domain import Chunk, FieldFilter, Hit, IndexedChunk, IndexQuery
+from app.adapters.qdrant.edge_index import EdgeIndex
+from app.adapters.qdrant.remote_index import QdrantIndex
+from app.domain.records import Chunk, FieldFilter, Hit, IndexedChunk, IndexQuery
 from app.errors import DependencyUnavailable
-from app.indexing import chunk_id
 from app.retrieval.late_interaction import pack_signs
+from app.services.indexing import chunk_id
 
 DIM = 32
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]

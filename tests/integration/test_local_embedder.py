@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.adapters.local_embedder import DIM, MAX_TOKENS, MODEL_ID, LocalEmbedder
-from app.domain import Encoded, EncodedQuery
+from app.adapters.embedders.local import DIM, MAX_TOKENS, MODEL_ID, LocalEmbedder
+from app.domain.records import Encoded, EncodedQuery
 from app.errors import DependencyUnavailable, ModelIntegrityError
 from app.ports import Embedder
 from app.retrieval.late_interaction import pack_signs

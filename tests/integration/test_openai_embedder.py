@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from app.adapters.openai_embedder import OpenAIEmbedder
-from app.circuit_breaker import CircuitBreaker
+from app.adapters.embedders.circuit_breaker import CircuitBreaker
+from app.adapters.embedders.openai_api import OpenAIEmbedder
 from app.errors import EmbedderRejected, EmbedderUnavailable, SettingsError
 from tests.openai_wire import FakeEmbeddings, Reply, embed
 

@@ -12,20 +12,20 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from app.adapters.edge_index import EdgeIndex
-from app.adapters.local_embedder import LocalEmbedder
-from app.adapters.openai_embedder import OpenAIEmbedder
-from app.adapters.redis_cache import RedisEmbeddingCache
-from app.adapters.redis_doc_status import RedisDocStatus
-from app.adapters.redis_streams import EVENT_FIELD, RedisEventLog
-from app.circuit_breaker import CircuitBreaker
-from app.doc_status import Applied, Written
-from app.domain import ChunkingParams, DocumentIn, IndexedChunk
+from app.adapters.embedders.circuit_breaker import CircuitBreaker
+from app.adapters.embedders.local import LocalEmbedder
+from app.adapters.embedders.openai_api import OpenAIEmbedder
+from app.adapters.qdrant.edge_index import EdgeIndex
+from app.adapters.redis.cache import RedisEmbeddingCache
+from app.adapters.redis.doc_status import RedisDocStatus
+from app.adapters.redis.streams import EVENT_FIELD, RedisEventLog
+from app.domain.doc_status import Applied, Written
+from app.domain.events import DocumentUpserted, EventDeadLettered, FeedbackGiven, Streams
+from app.domain.records import ChunkingParams, DocumentIn, IndexedChunk
 from app.errors import DependencyUnavailable, EmbedderUnavailable
-from app.events import DocumentUpserted, EventDeadLettered, FeedbackGiven, Streams
-from app.indexing import Indexer, document_version
-from app.ingest import LoggedIngest
-from app.projector import GROUP, Projector, ProjectorConfig
+from app.services.indexing import Indexer, document_version
+from app.services.ingest import LoggedIngest
+from app.services.projector import GROUP, Projector, ProjectorConfig
 from tests.openai_wire import FakeEmbeddings, Reply
 
 pytest_plugins = ("tests.integration.redis_fixtures",)

@@ -25,18 +25,18 @@ from typing import Any
 
 import pytest
 
-from app.adapters.edge_index import EdgeIndex
-from app.adapters.local_embedder import LocalEmbedder
-from app.adapters.qdrant_index import QdrantIndex
-from app.adapters.redis_cache import RedisEmbeddingCache
-from app.adapters.redis_doc_status import RedisDocStatus
-from app.adapters.redis_streams import RedisEventLog
-from app.domain import ChunkingParams, DocumentIn, IndexedChunk
+from app.adapters.embedders.local import LocalEmbedder
+from app.adapters.qdrant.edge_index import EdgeIndex
+from app.adapters.qdrant.remote_index import QdrantIndex
+from app.adapters.redis.cache import RedisEmbeddingCache
+from app.adapters.redis.doc_status import RedisDocStatus
+from app.adapters.redis.streams import RedisEventLog
+from app.domain.events import DocumentDeleted, DocumentUpserted, Streams
+from app.domain.records import ChunkingParams, DocumentIn, IndexedChunk
 from app.errors import NotFound
-from app.events import DocumentDeleted, DocumentUpserted, Streams
-from app.indexing import Indexer
-from app.ingest import LoggedIngest
-from app.projector import GROUP, Projector, ProjectorConfig
+from app.services.indexing import Indexer
+from app.services.ingest import LoggedIngest
+from app.services.projector import GROUP, Projector, ProjectorConfig
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio

@@ -14,9 +14,9 @@ import pytest
 import qdrant_edge as qe
 from qdrant_client import AsyncQdrantClient
 
-from app.adapters.edge_index import text_index_params
-from app.adapters.qdrant_index import QdrantIndex, alias_name
-from app.adapters.sparse_bm25 import bm25_config
+from app.adapters.qdrant.edge_index import text_index_params
+from app.adapters.qdrant.remote_index import QdrantIndex, alias_name
+from app.adapters.qdrant.sparse_bm25 import bm25_config
 from app.errors import DependencyUnavailable
 from tests.e2e.server import free_port
 from tests.integration.test_index_contract import DIM, indexed, make_chunk, query, search, unit

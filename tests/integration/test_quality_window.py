@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.adapters.redis_streams import RedisEventLog
+from app.adapters.redis.streams import RedisEventLog
 from app.api.quality import read_window
-from app.events import FeedbackGiven, RetrievalRecorded
+from app.domain.events import FeedbackGiven, RetrievalRecorded
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio

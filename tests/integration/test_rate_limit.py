@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
-from app.adapters.redis_rate_limit import RedisRateLimiter
+from app.adapters.redis.rate_limit import RedisRateLimiter
 from tests.e2e.server import free_port
 
 pytest_plugins = ("tests.integration.redis_fixtures",)

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from app.adapters.redis_streams import RedisEventLog
-from app.events import RetrievalRecorded
-from app.recorder import RetrievalRecorder, new_retrieval_id
+from app.adapters.redis.streams import RedisEventLog
+from app.domain.events import RetrievalRecorded
+from app.services.recorder import RetrievalRecorder, new_retrieval_id
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio

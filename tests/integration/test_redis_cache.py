@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import redis.asyncio
 
-from app.adapters.embedded_redis import EmbeddedRedis
-from app.adapters.redis_cache import RedisEmbeddingCache
+from app.adapters.redis.cache import RedisEmbeddingCache
+from app.adapters.redis.embedded import EmbeddedRedis
 from app.ports import CachedEmbedding, CacheStats
 
 if TYPE_CHECKING:

@@ -11,10 +11,9 @@ import msgspec
 import pytest
 import redis.asyncio
 
-from app.adapters.embedded_redis import EmbeddedRedis
-from app.adapters.redis_streams import EVENT_FIELD, RedisEventLog
-from app.errors import DependencyUnavailable, EventLogError, NotFound
-from app.events import (
+from app.adapters.redis.embedded import EmbeddedRedis
+from app.adapters.redis.streams import EVENT_FIELD, RedisEventLog
+from app.domain.events import (
     DocumentDeleted,
     DocumentUpserted,
     EventDeadLettered,
@@ -24,6 +23,7 @@ from app.events import (
     Streams,
     encode_event,
 )
+from app.errors import DependencyUnavailable, EventLogError, NotFound
 
 if TYPE_CHECKING:
     from tests.integration.redis_fixtures import RoundTrips

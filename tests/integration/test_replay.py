@@ -16,23 +16,23 @@ import numpy as np
 import pytest
 import redis.asyncio
 
-from app.active_index import ActiveIndex
-from app.adapters.edge_catalog import EdgeCatalog
-from app.adapters.local_embedder import LocalEmbedder
-from app.adapters.qdrant_catalog import QdrantCatalog
-from app.adapters.qdrant_index import QdrantIndex
-from app.adapters.redis_cache import RedisEmbeddingCache
-from app.adapters.redis_doc_status import RedisDocStatus
-from app.adapters.redis_replay_jobs import RedisReplayJobs
-from app.adapters.redis_streams import EVENT_FIELD, RedisEventLog
-from app.domain import Chunk, IndexedChunk
+from app.adapters.embedders.local import LocalEmbedder
+from app.adapters.qdrant.edge_catalog import EdgeCatalog
+from app.adapters.qdrant.remote_catalog import QdrantCatalog
+from app.adapters.qdrant.remote_index import QdrantIndex
+from app.adapters.redis.cache import RedisEmbeddingCache
+from app.adapters.redis.doc_status import RedisDocStatus
+from app.adapters.redis.replay_jobs import RedisReplayJobs
+from app.adapters.redis.streams import EVENT_FIELD, RedisEventLog
+from app.domain.events import DocumentDeleted, DocumentUpserted, Streams
+from app.domain.records import Chunk, IndexedChunk
 from app.errors import DependencyUnavailable
-from app.events import DocumentDeleted, DocumentUpserted, Streams
-from app.indexing import Indexer
 from app.ports import IndexCatalog
-from app.projector import Projector, ProjectorConfig
-from app.replay import Replay, ReplayConfig, ReplayProgress
-from app.replay_jobs import ReplayJobs, StoredReplayJob
+from app.services.active_index import ActiveIndex
+from app.services.indexing import Indexer
+from app.services.projector import Projector, ProjectorConfig
+from app.services.replay import Replay, ReplayConfig, ReplayProgress
+from app.services.replay_jobs import ReplayJobs, StoredReplayJob
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 

@@ -13,16 +13,16 @@ import msgspec
 import numpy as np
 import pytest
 
-from app.adapters.chunk_payload import SEARCH_TEXT
-from app.adapters.edge_catalog import EdgeCatalog
-from app.adapters.local_embedder import LocalEmbedder
-from app.adapters.qdrant_catalog import QdrantCatalog
-from app.adapters.qdrant_index import SPARSE, QdrantIndex
-from app.adapters.sparse_bm25 import DEFAULT_AVG_LEN, SparseBm25
-from app.domain import Chunk, Hit, IndexQuery
-from app.events import DocumentDeleted, DocumentUpserted, Streams
+from app.adapters.embedders.local import LocalEmbedder
+from app.adapters.qdrant.edge_catalog import EdgeCatalog
+from app.adapters.qdrant.payload import SEARCH_TEXT
+from app.adapters.qdrant.remote_catalog import QdrantCatalog
+from app.adapters.qdrant.remote_index import SPARSE, QdrantIndex
+from app.adapters.qdrant.sparse_bm25 import DEFAULT_AVG_LEN, SparseBm25
+from app.domain.events import DocumentDeleted, DocumentUpserted, Streams
+from app.domain.records import Chunk, Hit, IndexQuery
 from app.ports import VectorIndex
-from app.projector import Projector
+from app.services.projector import Projector
 from tests.integration.test_index_contract import make_chunk
 from tests.integration.test_replay import embedder, replay_of, unwire, wire
 

@@ -21,12 +21,12 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from app.asgi import create_app
-from app.domain import DEFAULT_TENANT
-from app.pipeline import Pipeline, SearchParams
+from app.api.asgi import create_app
+from app.bootstrap import Services, build_services
+from app.domain.records import DEFAULT_TENANT
+from app.services.query import Pipeline, SearchParams
 from app.settings import Settings
 from app.telemetry import schema, tracing
-from app.wiring import Services, build_services
 from tests.e2e.server import REDIS_URL, drop_keys, free_port
 
 pytest_plugins = ("tests.integration.redis_fixtures",)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from app.adapters.wordpiece_counter import WordPieceCounter, counting_tokenizer
+from app.adapters.embedders.wordpiece import WordPieceCounter, counting_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.api_keys import KeyRing, digest, new_key, parse
+from app.api.keys import KeyRing, digest, new_key, parse
 from app.errors import SettingsError
 
 

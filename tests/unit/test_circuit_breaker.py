@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.circuit_breaker import CircuitBreaker
+from app.adapters.embedders.circuit_breaker import CircuitBreaker
 
 
 class Clock:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.events import FeedbackGiven, RecordedResult, RetrievalRecorded
-from app.quality import nearest_rank, percentiles, quality_report
+from app.domain.events import FeedbackGiven, RecordedResult, RetrievalRecorded
+from app.services.quality import nearest_rank, percentiles, quality_report
 
 T0 = 1_790_000_000.0 - (1_790_000_000 % 3600)  # the start of a UTC hour: 2026-09-21T...
 TENANT = "default"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from app.api.keys import SCOPES
 from app.api.openapi import openapi_spec
 from app.api.routes import ENDPOINTS
-from app.api_keys import SCOPES
 
 OPEN = {"/health", "/ready", "/metrics", "/openapi.json"}
 

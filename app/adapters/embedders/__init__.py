@@ -1,0 +1,1 @@
+"""Embedders: MiniLM on onnxruntime in process, and an OpenAI-compatible embeddings API."""

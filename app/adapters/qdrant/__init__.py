@@ -1,0 +1,1 @@
+"""Adapters to Qdrant: the engine in process (Edge) and a Qdrant cluster (qdrant-client)."""

@@ -1,0 +1,224 @@
+"""IndexCatalog on Qdrant Edge: each generation is its own shard directory beside the others.
+
+Layout under `<data_dir>/index/`:
+
+- `<model_id>/` is generation "0", the shard as it was laid out before generations existed;
+- `<model_id>.gen-<n>/` is generation "n";
+- `<model_id>.active` names the active generation (`{"generation": "n"}`); absent means "0".
+
+The record is replaced atomically (temporary file, fsync, rename, fsync of the directory), so
+after a crash at any point it names either the old generation or the new one, complete. Any
+other generation found at open was being built, or dropped, when a process stopped: it is
+removed, since only the process holding the index (app/bootstrap.py IndexOwnership) opens this.
+
+A new generation is built by a child process (app/adapters/qdrant/edge_builder.py): the engine holds
+the GIL through every write and through the HNSW build, which in this process would stall
+everything it serves meanwhile. `activate` has the child finish the shard (flush, HNSW,
+close), then opens it here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterable, Sequence
+from pathlib import Path
+
+import msgspec
+
+from app.adapters.qdrant.edge_builder import EdgeBuilder
+from app.adapters.qdrant.edge_index import EdgeIndex
+from app.domain.records import Chunk
+from app.errors import DependencyUnavailable, RagError
+
+log = logging.getLogger(__name__)
+
+LEGACY = "0"
+
+
+class ActiveRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What `<model_id>.active` holds."""
+
+    generation: str
+
+
+class EdgeCatalog:
+    """The generations of one model's Edge shard; see the module doc for the layout."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        model_id: str,
+        dim: int,
+        metadata_indexes: dict[str, str] | None = None,
+        search_threads: int | None = None,
+    ) -> None:
+        self.root = data_dir / "index"
+        self.model_id = model_id
+        self._data_dir = data_dir
+        self._dim = dim
+        self._metadata_indexes = metadata_indexes
+        self._search_threads = search_threads
+        self._record = self.root / f"{model_id}.active"
+        self._lock = threading.Lock()
+        self._building: dict[str, EdgeBuilder] = {}
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._active = self._read_record()
+        self._remove_others(keep={self._active})
+        self._index = self._open(self._active)
+
+    @property
+    def active(self) -> str:
+        return self._active
+
+    def current(self) -> EdgeIndex:
+        return self._index
+
+    def path(self, generation: str) -> Path:
+        if generation == LEGACY:
+            return self.root / self.model_id
+        return self.root / f"{self.model_id}.gen-{generation}"
+
+    async def create(
+        self, *, corpus: AsyncIterable[Sequence[Chunk]] | None = None
+    ) -> tuple[str, EdgeBuilder]:
+        # `corpus` is not read: the shard's text index computes its BM25 statistics (the
+        # mean length too) from what it holds, as it goes.
+        with self._lock:
+            taken = [int(self._active), *map(int, self._building), *self._on_disk()]
+            generation = str(max(taken) + 1)
+            path = self.path(generation)
+            if path.exists():  # a leftover: nothing refers to it
+                shutil.rmtree(path)
+        builder = EdgeBuilder(
+            path, model_id=self.model_id, dim=self._dim, metadata_indexes=self._metadata_indexes
+        )
+        try:
+            await builder.started()
+        except BaseException:
+            await asyncio.to_thread(self._drop_build, builder)
+            raise
+        self._building[generation] = builder
+        log.info("building index generation %s at %s", generation, path)
+        return generation, builder
+
+    async def activate(self, generation: str) -> None:
+        builder = self._building.pop(generation, None)
+        if builder is None:
+            raise RagError(f"generation {generation!r} is not being built here")
+        started = time.perf_counter()
+        try:
+            await builder.finish()
+            finished = time.perf_counter()
+            index = await asyncio.to_thread(self._open, generation)
+            log.info(
+                "index generation %s finished in %.2fs, opened in %.2fs",
+                generation,
+                finished - started,
+                time.perf_counter() - finished,
+            )
+        except BaseException:
+            await asyncio.to_thread(self._drop_build, builder)
+            raise
+        try:
+            await asyncio.to_thread(self._write_record, generation)
+        except OSError as exc:
+            await asyncio.to_thread(self._drop, index)
+            raise DependencyUnavailable(f"cannot record the active index: {exc}") from exc
+        # Swapped on the event loop, between two operations: every one that starts from now
+        # on resolves the new generation; those already running finish on the old one,
+        # which close() waits for.
+        previous, self._index, self._active = self._index, index, generation
+        log.info("index generation %s is active; dropping %s", generation, previous.path)
+        await asyncio.to_thread(self._drop, previous)
+
+    async def discard(self, generation: str) -> None:
+        builder = self._building.pop(generation, None)
+        if builder is not None:
+            await asyncio.to_thread(self._drop_build, builder)
+
+    def close(self) -> None:
+        for generation in list(self._building):
+            self._drop_build(self._building.pop(generation))
+        self._index.close()
+
+    # --- files ---------------------------------------------------------------------------
+
+    def _open(self, generation: str) -> EdgeIndex:
+        return EdgeIndex(
+            self._data_dir,
+            model_id=self.model_id,
+            dim=self._dim,
+            metadata_indexes=self._metadata_indexes,
+            search_threads=self._search_threads,
+            path=self.path(generation),
+        )
+
+    @staticmethod
+    def _drop(index: EdgeIndex) -> None:
+        index.close()
+        shutil.rmtree(index.path, ignore_errors=True)
+
+    @staticmethod
+    def _drop_build(builder: EdgeBuilder) -> None:
+        builder.close()
+        shutil.rmtree(builder.path, ignore_errors=True)
+
+    def _read_record(self) -> str:
+        try:
+            raw = self._record.read_bytes()
+        except FileNotFoundError:
+            return LEGACY
+        try:
+            generation = msgspec.json.decode(raw, type=ActiveRecord).generation
+        except msgspec.DecodeError as exc:
+            # Written atomically, so this is not a torn write: someone edited it. Guessing
+            # would serve (and then delete!) the wrong generation.
+            raise DependencyUnavailable(
+                f"{self._record} does not name an index generation ({exc}); fix or remove it"
+            ) from exc
+        if not generation.isdigit() or not self.path(generation).is_dir():
+            raise DependencyUnavailable(
+                f"{self._record} names generation {generation!r}, which is not on disk"
+            )
+        return generation
+
+    def _write_record(self, generation: str) -> None:
+        temporary = self._record.with_name(self._record.name + ".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(msgspec.json.encode(ActiveRecord(generation=generation)))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self._record)
+        directory = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def _on_disk(self) -> list[int]:
+        prefix = f"{self.model_id}.gen-"
+        return [
+            int(p.name[len(prefix) :])
+            for p in self.root.glob(f"{prefix}*")
+            if p.is_dir() and p.name[len(prefix) :].isdigit()
+        ]
+
+    def _remove_others(self, keep: set[str]) -> None:
+        stale = [str(n) for n in self._on_disk()]
+        if self.path(LEGACY).is_dir():
+            stale.append(LEGACY)
+        for generation in stale:
+            if generation not in keep:
+                log.warning(
+                    "removing index generation %s at %s: left by a replay or swap that did "
+                    "not finish",
+                    generation,
+                    self.path(generation),
+                )
+                shutil.rmtree(self.path(generation), ignore_errors=True)

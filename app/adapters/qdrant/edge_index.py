@@ -1,0 +1,509 @@
+"""VectorIndex on Qdrant Edge: the Qdrant engine in process, one shard per embedding model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import qdrant_edge as qe
+
+from app.adapters.qdrant.payload import (
+    DENSE,
+    HEAVY_FIELDS,
+    SEARCH_TEXT,
+    SIGNATURE,
+    doomed_points,
+    fill_hits,
+    payload_of,
+    signatures_of,
+)
+from app.domain.records import (
+    DocumentState,
+    FieldFilter,
+    Hit,
+    IndexedChunk,
+    IndexQuery,
+    IndexStats,
+    Vector,
+)
+from app.errors import DependencyUnavailable, RagError
+from app.telemetry.schema import (
+    QDRANT_DELETE,
+    QDRANT_FETCH,
+    QDRANT_RETRIEVE,
+    QDRANT_UPSERT,
+)
+from app.telemetry.tracing import client_span
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+_KEYWORD_FIELDS = ("tenant", "doc_id", "version")
+_INDEX_KINDS: dict[str, Callable[[], Any]] = {
+    "keyword": lambda: qe.KeywordIndexParams(),
+    "integer": lambda: qe.IntegerIndexParams(lookup=True, range=True),
+    "float": lambda: qe.FloatIndexParams(),
+    "bool": lambda: qe.BoolIndexParams(),
+}
+# Points not yet in the HNSW graph that make the background optimizer run.
+_OPTIMIZE_AFTER_UNINDEXED = 2000
+_BM25_K = 1.2
+_BM25_B = 0.75
+
+
+def text_index_params() -> qe.TextIndexParams:
+    """English word tokenizer with Snowball stemming and stop words, scored by BM25.
+
+    Chosen on SciFact (docs/benchmarks.md): stemming and stop-word removal each add to
+    BM25's nDCG@10 over a plain lowercase word tokenizer.
+    """
+    return qe.TextIndexParams(
+        tokenizer=qe.TokenizerType.Word,
+        lowercase=True,
+        ascii_folding=True,
+        stemmer=qe.SnowballParams(qe.SnowballLanguage.English),
+        stopwords=qe.Language.English,
+        min_token_len=1,
+        max_token_len=40,
+        scoring=True,
+        enable_hnsw=False,
+    )
+
+
+class EdgeIndex:
+    """Chunks of every tenant in one Edge shard under `<data_dir>/index/<model_id>`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        model_id: str,
+        dim: int,
+        metadata_indexes: dict[str, str] | None = None,
+        search_threads: int | None = None,
+        path: Path | None = None,
+        building: bool = False,
+    ) -> None:
+        # `path` places the shard elsewhere: a generation of app/adapters/qdrant/edge_catalog.py.
+        self.path = path if path is not None else data_dir / "index" / model_id
+        self.dim = dim
+        # A generation being built (app/adapters/qdrant/edge_builder.py) is read by no one and is
+        # discarded if its process dies, so it needs durability, and HNSW, only once it is
+        # finished: writes skip the flush and the optimizer waits for optimize() and close().
+        self.building = building
+        self._write_lock = threading.Lock()
+        # Operations running in threads; close() waits for them, so a generation being
+        # dropped after a swap lets the searches already on it finish.
+        self._busy = 0
+        self._idle = threading.Condition()
+        self._optimizing = threading.Lock()
+        self._unindexed = 0
+        self._closed = False
+        try:
+            self._shard = self._open(metadata_indexes or {}, search_threads)
+        except RagError:
+            raise
+        except Exception as exc:  # the binding raises plain exceptions for engine errors
+            raise DependencyUnavailable(f"cannot open the index at {self.path}: {exc}") from exc
+
+    def _open(self, metadata_indexes: dict[str, str], search_threads: int | None) -> qe.EdgeShard:
+        config = qe.EdgeConfig(
+            vectors={DENSE: qe.EdgeVectorParams(size=self.dim, distance=qe.Distance.Cosine)},
+            hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=1_000),
+            # Qdrant's default waits for 10 MB of vectors per segment before building HNSW,
+            # which a corpus of SciFact's size never reaches; index once ~2,000 vectors wait.
+            optimizers=qe.EdgeOptimizersConfig(
+                indexing_threshold=max(1, _OPTIMIZE_AFTER_UNINDEXED * self.dim * 4 // 1024)
+            ),
+            max_search_threads=search_threads,
+            # Payload is read for the returned hits and rerank candidates only: no reason to
+            # keep all of it (token signatures are most of it) resident.
+            payload_memory=qe.Memory.Cold,
+        )
+        self.path.mkdir(parents=True, exist_ok=True)
+        has_segments = any(self.path.iterdir())
+        shard = (
+            qe.EdgeShard.load(str(self.path), config)
+            if has_segments
+            else qe.EdgeShard.create(str(self.path), config)
+        )
+        existing = shard.info().payload_schema
+        # Qdrant adds HNSW links per value of every payload index with enable_hnsw (per
+        # frequent token, for a text index), for filtered dense search. Only the tenant and
+        # metadata filters shape dense searches; the text index serves BM25 by itself and
+        # doc_id/version/chunk_index serve lookups and deletes. With the links, building
+        # HNSW for SciFact's 10k chunks took 32 s instead of 11 s.
+        wanted: dict[str, Any] = {
+            field: qe.KeywordIndexParams(enable_hnsw=False) for field in _KEYWORD_FIELDS
+        }
+        wanted["tenant"] = qe.KeywordIndexParams(is_tenant=True)
+        wanted["chunk_index"] = qe.IntegerIndexParams(lookup=True, range=False, enable_hnsw=False)
+        wanted[SEARCH_TEXT] = text_index_params()
+        for field, kind in metadata_indexes.items():
+            wanted[f"metadata.{field}"] = _INDEX_KINDS[kind]()
+        for field, params in wanted.items():
+            if field not in existing:
+                shard.update(qe.UpdateOperation.create_field_index(field, params))
+        return shard
+
+    # --- writes -------------------------------------------------------------------------
+
+    @client_span(QDRANT_UPSERT, "qdrant", "upsert")
+    async def upsert(self, chunks: Sequence[IndexedChunk]) -> None:
+        if chunks:
+            await self._run(self._upsert, chunks)
+
+    def _upsert(self, chunks: Sequence[IndexedChunk]) -> None:
+        points = [_to_point(item) for item in chunks]
+        with self._write_lock:
+            self._shard.update(qe.UpdateOperation.upsert_points(points))
+            # The WAL makes writes survive a process crash; flush makes them survive the
+            # machine's, which is what "durable when acknowledged" promises.
+            if not self.building:
+                self._shard.flush()
+            self._unindexed += len(points)
+        self._maybe_optimize()
+
+    @client_span(QDRANT_DELETE, "qdrant", "delete")
+    async def delete_document(
+        self,
+        tenant: str,
+        doc_id: str,
+        *,
+        older_than: str | None = None,
+        written_by: str | None = None,
+    ) -> int:
+        return await self._run(self._delete_document, tenant, doc_id, older_than, written_by)
+
+    def _delete_document(
+        self, tenant: str, doc_id: str, older_than: str | None, written_by: str | None
+    ) -> int:
+        flt = _doc_filter(tenant, doc_id)
+        with self._write_lock:
+            if older_than is None and written_by is None:
+                doomed = int(self._shard.count(qe.CountRequest(filter=flt, exact=True)))
+                if doomed:
+                    self._shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
+            else:
+                ids = doomed_points(
+                    self._document_points(flt), older_than=older_than, written_by=written_by
+                )
+                doomed = len(ids)
+                if ids:
+                    self._shard.update(qe.UpdateOperation.delete_points(ids))  # type: ignore[arg-type]
+            if doomed and not self.building:
+                self._shard.flush()
+        return doomed
+
+    def _document_points(self, flt: qe.Filter) -> list[tuple[object, dict[str, Any] | None]]:
+        """Every point of one document with the event that wrote it."""
+        out: list[tuple[object, dict[str, Any] | None]] = []
+        offset = None
+        while True:
+            records, offset = self._shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset,
+                    limit=1_000,
+                    filter=flt,
+                    with_payload=qe.PayloadSelector.Include(["event_id"]),
+                )
+            )
+            out += [(r.id, r.payload) for r in records]
+            if offset is None:
+                return out
+
+    def _maybe_optimize(self) -> None:
+        # HNSW is built by the optimizer, which Edge runs only when asked; do it off the
+        # write path once enough points wait, and never two at a time.
+        if (
+            self.building
+            or self._unindexed < _OPTIMIZE_AFTER_UNINDEXED
+            or not self._optimizing.acquire(False)
+        ):
+            return
+        self._unindexed = 0
+
+        def optimize() -> None:
+            try:
+                started = time.perf_counter()
+                if not self._closed:
+                    self._shard.optimize()
+                log.info("index optimized in %.2fs", time.perf_counter() - started)
+            except Exception:
+                log.exception("index optimization failed; search still works on plain segments")
+            finally:
+                self._optimizing.release()
+
+        threading.Thread(target=optimize, name="edge-optimizer", daemon=True).start()
+
+    async def optimize(self) -> None:
+        """Build HNSW for everything written so far (blocking the caller, not the loop)."""
+
+        def run() -> None:
+            with self._optimizing:
+                self._shard.optimize()
+                self._unindexed = 0
+
+        await self._run(run)
+
+    # --- reads --------------------------------------------------------------------------
+
+    @client_span(QDRANT_FETCH, "qdrant", "count")
+    async def document(self, tenant: str, doc_id: str) -> DocumentState | None:
+        return await self._run(self._document, tenant, doc_id)
+
+    def _document(self, tenant: str, doc_id: str) -> DocumentState | None:
+        flt = _doc_filter(tenant, doc_id)
+        records, _ = self._shard.scroll(
+            qe.ScrollRequest(
+                limit=1, filter=flt, with_payload=qe.PayloadSelector.Include(["version"])
+            )
+        )
+        if not records:
+            return None
+        version = str((records[0].payload or {})["version"])
+        chunks = self._shard.count(qe.CountRequest(filter=flt, exact=True))
+        return DocumentState(doc_id=doc_id, version=version, chunks=int(chunks))
+
+    @client_span(QDRANT_RETRIEVE, "qdrant", "query")
+    async def retrieve(self, query: IndexQuery) -> list[Hit]:
+        return await self._run(self._retrieve, query)
+
+    def _retrieve(self, query: IndexQuery) -> list[Hit]:
+        flt = build_filter(query.tenant, query.filters)
+        requests = []
+        if query.dense:
+            requests.append(self._dense_request(query, flt, query.limit))
+        if query.bm25:
+            requests.append(self._bm25_request(query, flt, query.limit))
+        results = self._shard.query_batch(qe.QueryBatchRequest(requests))
+        hits: dict[str, Hit] = {}
+        for point in (p for result in results for p in result):
+            hits.setdefault(str(point.id), Hit(chunk_id=str(point.id), dense=-1.0, bm25=None))
+        dense_scored: set[str] = set()
+        if query.dense:
+            for point in results[0]:
+                hits[str(point.id)].dense = float(point.score)
+                dense_scored.add(str(point.id))
+        bm25_scored: set[str] = set()
+        if query.bm25:
+            for point in results[-1]:
+                hits[str(point.id)].bm25 = float(point.score)
+                bm25_scored.add(str(point.id))
+        # Candidates found by one retriever get their exact score from the other too, by
+        # asking it again restricted to exactly those points, so fusion never has to guess.
+        # The cosine is always filled in: min_score applies to it in every mode.
+        self._fill(hits, dense_scored, "dense", lambda f, n: self._dense_request(query, f, n))
+        if query.bm25:
+            self._fill(hits, bm25_scored, "bm25", lambda f, n: self._bm25_request(query, f, n))
+        return list(hits.values())
+
+    def _fill(
+        self,
+        hits: dict[str, Hit],
+        scored: set[str],
+        field: str,
+        request: Callable[[qe.Filter, int], qe.QueryRequest],
+    ) -> None:
+        missing = [key for key in hits if key not in scored]
+        if not missing:
+            return
+        restricted = qe.Filter(must=[qe.HasIdCondition(set(missing))])
+        for point in self._shard.query(request(restricted, len(missing))):
+            setattr(hits[str(point.id)], field, float(point.score))
+
+    @staticmethod
+    def _dense_request(query: IndexQuery, flt: qe.Filter, limit: int) -> qe.QueryRequest:
+        return qe.QueryRequest(
+            query=qe.Query.Nearest(query.vector.tolist(), using=DENSE),
+            filter=flt,
+            limit=limit,
+            with_payload=False,
+            with_vector=False,
+        )
+
+    @staticmethod
+    def _bm25_request(query: IndexQuery, flt: qe.Filter, limit: int) -> qe.QueryRequest:
+        return qe.QueryRequest(
+            query=qe.TextQuery(SEARCH_TEXT, query.text, qe.Bm25Params(_BM25_K, _BM25_B)),
+            filter=flt,
+            limit=limit,
+            with_payload=False,
+            with_vector=False,
+        )
+
+    @client_span(QDRANT_FETCH, "qdrant", "retrieve")
+    async def hydrate(self, hits: Sequence[Hit]) -> None:
+        if hits:
+            await self._run(self._hydrate, hits)
+
+    def _hydrate(self, hits: Sequence[Hit]) -> None:
+        records = self._shard.retrieve(
+            [h.chunk_id for h in hits],
+            with_payload=qe.PayloadSelector.Exclude(HEAVY_FIELDS),
+            with_vector=False,
+        )
+        fill_hits(hits, {str(r.id): r.payload or {} for r in records})
+
+    @client_span(QDRANT_FETCH, "qdrant", "retrieve")
+    async def vectors(self, chunk_ids: Sequence[str]) -> dict[str, Vector]:
+        return await self._run(self._vectors, chunk_ids)
+
+    def _vectors(self, chunk_ids: Sequence[str]) -> dict[str, Vector]:
+        records = self._shard.retrieve(list(chunk_ids), with_payload=False, with_vector=[DENSE])
+        out: dict[str, Vector] = {}
+        for record in records:
+            raw = record.vector
+            dense = raw[DENSE] if isinstance(raw, dict) else raw
+            out[str(record.id)] = np.asarray(dense, dtype=np.float32)
+        return out
+
+    @client_span(QDRANT_FETCH, "qdrant", "retrieve")
+    async def token_signatures(self, chunk_ids: Sequence[str]) -> dict[str, bytes]:
+        return await self._run(self._token_signatures, chunk_ids)
+
+    def _token_signatures(self, chunk_ids: Sequence[str]) -> dict[str, bytes]:
+        records = self._shard.retrieve(
+            list(chunk_ids), with_payload=qe.PayloadSelector.Include([SIGNATURE]), with_vector=False
+        )
+        return signatures_of((r.id, r.payload) for r in records)
+
+    async def stats(self, tenant: str | None = None) -> IndexStats:
+        return await self._run(self._stats, tenant)
+
+    def _stats(self, tenant: str | None) -> IndexStats:
+        info = self._shard.info()
+        must: list[Any] = [] if tenant is None else [_match("tenant", tenant)]
+        points = self._shard.count(qe.CountRequest(filter=qe.Filter(must=must), exact=True))
+        documents = self._shard.count(
+            qe.CountRequest(filter=qe.Filter(must=[*must, _match("chunk_index", 0)]), exact=True)
+        )
+        return IndexStats(
+            points=int(points),
+            documents=int(documents),
+            indexed_vectors=int(info.indexed_vectors_count),
+            segments=int(info.segments_count),
+        )
+
+    async def all_points(
+        self, tenant: str | None = None
+    ) -> list[tuple[str, dict[str, Any], list[float]]]:
+        """Every point as (id, payload, dense vector): for replay checks and exports."""
+        return await self._run(self._all_points, tenant)
+
+    def _all_points(self, tenant: str | None) -> list[tuple[str, dict[str, Any], list[float]]]:
+        flt = None if tenant is None else qe.Filter(must=[_match("tenant", tenant)])
+        out: list[tuple[str, dict[str, Any], list[float]]] = []
+        offset: Any = None
+        while True:
+            records, offset = self._shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=512, filter=flt, with_payload=True, with_vector=[DENSE]
+                )
+            )
+            for record in records:
+                vector = record.vector
+                dense = vector[DENSE] if isinstance(vector, dict) else vector
+                values = dense if isinstance(dense, list) else []
+                out.append((str(record.id), dict(record.payload or {}), [float(x) for x in values]))  # type: ignore[arg-type]
+            if offset is None:
+                return out
+
+    async def ready(self) -> bool:
+        try:
+            await self._run(self._shard.info)
+        except DependencyUnavailable:
+            return False
+        return True
+
+    def close(self, drain_seconds: float = 30.0) -> None:
+        if self._closed:
+            return
+        with self._idle:
+            self._closed = True
+            if not self._idle.wait_for(lambda: self._busy == 0, timeout=drain_seconds):
+                log.warning("closing the index at %s with operations still running", self.path)
+        with self._optimizing, self._write_lock:
+            self._shard.flush()
+            self._shard.close()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        # Counted from here until the engine call returns, so close() (a generation dropped
+        # after a swap) lets every operation that started before it finish. The count is
+        # taken on the caller's side, and the call shielded from cancellation, because an
+        # operation still queued for a thread when close() looks must hold it off too.
+        with self._idle:
+            if self._closed:
+                raise DependencyUnavailable("the index is closed")
+            self._busy += 1
+
+        def counted() -> T:
+            try:
+                return fn(*args)
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+        running = asyncio.ensure_future(asyncio.to_thread(counted))
+        running.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            return await asyncio.shield(running)
+        except RagError:
+            raise
+        except Exception as exc:  # engine errors arrive as plain exceptions from the binding
+            raise DependencyUnavailable(f"index operation failed: {exc}") from exc
+
+
+def _match(key: str, value: str | int | bool) -> qe.FieldCondition:
+    return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+
+
+def _doc_filter(tenant: str, doc_id: str) -> qe.Filter:
+    return qe.Filter(must=[_match("tenant", tenant), _match("doc_id", doc_id)])
+
+
+def build_filter(tenant: str, filters: Sequence[FieldFilter]) -> qe.Filter:
+    """The tenant condition always, then each metadata condition (all must hold)."""
+    must: list[Any] = [_match("tenant", tenant)]
+    for flt in filters:
+        key = f"metadata.{flt.key}"
+        if flt.any_of is not None:
+            must.append(qe.FieldCondition(key=key, match=qe.MatchAny(flt.any_of)))
+        elif flt.gte is not None or flt.gt is not None or flt.lte is not None or flt.lt is not None:
+            must.append(
+                qe.FieldCondition(
+                    key=key, range=qe.RangeFloat(gte=flt.gte, gt=flt.gt, lte=flt.lte, lt=flt.lt)
+                )
+            )
+        elif _compare_as_float(flt.equals):
+            # Not an int64 (a fraction, or too large for the engine's integer match).
+            value = float(flt.equals)  # type: ignore[arg-type]
+            must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(gte=value, lte=value)))
+        elif isinstance(flt.equals, float):
+            must.append(_match(key, int(flt.equals)))
+        elif flt.equals is not None:
+            must.append(_match(key, flt.equals))
+    return qe.Filter(must=must)
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _compare_as_float(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float):
+        return not value.is_integer() or int(value) not in _INT64
+    return isinstance(value, int) and value not in _INT64
+
+
+def _to_point(item: IndexedChunk) -> qe.Point:
+    return qe.Point(item.chunk.chunk_id, {DENSE: item.vector.tolist()}, payload_of(item))

@@ -1,0 +1,81 @@
+"""The payload both index adapters keep with each chunk, and how hits are read back from it."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from app.domain.records import Hit, IndexedChunk, id_key
+
+DENSE = "dense"
+# BM25 reads the same text the embedder reads (title, section path, chunk text).
+SEARCH_TEXT = "search_text"
+SIGNATURE = "sig"
+# Payload that retrieval never needs back; signatures are fetched only for rerank candidates.
+HEAVY_FIELDS = [SEARCH_TEXT, SIGNATURE]
+
+
+def payload_of(item: IndexedChunk) -> dict[str, Any]:
+    """What a point stores besides its vectors; the same on Edge and on a cluster, so exports
+    and replay checks read the same fields."""
+    chunk = item.chunk
+    payload: dict[str, Any] = {
+        "tenant": chunk.tenant,
+        "doc_id": chunk.doc_id,
+        "version": chunk.version,
+        "event_id": chunk.event_id,
+        "chunk_index": chunk.chunk_index,
+        "title": chunk.title,
+        "section": chunk.section,
+        "text": chunk.text,
+        "metadata": chunk.metadata,
+        SEARCH_TEXT: chunk.embed_text,
+    }
+    if item.token_signature is not None:
+        payload[SIGNATURE] = base64.b64encode(item.token_signature).decode("ascii")
+    return payload
+
+
+def fill_hits(hits: Sequence[Hit], payloads: Mapping[str, Mapping[str, Any]]) -> None:
+    """Set each hit's document fields from its point's payload (by chunk id)."""
+    for h in hits:
+        payload = payloads.get(h.chunk_id, {})
+        h.doc_id = str(payload.get("doc_id", ""))
+        h.chunk_index = int(payload.get("chunk_index", 0))
+        h.title = str(payload.get("title", ""))
+        h.text = str(payload.get("text", ""))
+        h.section = list(payload.get("section") or [])
+        h.metadata = dict(payload.get("metadata") or {})
+
+
+def signatures_of(records: Iterable[tuple[object, Mapping[str, Any] | None]]) -> dict[str, bytes]:
+    """Token signatures from (point id, payload) pairs; points without one are left out."""
+    out: dict[str, bytes] = {}
+    for point_id, payload in records:
+        encoded = (payload or {}).get(SIGNATURE)
+        if encoded:
+            out[str(point_id)] = base64.b64decode(encoded)
+    return out
+
+
+def doomed_points(
+    records: Iterable[tuple[object, Mapping[str, Any] | None]],
+    *,
+    older_than: str | None,
+    written_by: str | None,
+) -> list[object]:
+    """Which of a document's points (id, payload with "event_id") a delete removes: every
+    one, those of events older than `older_than` (a point without an event counts as
+    oldest), or those of `written_by`. Stream ids order as numbers, not as strings, so the
+    choice is made here rather than by a filter on the index."""
+    doomed = []
+    limit = id_key(older_than) if older_than is not None else None
+    for point_id, payload in records:
+        written = str((payload or {}).get("event_id") or "")
+        if written_by is not None:
+            if written == written_by:
+                doomed.append(point_id)
+        elif limit is None or id_key(written) < limit:
+            doomed.append(point_id)
+    return doomed

@@ -1,0 +1,612 @@
+"""VectorIndex on a Qdrant cluster (or qdrant-client's local mode) through AsyncQdrantClient."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from qdrant_client import AsyncQdrantClient
+from qdrant_client import models as qm
+from qdrant_client.http.exceptions import UnexpectedResponse
+
+from app.adapters.qdrant.payload import (
+    DENSE,
+    HEAVY_FIELDS,
+    SIGNATURE,
+    doomed_points,
+    fill_hits,
+    payload_of,
+    signatures_of,
+)
+from app.adapters.qdrant.sparse_bm25 import BM25_B, BM25_K, DEFAULT_AVG_LEN, SparseBm25
+from app.domain.records import (
+    DocumentState,
+    FieldFilter,
+    Hit,
+    IndexedChunk,
+    IndexQuery,
+    IndexStats,
+    Vector,
+)
+from app.errors import DependencyUnavailable, RagError, SettingsError
+from app.telemetry.schema import QDRANT_DELETE, QDRANT_FETCH, QDRANT_RETRIEVE, QDRANT_UPSERT
+from app.telemetry.tracing import client_span
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SPARSE = "bm25"
+
+_KEYWORD_FIELDS = ("tenant", "doc_id", "version")
+_INDEX_KINDS: dict[str, Callable[[], qm.PayloadSchemaParams | qm.PayloadSchemaType]] = {
+    "keyword": lambda: qm.PayloadSchemaType.KEYWORD,
+    "integer": lambda: qm.IntegerIndexParams(
+        type=qm.IntegerIndexType.INTEGER, lookup=True, range=True
+    ),
+    "float": lambda: qm.PayloadSchemaType.FLOAT,
+    "bool": lambda: qm.PayloadSchemaType.BOOL,
+}
+_SCROLL_PAGE = 512
+
+
+def alias_name(prefix: str, model_id: str) -> str:
+    """The name search and the projector address: one per embedding model (index identity)."""
+    return prefix + re.sub(r"[^A-Za-z0-9_-]", "_", model_id)
+
+
+class QdrantIndex:
+    """Chunks of every tenant in one collection, reached through the alias `alias_name(...)`.
+
+    The alias points at one generation collection (`<alias>--g<µs>`); a replay builds a new
+    generation beside it (`create_generation`, then writes through `on_collection`), and
+    `switch_alias` swaps it in atomically. The alias and its first generation are created on
+    first use, so a cluster that is down at start-up only makes the index unready.
+    """
+
+    def __init__(
+        self,
+        client: AsyncQdrantClient,
+        *,
+        model_id: str,
+        dim: int,
+        prefix: str = "rag_",
+        metadata_indexes: dict[str, str] | None = None,
+        timeout_seconds: float = 5.0,
+        bm25_avg_len: float = DEFAULT_AVG_LEN,
+        collection: str | None = None,
+        owns_client: bool = True,
+    ) -> None:
+        self.client = client
+        self.model_id = model_id
+        self.dim = dim
+        self.alias = alias_name(prefix, model_id)
+        # What reads and writes address: the alias, or one generation (replay's writer).
+        self.target = collection or self.alias
+        self.metadata_indexes = dict(metadata_indexes or {})
+        self.timeout_seconds = timeout_seconds
+        self._default_avg_len = bm25_avg_len
+        self._bm25: SparseBm25 | None = None
+        self._ensure_lock = asyncio.Lock()
+        self._owns_client = owns_client
+        self._closed = False
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        *,
+        api_key: str = "",
+        pool_size: int = 10,
+        timeout_seconds: int = 5,
+        prefer_grpc: bool = False,
+        **kwargs: Any,
+    ) -> QdrantIndex:
+        """An index over a new client for `url` (`:memory:` for local mode); connects nothing."""
+        if url == ":memory:":
+            client = AsyncQdrantClient(location=":memory:")
+        else:
+            client = AsyncQdrantClient(
+                url=url,
+                api_key=api_key or None,
+                pool_size=pool_size,
+                timeout=timeout_seconds,
+                prefer_grpc=prefer_grpc,
+                # The check is a blocking request at construction; ready() asks instead.
+                check_compatibility=False,
+            )
+        return cls(client, timeout_seconds=timeout_seconds, **kwargs)
+
+    def on_collection(self, collection: str) -> QdrantIndex:
+        """The same index addressing one generation directly (sharing this client)."""
+        view = QdrantIndex(
+            self.client,
+            model_id=self.model_id,
+            dim=self.dim,
+            metadata_indexes=self.metadata_indexes,
+            timeout_seconds=self.timeout_seconds,
+            bm25_avg_len=self._default_avg_len,
+            collection=collection,
+            owns_client=False,
+        )
+        view.alias = self.alias
+        return view
+
+    # --- generations --------------------------------------------------------------------
+
+    async def create_generation(
+        self, name: str | None = None, *, bm25_avg_len: float | None = None
+    ) -> str:
+        """Create an empty generation collection with the index's schema; returns its name.
+        `bm25_avg_len`: the mean chunk length to normalise BM25 by (a replay can measure it
+        with SparseBm25.token_count); by default this index's."""
+        collection = name or f"{self.alias}--g{_next_stamp()}"
+        await self._call(self._create_collection, collection, bm25_avg_len)
+        return collection
+
+    async def current_generation(self) -> str | None:
+        """The collection the alias points at, or None before the first use."""
+
+        async def find() -> str | None:
+            aliases = await self.client.get_aliases()
+            return next(
+                (a.collection_name for a in aliases.aliases if a.alias_name == self.alias), None
+            )
+
+        return await self._call(find)
+
+    async def generations(self) -> list[str]:
+        """Every generation collection of this alias, oldest first."""
+
+        async def listing() -> list[str]:
+            response = await self.client.get_collections()
+            mine = [c.name for c in response.collections if c.name.startswith(f"{self.alias}--")]
+            return sorted(mine, key=_generation_order)
+
+        return await self._call(listing)
+
+    async def switch_alias(self, collection: str) -> str | None:
+        """Point the alias at `collection` in one atomic operation; returns the previous one."""
+        previous = await self.current_generation()
+        operations: list[qm.AliasOperations] = []
+        if previous is not None:
+            operations.append(
+                qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=self.alias))
+            )
+        operations.append(
+            qm.CreateAliasOperation(
+                create_alias=qm.CreateAlias(collection_name=collection, alias_name=self.alias)
+            )
+        )
+        await self._call(self.client.update_collection_aliases, operations)
+        log.info("alias %s now points at %s (was %s)", self.alias, collection, previous)
+        return previous
+
+    async def drop_generation(self, collection: str) -> None:
+        """Delete a generation collection; the one the alias points at is refused."""
+        if collection == await self.current_generation():
+            raise RagError(f"{collection} is the live generation of {self.alias}: switch first")
+        await self._call(self.client.delete_collection, collection)
+
+    async def _create_collection(self, collection: str, avg_len: float | None = None) -> None:
+        await self.client.create_collection(
+            collection,
+            vectors_config={DENSE: qm.VectorParams(size=self.dim, distance=qm.Distance.COSINE)},
+            sparse_vectors_config={SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
+            hnsw_config=qm.HnswConfigDiff(m=16, ef_construct=128, full_scan_threshold=1_000),
+            # Payload is read for the returned hits and rerank candidates only (signatures
+            # are most of it): the same choice as the Edge shard's cold payload.
+            on_disk_payload=True,
+            # The tokenizer's length normalisation is baked into the stored sparse vectors,
+            # so the value they were built with belongs to the collection.
+            metadata={
+                "model_id": self.model_id,
+                "dim": self.dim,
+                "bm25_avg_len": self._default_avg_len if avg_len is None else avg_len,
+                "bm25_k": BM25_K,
+                "bm25_b": BM25_B,
+            },
+        )
+        wanted: dict[str, qm.PayloadSchemaParams | qm.PayloadSchemaType] = {
+            field: qm.PayloadSchemaType.KEYWORD for field in _KEYWORD_FIELDS
+        }
+        wanted["tenant"] = qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)
+        wanted["chunk_index"] = qm.IntegerIndexParams(
+            type=qm.IntegerIndexType.INTEGER, lookup=True, range=False
+        )
+        for field, kind in self.metadata_indexes.items():
+            wanted[f"metadata.{field}"] = _INDEX_KINDS[kind]()
+        with warnings.catch_warnings():
+            # Local mode warns that payload indexes do nothing there; a cluster uses them.
+            warnings.simplefilter("ignore", UserWarning)
+            for field, schema in wanted.items():
+                await self.client.create_payload_index(
+                    collection, field, field_schema=schema, wait=True
+                )
+
+    async def _ensure(self) -> SparseBm25:
+        """Create the alias and its first generation if missing; read the collection's BM25
+        length normalisation. Done once; retried on the next call after a failure."""
+        if self._bm25 is not None:
+            return self._bm25
+        async with self._ensure_lock:
+            if self._bm25 is not None:
+                return self._bm25
+            try:
+                info = await self.client.get_collection(self.target)
+            except Exception as exc:
+                if not _is_not_found(exc) or self.target != self.alias:
+                    raise
+                collection = f"{self.alias}--g{_next_stamp()}"
+                await self._create_collection(collection)
+                await self.client.update_collection_aliases(
+                    [
+                        qm.CreateAliasOperation(
+                            create_alias=qm.CreateAlias(
+                                collection_name=collection, alias_name=self.alias
+                            )
+                        )
+                    ]
+                )
+                log.info("created %s behind the alias %s", collection, self.alias)
+                info = await self.client.get_collection(self.alias)
+            meta = info.config.metadata or {}
+            dense = info.config.params.vectors
+            size = dense[DENSE].size if isinstance(dense, dict) and DENSE in dense else None
+            if size != self.dim:
+                raise SettingsError(
+                    f"the Qdrant collection {self.target} holds {size}-dimensional vectors "
+                    f"under {DENSE!r}, not {self.dim} ({self.model_id}): it was built by "
+                    "another embedder"
+                )
+            self._bm25 = SparseBm25(float(meta.get("bm25_avg_len", self._default_avg_len)))
+            return self._bm25
+
+    def forget_collection_metadata(self) -> None:
+        """Read the collection's metadata again at the next call: after the alias moved to
+        another generation, whose BM25 length normalisation may differ (a replay's measured
+        mean). Only this process learns of it: see docs/design.md, "Replay"."""
+        self._bm25 = None
+
+    # --- writes -------------------------------------------------------------------------
+
+    @client_span(QDRANT_UPSERT, "qdrant", "upsert")
+    async def upsert(self, chunks: Sequence[IndexedChunk]) -> None:
+        if not chunks:
+            return
+
+        async def write() -> None:
+            bm25 = await self._ensure()
+            points = [_to_point(item, bm25) for item in chunks]
+            await self.client.upsert(self.target, points, wait=True)
+
+        await self._call(write)
+
+    @client_span(QDRANT_DELETE, "qdrant", "delete")
+    async def delete_document(
+        self,
+        tenant: str,
+        doc_id: str,
+        *,
+        older_than: str | None = None,
+        written_by: str | None = None,
+    ) -> int:
+        flt = _doc_filter(tenant, doc_id)
+
+        async def delete() -> int:
+            await self._ensure()
+            if older_than is None and written_by is None:
+                # Counted, then deleted by the same filter: with several writers the count
+                # is what matched a moment before.
+                count = await self.client.count(self.target, count_filter=flt, exact=True)
+                if count.count:
+                    await self.client.delete(
+                        self.target, points_selector=qm.FilterSelector(filter=flt), wait=True
+                    )
+                return int(count.count)
+            ids = doomed_points(
+                await self._document_points(flt), older_than=older_than, written_by=written_by
+            )
+            if ids:
+                await self.client.delete(
+                    self.target,
+                    points_selector=qm.PointIdsList(points=ids),  # type: ignore[arg-type]
+                    wait=True,
+                )
+            return len(ids)
+
+        return await self._call(delete)
+
+    async def _document_points(self, flt: qm.Filter) -> list[tuple[object, dict[str, Any] | None]]:
+        """Every point of one document with the event that wrote it."""
+        out: list[tuple[object, dict[str, Any] | None]] = []
+        offset: Any = None
+        while True:
+            records, offset = await self.client.scroll(
+                self.target,
+                scroll_filter=flt,
+                limit=1_000,
+                offset=offset,
+                with_payload=["event_id"],
+                with_vectors=False,
+            )
+            out += [(r.id, r.payload) for r in records]
+            if offset is None:
+                return out
+
+    # --- reads --------------------------------------------------------------------------
+
+    @client_span(QDRANT_FETCH, "qdrant", "count")
+    async def document(self, tenant: str, doc_id: str) -> DocumentState | None:
+        flt = _doc_filter(tenant, doc_id)
+
+        async def read() -> DocumentState | None:
+            await self._ensure()
+            records, _ = await self.client.scroll(
+                self.target, scroll_filter=flt, limit=1, with_payload=["version"]
+            )
+            if not records:
+                return None
+            version = str((records[0].payload or {})["version"])
+            chunks = (await self.client.count(self.target, count_filter=flt, exact=True)).count
+            return DocumentState(doc_id=doc_id, version=version, chunks=int(chunks))
+
+        return await self._call(read)
+
+    @client_span(QDRANT_RETRIEVE, "qdrant", "query")
+    async def retrieve(self, query: IndexQuery) -> list[Hit]:
+        return await self._call(self._retrieve, query)
+
+    async def _retrieve(self, query: IndexQuery) -> list[Hit]:
+        bm25 = await self._ensure()
+        flt = build_filter(query.tenant, query.filters)
+        dense = query.vector.tolist()
+        sparse: qm.SparseVector | None = None
+        if query.bm25:
+            indices, values = bm25.query(query.text)
+            sparse = qm.SparseVector(indices=indices, values=values) if indices else None
+        prefetch: list[qm.Prefetch] = []
+        if query.dense:
+            prefetch.append(qm.Prefetch(query=dense, using=DENSE, filter=flt, limit=query.limit))
+        if sparse is not None:
+            prefetch.append(qm.Prefetch(query=sparse, using=SPARSE, filter=flt, limit=query.limit))
+        if not prefetch:
+            return []  # BM25 only, and no query term survived the tokenizer
+        if sparse is None:
+            requests = [qm.QueryRequest(query=dense, using=DENSE, filter=flt, limit=query.limit)]
+        else:
+            # Both retrievers' candidates, rescored by each: the dense rescoring gives every
+            # candidate its exact cosine, the sparse one gives BM25 to every candidate that
+            # holds a query term, so fusion never has to guess (as in the Edge adapter).
+            union = query.limit * len(prefetch)
+            requests = [
+                qm.QueryRequest(prefetch=prefetch, query=dense, using=DENSE, limit=union),
+                qm.QueryRequest(prefetch=prefetch, query=sparse, using=SPARSE, limit=union),
+            ]
+        results = await self.client.query_batch_points(self.target, requests)
+        hits: dict[str, Hit] = {}
+        for point in results[0].points:
+            key = str(point.id)
+            hits[key] = Hit(chunk_id=key, dense=float(point.score), bm25=None)
+        if sparse is not None:
+            for point in results[1].points:
+                key = str(point.id)
+                hit = hits.setdefault(key, Hit(chunk_id=key, dense=-1.0, bm25=None))
+                hit.bm25 = float(point.score)
+        return list(hits.values())
+
+    @client_span(QDRANT_FETCH, "qdrant", "retrieve")
+    async def hydrate(self, hits: Sequence[Hit]) -> None:
+        if not hits:
+            return
+
+        async def read() -> None:
+            await self._ensure()
+            records = await self.client.retrieve(
+                self.target,
+                [h.chunk_id for h in hits],
+                with_payload=qm.PayloadSelectorExclude(exclude=HEAVY_FIELDS),
+                with_vectors=False,
+            )
+            fill_hits(hits, {str(r.id): r.payload or {} for r in records})
+
+        await self._call(read)
+
+    @client_span(QDRANT_FETCH, "qdrant", "retrieve")
+    async def vectors(self, chunk_ids: Sequence[str]) -> dict[str, Vector]:
+        async def read() -> dict[str, Vector]:
+            await self._ensure()
+            records = await self.client.retrieve(
+                self.target, list(chunk_ids), with_payload=False, with_vectors=[DENSE]
+            )
+            return {str(r.id): _dense_of(r.vector) for r in records}
+
+        return await self._call(read)
+
+    @client_span(QDRANT_FETCH, "qdrant", "retrieve")
+    async def token_signatures(self, chunk_ids: Sequence[str]) -> dict[str, bytes]:
+        async def read() -> dict[str, bytes]:
+            await self._ensure()
+            records = await self.client.retrieve(
+                self.target, list(chunk_ids), with_payload=[SIGNATURE], with_vectors=False
+            )
+            return signatures_of((r.id, r.payload) for r in records)
+
+        return await self._call(read)
+
+    async def stats(self, tenant: str | None = None) -> IndexStats:
+        async def read() -> IndexStats:
+            await self._ensure()
+            must: list[qm.Condition] = [] if tenant is None else [_match("tenant", tenant)]
+            points = await self.client.count(
+                self.target, count_filter=qm.Filter(must=must), exact=True
+            )
+            documents = await self.client.count(
+                self.target,
+                count_filter=qm.Filter(must=[*must, _match("chunk_index", 0)]),
+                exact=True,
+            )
+            info = await self.client.get_collection(self.target)
+            return IndexStats(
+                points=int(points.count),
+                documents=int(documents.count),
+                indexed_vectors=int(info.indexed_vectors_count or 0),
+                segments=int(info.segments_count or 0),
+            )
+
+        return await self._call(read)
+
+    async def all_points(
+        self, tenant: str | None = None
+    ) -> list[tuple[str, dict[str, Any], list[float]]]:
+        """Every point as (id, payload, dense vector): for replay checks and exports."""
+
+        async def read() -> list[tuple[str, dict[str, Any], list[float]]]:
+            await self._ensure()
+            flt = None if tenant is None else qm.Filter(must=[_match("tenant", tenant)])
+            out: list[tuple[str, dict[str, Any], list[float]]] = []
+            offset: Any = None
+            while True:
+                records, offset = await self.client.scroll(
+                    self.target,
+                    scroll_filter=flt,
+                    limit=_SCROLL_PAGE,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=[DENSE],
+                )
+                for r in records:
+                    vector = [float(x) for x in _dense_of(r.vector)]
+                    out.append((str(r.id), dict(r.payload or {}), vector))
+                if offset is None:
+                    return out
+
+        return await self._call(read)
+
+    async def ready(self) -> bool:
+        try:
+            await self._call(self._ensure)
+        except RagError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Close the client (its connections belong to the event loop that used them)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            await self.client.close()
+
+    def close(self) -> None:
+        # The port's close is synchronous; the client's connections can only be closed on
+        # their own loop, which `aclose` does. Marking closed makes every later call fail.
+        self._closed = True
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if self._closed:
+            raise DependencyUnavailable("the index is closed")
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                return await fn(*args)
+        except RagError:
+            raise
+        except TimeoutError as exc:
+            raise DependencyUnavailable(
+                f"Qdrant did not answer within {self.timeout_seconds:g}s", retry_after=1.0
+            ) from exc
+        except UnexpectedResponse as exc:
+            raise DependencyUnavailable(
+                f"Qdrant answered {exc.status_code}: {exc.reason_phrase}",
+                retry_after=_retry_after(exc),
+            ) from exc
+        except Exception as exc:  # httpx, grpc and local-mode errors alike
+            raise DependencyUnavailable(f"Qdrant call failed: {exc!r}", retry_after=1.0) from exc
+
+
+def _is_not_found(exc: Exception) -> bool:
+    """Whether the collection (or alias) does not exist, in any of the client's transports."""
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code == 404
+    if isinstance(exc, grpc.RpcError):
+        return bool(exc.code() == grpc.StatusCode.NOT_FOUND)
+    # Local mode says "Collection ... not found" with a ValueError.
+    return isinstance(exc, ValueError) and "not found" in str(exc)
+
+
+def _retry_after(exc: UnexpectedResponse) -> float:
+    header = exc.headers.get("retry-after") if exc.headers else None
+    try:
+        return max(0.0, float(header)) if header else 1.0
+    except ValueError:
+        return 1.0
+
+
+_last_stamp = 0
+
+
+def _next_stamp() -> int:
+    """A generation stamp in microseconds, strictly increasing within the process: two
+    generations made in the same millisecond (a first use and a replay) once collided."""
+    global _last_stamp
+    _last_stamp = max(time.time_ns() // 1_000, _last_stamp + 1)
+    return _last_stamp
+
+
+def _generation_order(name: str) -> tuple[int, str]:
+    stamp = name.rpartition("--g")[2]
+    return (int(stamp) if stamp.isdigit() else 0, name)
+
+
+def _dense_of(raw: Any) -> Vector:
+    dense = raw[DENSE] if isinstance(raw, dict) else raw
+    return np.asarray(dense, dtype=np.float32)
+
+
+def _match(key: str, value: str | int | bool) -> qm.FieldCondition:
+    return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
+
+
+def _doc_filter(tenant: str, doc_id: str) -> qm.Filter:
+    return qm.Filter(must=[_match("tenant", tenant), _match("doc_id", doc_id)])
+
+
+def build_filter(tenant: str, filters: Sequence[FieldFilter]) -> qm.Filter:
+    """The tenant condition always, then each metadata condition (all must hold); the same
+    translation as app.adapters.qdrant.edge_index.build_filter, into qdrant-client's models."""
+    must: list[qm.Condition] = [_match("tenant", tenant)]
+    for flt in filters:
+        key = f"metadata.{flt.key}"
+        if flt.any_of is not None:
+            must.append(qm.FieldCondition(key=key, match=qm.MatchAny(any=flt.any_of)))
+        elif flt.gte is not None or flt.gt is not None or flt.lte is not None or flt.lt is not None:
+            must.append(
+                qm.FieldCondition(
+                    key=key, range=qm.Range(gte=flt.gte, gt=flt.gt, lte=flt.lte, lt=flt.lt)
+                )
+            )
+        elif isinstance(flt.equals, float) and not flt.equals.is_integer():
+            must.append(qm.FieldCondition(key=key, range=qm.Range(gte=flt.equals, lte=flt.equals)))
+        elif isinstance(flt.equals, float):
+            must.append(_match(key, int(flt.equals)))
+        elif flt.equals is not None:
+            must.append(_match(key, flt.equals))
+    return qm.Filter(must=must)
+
+
+def _to_point(item: IndexedChunk, bm25: SparseBm25) -> qm.PointStruct:
+    chunk = item.chunk
+    payload = payload_of(item)
+    vector: dict[str, Any] = {DENSE: item.vector.tolist()}
+    indices, values = bm25.document(chunk.embed_text)
+    # A text with no token left is no BM25 document at all (nor is it in Edge's text index),
+    # so it must not count in the IDF's document total either.
+    if indices:
+        vector[SPARSE] = qm.SparseVector(indices=indices, values=values)
+    return qm.PointStruct(id=chunk.chunk_id, vector=vector, payload=payload)

@@ -1,0 +1,172 @@
+"""create_app / create_worker_app: the Starlette apps, their routes and their lifespans."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.api import metrics, reindex, system
+from app.api.admission import AdmissionMiddleware, MemoryBudget
+from app.api.codec import error_response, response_for
+from app.api.guard import guard
+from app.api.routes import routes
+from app.bootstrap import Projection, Services, build_access, build_services
+from app.errors import RagError
+from app.services.projector import Projector
+from app.settings import Settings
+from app.telemetry.http import TelemetryMiddleware
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Starlette:
+    """The API; given `services`, it uses them and leaves closing them to the caller.
+
+    `settings.redis_url` must be resolved (`resolve_redis_url`) before the app starts.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        built = (
+            services if services is not None else await asyncio.to_thread(build_services, settings)
+        )
+        app.state.services = built
+        app.state.access = built.access
+        stop_recording = asyncio.Event()
+        recording = asyncio.create_task(built.recorder.run(stop_recording), name="recorder")
+        try:
+            async with _projecting(app, built.projector, settings):
+                yield
+        finally:
+            # Buffered retrieval events are flushed before the event log closes.
+            stop_recording.set()
+            await recording
+            if services is None:
+                await built.aclose()
+
+    # CORS outermost (preflights answered, headers on every answer), then telemetry, so
+    # requests the memory budget refuses are counted and traced too.
+    middleware = [*_cors(settings), Middleware(TelemetryMiddleware)]
+    if settings.max_memory_mb > 0:
+        middleware.append(
+            Middleware(
+                AdmissionMiddleware,
+                budget=MemoryBudget(settings.max_memory_mb * 1024 * 1024),
+                max_body_bytes=settings.max_body_bytes,
+            )
+        )
+    return Starlette(
+        routes=[*routes(), Route("/metrics", metrics.scrape, methods=["GET"])],
+        lifespan=lifespan,
+        exception_handlers=_handlers(),
+        middleware=middleware,
+    )
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """CORS only for the origins RAG_CORS_ORIGINS names; without it browsers get no CORS
+    headers and so refuse cross-origin calls."""
+    origins = settings.cors_origin_list()
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "traceparent"],
+            expose_headers=[
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
+            max_age=600,
+        )
+    ]
+
+
+def create_worker_app(settings: Settings, projection: Projection) -> Starlette:
+    """`rag-pipeline worker`: the projector, /health and /ready for the probes, and the
+    replay endpoints (the worker holds the index)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.projection = projection
+        # Replays are admin work: the worker checks keys as the API does.
+        app.state.access = access = build_access(settings)
+        try:
+            async with _projecting(app, projection.projector, settings):
+                yield
+        finally:
+            await access.limiter.close()
+
+    return Starlette(
+        routes=[
+            Route("/health", system.health, methods=["GET"]),
+            Route("/ready", system.worker_ready, methods=["GET"]),
+            Route("/metrics", metrics.scrape, methods=["GET"]),
+            # The worker holds the index, so replays run here (`rag-pipeline replay` asks).
+            Route("/api/v1/reindex", guard(reindex.start, "admin"), methods=["POST"]),
+            Route("/api/v1/reindex/{job_id}", guard(reindex.status, "admin"), methods=["GET"]),
+        ],
+        lifespan=lifespan,
+        exception_handlers=_handlers(),
+    )
+
+
+@asynccontextmanager
+async def _projecting(
+    app: Starlette, projector: Projector | None, settings: Settings
+) -> AsyncIterator[None]:
+    """Run the projector as a task for as long as the app runs."""
+    stop = asyncio.Event()
+    task = None
+    if projector is not None:
+        task = asyncio.create_task(projector.run(stop), name="projector")
+    app.state.projector_task = task
+    try:
+        yield
+    finally:
+        if task is not None:
+            await _stop_projector(task, stop, settings.graceful_timeout_seconds)
+
+
+def _handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return response_for(exc)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(
+            exc.status_code,
+            code,
+            str(exc.detail),
+            headers=dict(exc.headers) if exc.headers else None,
+        )
+
+    return {RagError: on_error, HTTPException: on_http, Exception: on_error}
+
+
+async def _stop_projector(task: asyncio.Task[None], stop: asyncio.Event, timeout: float) -> None:
+    """Let the projector finish its batch; past `timeout`, cancel it, which leaves the batch
+    pending for the next start to take over (nothing acknowledged is lost either way)."""
+    stop.set()
+    try:
+        await asyncio.wait_for(task, timeout)
+    except TimeoutError:
+        log.warning("projector did not finish its batch in %.0f s; left it pending", timeout)
+    except Exception:
+        log.exception("projector stopped with an error")

@@ -1,0 +1,129 @@
+"""Per-document status: what the write side accepted last and what the projector applied last.
+
+Two records per document, each keyed by (tenant, doc id) and each only ever replaced by one
+for a later stream entry:
+
+- `Written`, set by the write side after it appended an event: the newest accepted change.
+- `Applied`, set by the projector after the index write returned: the newest event the index
+  reflects (indexed or deleted), or the one it gave up on (failed, dead-lettered).
+
+A document is pending while its written record is newer than its applied one. The two are
+kept apart, rather than as one record both sides update, so neither side ever reads and
+rewrites the other's state, and a lost write on one side only delays, never corrupts, what a
+reader sees: the applied record alone still tells the truth about the index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
+
+import msgspec
+
+from app.domain.records import id_key
+
+Status = Literal["pending", "indexed", "deleted", "failed"]
+
+
+def is_newer(entry_id: str, than: str) -> bool:
+    return id_key(entry_id) > id_key(than)
+
+
+class Written(msgspec.Struct, frozen=True, kw_only=True):
+    """The newest change to a document the write side appended to the document stream."""
+
+    event_id: str
+    op: Literal["upsert", "delete"]
+    version: str | None  # None for a delete
+    at: float
+
+
+class Applied(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The newest document event the projector finished with, and how."""
+
+    event_id: str
+    status: Literal["indexed", "deleted", "failed"]
+    version: str | None = None  # the event's version; None for a delete
+    chunks: int = 0  # points the index holds for the document (indexed only)
+    error: str | None = None  # why it failed (failed only)
+    # Indexed: the event whose points hold this version (event_id itself, or an earlier one
+    # when this event found its version already indexed). None on records written before
+    # points carried their event, whose points the projector rewrites rather than adopts.
+    points: str | None = None
+    at: float
+
+
+class DocView(msgspec.Struct, frozen=True, kw_only=True):
+    """A document's status as clients see it."""
+
+    doc_id: str
+    status: Status
+    version: str | None  # pending: the version waiting (None when a delete waits)
+    event_id: str | None  # None only for documents indexed before the event log existed
+    chunks: int = 0
+    error: str | None = None
+
+
+def resolve(doc_id: str, written: Written | None, applied: Applied | None) -> DocView | None:
+    """The status of one document from its two records; None if it was never accepted."""
+    if written is not None and (applied is None or is_newer(written.event_id, applied.event_id)):
+        return DocView(
+            doc_id=doc_id, status="pending", version=written.version, event_id=written.event_id
+        )
+    if applied is None:
+        return None
+    return DocView(
+        doc_id=doc_id,
+        status=applied.status,
+        version=applied.version,
+        event_id=applied.event_id,
+        chunks=applied.chunks,
+        error=applied.error,
+    )
+
+
+class DocStatusStore(Protocol):
+    """Where both records live. `projection` names the index the applied records describe
+    (its embedding model id), so an index built by another model starts with none.
+    Unreachable storage raises DependencyUnavailable."""
+
+    async def written(self, tenant: str, doc_ids: Sequence[str]) -> list[Written | None]: ...
+
+    async def applied(
+        self, projection: str, tenant: str, doc_ids: Sequence[str]
+    ) -> list[Applied | None]: ...
+
+    async def both(
+        self, projection: str, tenant: str, doc_ids: Sequence[str]
+    ) -> list[tuple[Written | None, Applied | None]]:
+        """Both records of each document, read together in one round trip."""
+        ...
+
+    async def record_written(self, tenant: str, records: Mapping[str, Written]) -> None:
+        """Store each record unless the document already has one for a later entry."""
+        ...
+
+    async def record_applied(
+        self,
+        projection: str,
+        tenant: str,
+        records: Mapping[str, Applied],
+        *,
+        expect: Mapping[str, str] | None = None,
+    ) -> set[str]:
+        """Store each record unless the document already has one for a later entry; with
+        `expect` (doc id -> event id), store that document's record only if the stored one
+        is for exactly that entry (compare-and-set). Returns the doc ids stored."""
+        ...
+
+    async def adopt_applied(self, projection: str, source: str, tenants: Sequence[str]) -> None:
+        """Make `source`'s applied records `projection`'s, replacing them whole, for each of
+        these tenants (atomically per tenant); `source` is left with none. A replay's swap:
+        the records built with a new generation then describe the index in its place."""
+        ...
+
+    async def drop_applied(self, projection: str, tenants: Sequence[str]) -> None:
+        """Forget `projection`'s applied records of these tenants (an aborted replay's)."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,130 @@
+"""Search quality from recorded events: volume, zero results, latency, precision@k, MRR (pure)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from app.api.schemas import FeedbackQuality, HourCount, Percentiles, QualityReport
+from app.domain.events import FeedbackGiven, RetrievalRecorded
+
+_HOUR = 3600
+
+
+def quality_report(
+    retrievals: Iterable[RetrievalRecorded],
+    feedback: Iterable[FeedbackGiven],
+    *,
+    tenant: str,
+    since: float,
+    until: float,
+    k: int,
+    truncated: bool = False,
+    read_until: float | None = None,
+) -> QualityReport:
+    """The report over `tenant`'s retrievals with since <= at <= until.
+
+    `feedback` is in stream order (the newest judgement of a chunk or document wins); only
+    feedback on the window's retrievals counts. Definitions: see app.api.schemas.FeedbackQuality
+    and Percentiles.
+    """
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    window = [r for r in retrievals if r.tenant == tenant and since <= r.at <= until]
+    by_id = {r.retrieval_id: r for r in window}
+
+    first_hour = int(since // _HOUR) * _HOUR
+    hours: dict[int, list[int]] = {
+        start: [0, 0] for start in range(first_hour, int(until) + 1, _HOUR)
+    }
+    timings: dict[str, list[float]] = defaultdict(list)
+    zero = 0
+    for r in window:
+        bucket = hours[int(r.at // _HOUR) * _HOUR]
+        bucket[0] += 1
+        if not r.results:
+            zero += 1
+            bucket[1] += 1
+        for stage, ms in r.timings_ms.items():
+            timings[stage].append(ms)
+
+    return QualityReport(
+        since=since,
+        until=until,
+        retrievals=len(window),
+        zero_results=zero,
+        zero_result_rate=zero / len(window) if window else None,
+        per_hour=[
+            HourCount(hour=_iso_hour(start), retrievals=n, zero_results=z)
+            for start, (n, z) in hours.items()
+        ],
+        latency_ms={stage: percentiles(values) for stage, values in sorted(timings.items())},
+        feedback=_feedback_quality(by_id, feedback, tenant=tenant, k=k),
+        truncated=truncated,
+        read_until=until if read_until is None else read_until,
+    )
+
+
+def percentiles(values: Sequence[float]) -> Percentiles:
+    ordered = sorted(values)
+    return Percentiles(
+        count=len(ordered),
+        p50=nearest_rank(ordered, 50),
+        p95=nearest_rank(ordered, 95),
+        p99=nearest_rank(ordered, 99),
+    )
+
+
+def nearest_rank(ordered: Sequence[float], p: int) -> float:
+    """The smallest value with at least p% of `ordered` (ascending, non-empty) at or below
+    it: exact, with no interpolation, so every figure is a latency that was measured."""
+    rank = -(-p * len(ordered) // 100)  # ceil(p/100 * n) in integers
+    return ordered[max(rank, 1) - 1]
+
+
+def _feedback_quality(
+    by_id: dict[str, RetrievalRecorded],
+    feedback: Iterable[FeedbackGiven],
+    *,
+    tenant: str,
+    k: int,
+) -> FeedbackQuality:
+    chunk_judged: dict[str, dict[str, int]] = defaultdict(dict)
+    doc_judged: dict[str, dict[str, int]] = defaultdict(dict)
+    joined = unmatched = 0
+    for f in feedback:
+        if f.tenant != tenant:
+            continue
+        if f.retrieval_id not in by_id:
+            unmatched += 1
+            continue
+        joined += 1
+        if f.chunk_id is not None:
+            chunk_judged[f.retrieval_id][f.chunk_id] = f.relevance
+        elif f.doc_id is not None:
+            doc_judged[f.retrieval_id][f.doc_id] = f.relevance
+
+    judged = sorted(set(chunk_judged) | set(doc_judged))
+    precision_sum = rr_sum = 0.0
+    for retrieval_id in judged:
+        chunks, docs = chunk_judged.get(retrieval_id, {}), doc_judged.get(retrieval_id, {})
+        relevant = [
+            (chunks[r.chunk_id] if r.chunk_id in chunks else docs.get(r.doc_id, 0)) > 0
+            for r in by_id[retrieval_id].results
+        ]
+        precision_sum += sum(relevant[:k]) / k
+        first = next((rank for rank, hit in enumerate(relevant, start=1) if hit), None)
+        rr_sum += 0.0 if first is None else 1.0 / first
+    return FeedbackQuality(
+        k=k,
+        judged_retrievals=len(judged),
+        judgements=joined,
+        unmatched_feedback=unmatched,
+        precision_at_k=precision_sum / len(judged) if judged else None,
+        mrr=rr_sum / len(judged) if judged else None,
+    )
+
+
+def _iso_hour(start: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(start))
