@@ -382,7 +382,7 @@ def build_services(settings: Settings) -> Services:
         projection.event_log,
         projection.status,
         streams=projection.projector.streams,
-        projection=projection.embedder.model_id,
+        index_id=projection.embedder.model_id,
         max_documents=settings.max_documents_per_request,
         wait_seconds=settings.ingest_wait_seconds,
         index=projection.index,
@@ -413,10 +413,10 @@ def build_services(settings: Settings) -> Services:
 
 
 def build_dead_letters(
-    settings: Settings, event_log: RedisEventLog, status: RedisDocStatus, projection: str
+    settings: Settings, event_log: RedisEventLog, status: RedisDocStatus, index_id: str
 ) -> DeadLetters:
     """Dead letters over these adapters, for the API and the CLI; closing its own store
-    (`.store.close()`) is the caller's, the adapters stay theirs. `projection` is the index's
+    (`.store.close()`) is the caller's, the adapters stay theirs. `index_id` is the index's
     embedding model id."""
     return DeadLetters(
         event_log,
@@ -428,7 +428,7 @@ def build_dead_letters(
         ),
         status,
         streams=Streams(settings.stream_prefix),
-        projection=projection,
+        index_id=index_id,
     )
 
 

@@ -11,7 +11,7 @@ from app.api.keys import OPEN, KeyRing, Principal
 from app.errors import Forbidden, RateLimited, Unauthenticated
 
 
-class Admission(msgspec.Struct, frozen=True, kw_only=True):
+class Grant(msgspec.Struct, frozen=True, kw_only=True):
     principal: Principal
     rate: RateDecision | None  # None: not rate limited (open mode, or the limit is off)
 
@@ -33,11 +33,11 @@ class Access:
         self.rate_per_second = rate_per_second
         self.burst = burst
 
-    async def admit(self, authorization: str | None, scope: str) -> Admission:
+    async def admit(self, authorization: str | None, scope: str) -> Grant:
         """The caller behind an Authorization header, allowed `scope` and within its rate;
         else Unauthenticated (401), Forbidden (403) or RateLimited (429)."""
         if self.keys is None:
-            return Admission(principal=OPEN, rate=None)
+            return Grant(principal=OPEN, rate=None)
         token = _bearer(authorization)
         if token is None:
             raise Unauthenticated(
@@ -50,7 +50,7 @@ class Access:
             raise Forbidden(f"the API key lacks the `{scope}` scope")
         rate = principal.rate_per_second or self.rate_per_second
         if rate <= 0:
-            return Admission(principal=principal, rate=None)
+            return Grant(principal=principal, rate=None)
         decision = await self.limiter.take(
             principal.key_id, rate=rate, burst=principal.burst or self.burst
         )
@@ -59,7 +59,7 @@ class Access:
                 f"rate limit of {rate:g} requests a second exceeded; retry later",
                 headers=rate_headers(decision),
             )
-        return Admission(principal=principal, rate=decision)
+        return Grant(principal=principal, rate=decision)
 
 
 def rate_headers(decision: RateDecision) -> dict[str, str]:

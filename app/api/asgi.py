@@ -17,9 +17,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.api import metrics, reindex, system
-from app.api.admission import AdmissionMiddleware, MemoryBudget
 from app.api.codec import error_response, response_for
 from app.api.guard import guard
+from app.api.memory_budget import MemoryBudget, MemoryBudgetMiddleware
 from app.api.routes import routes
 from app.bootstrap import Projection, Services, build_access, build_services
 from app.errors import RagError
@@ -61,7 +61,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     if settings.max_memory_mb > 0:
         middleware.append(
             Middleware(
-                AdmissionMiddleware,
+                MemoryBudgetMiddleware,
                 budget=MemoryBudget(settings.max_memory_mb * 1024 * 1024),
                 max_body_bytes=settings.max_body_bytes,
             )

@@ -20,14 +20,14 @@ def guard(handler: Handler, scope: str) -> Handler:
 
     async def guarded(request: Request) -> Response:
         access: Access = request.app.state.access
-        admission = await access.admit(request.headers.get("authorization"), scope)
-        request.state.principal = admission.principal
+        grant = await access.admit(request.headers.get("authorization"), scope)
+        request.state.principal = grant.principal
         try:
             response = await handler(request)
         except Exception as exc:
             response = response_for(exc)
-        if admission.rate is not None:
-            response.headers.update(rate_headers(admission.rate))
+        if grant.rate is not None:
+            response.headers.update(rate_headers(grant.rate))
         return response
 
     guarded.__name__ = handler.__name__

@@ -7,6 +7,9 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
+from app.domain.doc_status import Outcome
+from app.domain.records import SearchMode
+
 DocId = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$")]
 # Somewhere a character that is not whitespace, so the published schema rejects what the
 # server does (str.strip). Spelled out: `\S` differs between Python (which counts \x1c-\x1f
@@ -25,7 +28,6 @@ MetadataKey = Annotated[
 Scalar = str | int | float | bool
 # What the index matches integers as.
 Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
-Mode = Literal["dense", "bm25", "hybrid"]
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -72,13 +74,6 @@ class IngestRequest(_Strict):
     documents: Annotated[list[DocumentInput], Meta(min_length=1)]
     chunk_size: Annotated[int, Meta(ge=16, le=256)] | None = None
     chunk_overlap: Annotated[int, Meta(ge=0, le=128)] | None = None
-
-
-# pending: accepted (its event is in the document stream), not yet indexed; indexed: the
-# projector applied it; unchanged: this version was indexed already, nothing was appended;
-# failed: the projector gave up on it (see `error`); superseded: a later change to the same
-# document was applied first; deleted: a delete was applied.
-Outcome = Literal["pending", "indexed", "unchanged", "failed", "superseded", "deleted"]
 
 
 class IngestedDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -185,7 +180,7 @@ class SearchRequest(_Strict):
 
     query: Query
     top_k: TopK | None = None
-    mode: Mode = "hybrid"
+    mode: SearchMode = "hybrid"
     # Values stay raw until each is decoded on its own, so an error can name its key.
     filters: Annotated[dict[MetadataKey, msgspec.Raw], Meta(max_length=32)] | None = None
     # Minimum cosine similarity between the query and chunk embeddings (-1..1), in every
@@ -214,7 +209,7 @@ class SearchResult(msgspec.Struct, kw_only=True):
 class SearchResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     results: list[SearchResult]
     retrieval_id: str
-    mode: Mode
+    mode: SearchMode
     reranked: bool
     timings_ms: dict[str, float]
     # Set when a rerank was asked for (or is the default) and could not run: an index built

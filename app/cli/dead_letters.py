@@ -100,7 +100,7 @@ async def _with_service(settings: Settings, args: argparse.Namespace, action: Ac
 
     event_log = RedisEventLog(settings.redis_url, pool_size=2)
     status = RedisDocStatus(settings.redis_url, prefix=settings.stream_prefix, pool_size=2)
-    service = build_dead_letters(settings, event_log, status, _projection(settings))
+    service = build_dead_letters(settings, event_log, status, _index_id(settings))
     try:
         return await action(service, args)
     finally:
@@ -109,7 +109,7 @@ async def _with_service(settings: Settings, args: argparse.Namespace, action: Ac
         await event_log.close()
 
 
-def _projection(settings: Settings) -> str:
+def _index_id(settings: Settings) -> str:
     """The index's identity (its embedding model id), without loading a model."""
     if settings.embedder == "openai":
         from app.bootstrap import build_embedder

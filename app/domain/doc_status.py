@@ -23,6 +23,12 @@ import msgspec
 from app.domain.records import id_key
 
 Status = Literal["pending", "indexed", "deleted", "failed"]
+# What became of one document of a write request. pending: accepted (its event is in the
+# document stream), not yet indexed; indexed: the projector applied it; unchanged: this version
+# was indexed already, nothing was appended; failed: the projector gave up on it (see `error`);
+# superseded: a later change to the same document was applied first; deleted: a delete was
+# applied.
+Outcome = Literal["pending", "indexed", "unchanged", "failed", "superseded", "deleted"]
 
 
 def is_newer(entry_id: str, than: str) -> bool:
@@ -83,18 +89,18 @@ def resolve(doc_id: str, written: Written | None, applied: Applied | None) -> Do
 
 
 class DocStatusStore(Protocol):
-    """Where both records live. `projection` names the index the applied records describe
+    """Where both records live. `index_id` names the index the applied records describe
     (its embedding model id), so an index built by another model starts with none.
     Unreachable storage raises DependencyUnavailable."""
 
     async def written(self, tenant: str, doc_ids: Sequence[str]) -> list[Written | None]: ...
 
     async def applied(
-        self, projection: str, tenant: str, doc_ids: Sequence[str]
+        self, index_id: str, tenant: str, doc_ids: Sequence[str]
     ) -> list[Applied | None]: ...
 
     async def both(
-        self, projection: str, tenant: str, doc_ids: Sequence[str]
+        self, index_id: str, tenant: str, doc_ids: Sequence[str]
     ) -> list[tuple[Written | None, Applied | None]]:
         """Both records of each document, read together in one round trip."""
         ...
@@ -105,7 +111,7 @@ class DocStatusStore(Protocol):
 
     async def record_applied(
         self,
-        projection: str,
+        index_id: str,
         tenant: str,
         records: Mapping[str, Applied],
         *,
@@ -116,14 +122,14 @@ class DocStatusStore(Protocol):
         is for exactly that entry (compare-and-set). Returns the doc ids stored."""
         ...
 
-    async def adopt_applied(self, projection: str, source: str, tenants: Sequence[str]) -> None:
-        """Make `source`'s applied records `projection`'s, replacing them whole, for each of
+    async def adopt_applied(self, index_id: str, source: str, tenants: Sequence[str]) -> None:
+        """Make `source`'s applied records `index_id`'s, replacing them whole, for each of
         these tenants (atomically per tenant); `source` is left with none. A replay's swap:
         the records built with a new generation then describe the index in its place."""
         ...
 
-    async def drop_applied(self, projection: str, tenants: Sequence[str]) -> None:
-        """Forget `projection`'s applied records of these tenants (an aborted replay's)."""
+    async def drop_applied(self, index_id: str, tenants: Sequence[str]) -> None:
+        """Forget `index_id`'s applied records of these tenants (an aborted replay's)."""
         ...
 
     async def close(self) -> None: ...

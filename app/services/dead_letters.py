@@ -107,7 +107,7 @@ class RequeueCommand(msgspec.Struct, frozen=True, kw_only=True):
     letter_id: str
     stream: str  # the document stream the event goes back to
     group: str  # the consumer group projecting that stream
-    projection: str  # whose applied records say what the index reflects
+    index_id: str  # whose applied records say what the index reflects
     tenant: str
     doc_id: str
     after: str  # the dead-lettered entry's id: any change to the document newer than it wins
@@ -155,7 +155,7 @@ class DeadLetters:
     """The dead-letter stream of one deployment, for the API (one tenant at a time) and the
     CLI (`tenant=None`: every tenant, undecodable entries included).
 
-    `projection` is the index whose applied records tell what the index reflects (its
+    `index_id` is the index whose applied records tell what the index reflects (its
     embedding model id), as for LoggedIngest.
     """
 
@@ -166,14 +166,14 @@ class DeadLetters:
         status: DocStatusStore,
         *,
         streams: Streams,
-        projection: str,
+        index_id: str,
         scan_limit: int = DEFAULT_SCAN_LIMIT,
     ) -> None:
         self.log = log
         self.store = store
         self.status_store = status
         self.streams = streams
-        self.projection = projection
+        self.index_id = index_id
         self.scan_limit = scan_limit
 
     @property
@@ -253,7 +253,7 @@ class DeadLetters:
         if letter.tenant is None or letter.doc_id is None:
             return letter, None
         ((written, applied),) = await self.status_store.both(
-            self.projection, letter.tenant, [letter.doc_id]
+            self.index_id, letter.tenant, [letter.doc_id]
         )
         return letter, resolve(letter.doc_id, written, applied)
 
@@ -292,7 +292,7 @@ class DeadLetters:
                 letter_id=letter.id,
                 stream=self.streams.documents,
                 group=letter.group,
-                projection=self.projection,
+                index_id=self.index_id,
                 tenant=event.tenant,
                 doc_id=event.doc_id,
                 after=letter.source_id,

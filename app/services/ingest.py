@@ -11,11 +11,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Literal
 
 import msgspec
 
-from app.domain.doc_status import DocStatusStore, DocView, Written, resolve
+from app.domain.doc_status import DocStatusStore, DocView, Outcome, Written, resolve
 from app.domain.events import DocumentDeleted, DocumentUpserted, Streams
 from app.domain.records import ChunkingParams, DocumentIn, id_key
 from app.errors import DependencyUnavailable, InvalidRequest, NotFound
@@ -23,8 +22,6 @@ from app.ports import EventLog, VectorIndex
 from app.services.indexing import document_version
 
 log = logging.getLogger(__name__)
-
-Outcome = Literal["pending", "indexed", "unchanged", "deleted", "failed", "superseded"]
 
 # Polling the applied records while a request waits: quick at first, since a small batch is
 # applied in tens of milliseconds, then no more than a few reads a second per request.
@@ -75,7 +72,7 @@ def check_batch(docs: Sequence[DocumentIn], chunking: ChunkingParams, max_docume
 class LoggedIngest:
     """Appends DocumentUpserted / DocumentDeleted to the document stream and reports status.
 
-    `projection` is the index whose applied records answer status questions (its model id).
+    `index_id` is the index whose applied records answer status questions (its model id).
     `index`, when given, answers for documents indexed before the event log existed.
     """
 
@@ -85,7 +82,7 @@ class LoggedIngest:
         status: DocStatusStore,
         *,
         streams: Streams,
-        projection: str,
+        index_id: str,
         max_documents: int,
         wait_seconds: float,
         index: VectorIndex | None = None,
@@ -93,7 +90,7 @@ class LoggedIngest:
         self.log = log
         self.status_store = status
         self.streams = streams
-        self.projection = projection
+        self.index_id = index_id
         self.max_documents = max_documents
         self.wait_seconds = wait_seconds
         self.index = index
@@ -109,7 +106,7 @@ class LoggedIngest:
     ) -> list[Accepted]:
         check_batch(docs, chunking, self.max_documents)
         versions = [document_version(doc, chunking) for doc in docs]
-        records = await self.status_store.both(self.projection, tenant, [d.id for d in docs])
+        records = await self.status_store.both(self.index_id, tenant, [d.id for d in docs])
         results: list[Accepted | None] = []
         events: list[DocumentUpserted] = []
         now = time.time()
@@ -192,7 +189,7 @@ class LoggedIngest:
         return (await self._wait(tenant, [result]))[0] if wait else result
 
     async def status(self, tenant: str, doc_id: str) -> DocView | None:
-        ((written, applied),) = await self.status_store.both(self.projection, tenant, [doc_id])
+        ((written, applied),) = await self.status_store.both(self.index_id, tenant, [doc_id])
         view = resolve(doc_id, written, applied)
         if view is None and self.index is not None:
             state = await self.index.document(tenant, doc_id)
@@ -230,7 +227,7 @@ class LoggedIngest:
         while True:
             waiting = [doc_id for doc_id in targets if doc_id not in done]
             try:
-                found = await self.status_store.applied(self.projection, tenant, waiting)
+                found = await self.status_store.applied(self.index_id, tenant, waiting)
             except DependencyUnavailable as exc:
                 # Acknowledged is acknowledged: answer "pending" rather than fail the request.
                 log.warning("stopped waiting for the projector: %s", exc)

@@ -116,7 +116,7 @@ class Projector:
         consumer: str,
         config: ProjectorConfig,
         pause: Callable[[], float] | None = None,
-        projection: str | None = None,
+        index_id: str | None = None,
     ) -> None:
         self.log = log
         # Seconds to hold off before the embedder may be called again (its breaker is open);
@@ -129,8 +129,8 @@ class Projector:
         self.consumer = consumer
         self.config = config
         # Applied records are per index: one built by another model starts with none, and
-        # so does a generation a replay builds (app/services/replay.py names its own projection).
-        self.projection = projection if projection is not None else indexer.embedder.model_id
+        # so does a generation a replay builds (app/services/replay.py names its own index id).
+        self.index_id = index_id if index_id is not None else indexer.embedder.model_id
         self.counts = ProjectorCounts()
         self._retry_at: float | None = None
         self._retry_delay = _FIRST_BACKOFF_SECONDS
@@ -372,7 +372,7 @@ class Projector:
                 failures[item.entry.id] = error
                 event = item.event
                 await self.status.record_applied(
-                    self.projection,
+                    self.index_id,
                     event.tenant,
                     {
                         event.doc_id: Applied(
@@ -552,7 +552,7 @@ class Projector:
                 "dead-lettered %s after %d strikes: %s", entry.id, counts.get(entry.id, 1), error
             )
         for tenant, records in failed.items():
-            await self.status.record_applied(self.projection, tenant, records)
+            await self.status.record_applied(self.index_id, tenant, records)
         await self.log.ack(self.stream, GROUP, ids)
         await self.log.clear_strikes(self.stream, GROUP, ids)
         self.counts.dead_lettered += len(entries)
@@ -584,7 +584,7 @@ class Projector:
         unrecorded: dict[str, set[str]] = defaultdict(set)
         for tenant, group in by_tenant.items():
             current = await self.status.applied(
-                self.projection, tenant, [i.event.doc_id for i in group]
+                self.index_id, tenant, [i.event.doc_id for i in group]
             )
             for item, applied in zip(group, current, strict=True):
                 event = item.event
@@ -639,7 +639,7 @@ class Projector:
         stored: set[tuple[str, str]] = set()
         for tenant, by_doc in records.items():
             won = await self.status.record_applied(
-                self.projection, tenant, by_doc, expect=expect.get(tenant)
+                self.index_id, tenant, by_doc, expect=expect.get(tenant)
             )
             stored |= {(tenant, doc_id) for doc_id in won}
 
@@ -687,7 +687,7 @@ class Projector:
             by_tenant[item.event.tenant].append(item)
         for tenant, group in by_tenant.items():
             records = await self.status.applied(
-                self.projection, tenant, [i.event.doc_id for i in group]
+                self.index_id, tenant, [i.event.doc_id for i in group]
             )
             for item, record in zip(group, records, strict=True):
                 doc_id = item.event.doc_id

@@ -8,7 +8,7 @@
    its sparse vectors have the length normalisation baked in; Edge ignores them.
 3. Apply those entries to it through the projector's own apply path (app/services/projector.py
    `Projector.apply`: chunking, embedding cache, embedder, upserts), recording applied
-   records under a projection of the replay's own. Searches and the live projector keep
+   records under an index id of the replay's own. Searches and the live projector keep
    using the active generation meanwhile.
 4. Catch up: apply what was appended since, page by page, to the new generation.
 5. Pause the live projector (its batch in hand finishes first), catch up to the head once
@@ -137,7 +137,7 @@ class Replay:
                     write_chunks=self.config.write_chunks,
                     fresh_index=True,
                 ),
-                projection=scratch,
+                index_id=scratch,
             )
             await self._bulk(projector, finals)
             self._set(phase="catching_up")

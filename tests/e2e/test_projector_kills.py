@@ -207,7 +207,7 @@ async def feed_write_side(
         log,
         status,
         streams=Streams(prefix),
-        projection=model_id,
+        index_id=model_id,
         max_documents=1000,
         wait_seconds=1,
     )
@@ -400,7 +400,7 @@ async def settle(
             assert time.monotonic() < deadline, f"the worker did not catch up: {info}"
             await asyncio.sleep(0.2)
         ingest = LoggedIngest(
-            log, status, streams=streams, projection=model_id, max_documents=1, wait_seconds=1
+            log, status, streams=streams, index_id=model_id, max_documents=1, wait_seconds=1
         )
         views = {}
         for doc_id in expected.docs:

@@ -124,7 +124,7 @@ def service(
     embedder: LocalEmbedder,
 ) -> DeadLetters:
     return DeadLetters(
-        event_log, store, status, streams=streams, projection=embedder.model_id, scan_limit=50
+        event_log, store, status, streams=streams, index_id=embedder.model_id, scan_limit=50
     )
 
 
@@ -136,7 +136,7 @@ def ingest(
         event_log,
         status,
         streams=streams,
-        projection=embedder.model_id,
+        index_id=embedder.model_id,
         max_documents=100,
         wait_seconds=10,
     )
@@ -532,7 +532,7 @@ async def test_an_unreachable_redis_is_an_outage(
         applied_key=down_status.applied_key,
         connect_timeout=0.2,
     )
-    service = DeadLetters(down_log, down, down_status, streams=streams, projection="m")
+    service = DeadLetters(down_log, down, down_status, streams=streams, index_id="m")
     calls: list[Callable[[], Awaitable[object]]] = [
         lambda: service.page(tenant=None),
         lambda: service.page(tenant=None, order="oldest"),
@@ -556,7 +556,7 @@ def _command(streams: Streams) -> RequeueCommand:
         letter_id="1-0",
         stream=streams.documents,
         group=GROUP,
-        projection="m",
+        index_id="m",
         tenant=TENANT,
         doc_id="d",
         after="1-0",

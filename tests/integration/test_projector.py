@@ -79,14 +79,14 @@ def logged_ingest(
     event_log: RedisEventLog,
     status: RedisDocStatus,
     streams: Streams,
-    projection: str,
+    index_id: str,
     max_documents: int = 100,
 ) -> LoggedIngest:
     return LoggedIngest(
         event_log,
         status,
         streams=streams,
-        projection=projection,
+        index_id=index_id,
         max_documents=max_documents,
         wait_seconds=10,
     )
@@ -633,7 +633,7 @@ async def test_ingest_with_the_log_down_acknowledges_nothing(
         log,
         store,
         streams=Streams(),
-        projection=embedder.model_id,
+        index_id=embedder.model_id,
         max_documents=10,
         wait_seconds=1,
     )

@@ -112,7 +112,7 @@ async def test_projectors_racing_with_kills_leave_each_documents_last_version(
         event_log,
         status,
         streams=streams,
-        projection=embedder.model_id,
+        index_id=embedder.model_id,
         max_documents=10,
         wait_seconds=10,
     )

@@ -295,7 +295,7 @@ async def test_a_fresh_generation_still_sweeps_documents_it_has_written(
         streams=parts["streams"],
         consumer="replay",
         config=ProjectorConfig(fresh_index=True),
-        projection="fresh-test",
+        index_id="fresh-test",
     )
 
     async def apply(event: DocumentUpserted | DocumentDeleted) -> list[dict[str, Any]]:

@@ -124,7 +124,7 @@ return {'requeued', id}
 
 class RedisDeadLetters:
     """The dead-letter operations on one Redis; `written_key(tenant)` and
-    `applied_key(projection, tenant)` are the status hashes' names (RedisDocStatus's)."""
+    `applied_key(index_id, tenant)` are the status hashes' names (RedisDocStatus's)."""
 
     def __init__(
         self,
@@ -164,7 +164,7 @@ class RedisDeadLetters:
             command.letter_stream,
             command.stream,
             self._written_key(command.tenant),
-            self._applied_key(command.projection, command.tenant),
+            self._applied_key(command.index_id, command.tenant),
         ]
         args: list[Any] = [
             command.letter_id,

@@ -1,7 +1,7 @@
 """DocStatusStore in Redis: one hash per tenant for each side, updated only forwards.
 
 `{prefix}docs:{tenant}` maps doc id -> Written (set by the write side);
-`{prefix}applied:{projection}:{tenant}` maps doc id -> Applied (set by the projector).
+`{prefix}applied:{index_id}:{tenant}` maps doc id -> Applied (set by the projector).
 Values are JSON, readable with `redis-cli HGET` during an incident.
 """
 
@@ -100,8 +100,8 @@ class RedisDocStatus:
     def written_key(self, tenant: str) -> str:
         return f"{self._prefix}docs:{tenant}"
 
-    def applied_key(self, projection: str, tenant: str) -> str:
-        return f"{self._prefix}applied:{projection}:{tenant}"
+    def applied_key(self, index_id: str, tenant: str) -> str:
+        return f"{self._prefix}applied:{index_id}:{tenant}"
 
     @client_span(REDIS_STATUS, "redis", "HMGET")
     async def written(self, tenant: str, doc_ids: Sequence[str]) -> list[Written | None]:
@@ -113,24 +113,24 @@ class RedisDocStatus:
 
     @client_span(REDIS_STATUS, "redis", "HMGET")
     async def applied(
-        self, projection: str, tenant: str, doc_ids: Sequence[str]
+        self, index_id: str, tenant: str, doc_ids: Sequence[str]
     ) -> list[Applied | None]:
         if not doc_ids:
             return []
         with translated(STATUS_STORE, "HMGET applied"):
-            values = await self._redis.hmget(self.applied_key(projection, tenant), list(doc_ids))
+            values = await self._redis.hmget(self.applied_key(index_id, tenant), list(doc_ids))
         return [_decode(v, Applied) for v in values]
 
     @client_span(REDIS_STATUS, "redis", "HMGET")
     async def both(
-        self, projection: str, tenant: str, doc_ids: Sequence[str]
+        self, index_id: str, tenant: str, doc_ids: Sequence[str]
     ) -> list[tuple[Written | None, Applied | None]]:
         if not doc_ids:
             return []
         with translated(STATUS_STORE, "HMGET written+applied"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hmget(self.written_key(tenant), list(doc_ids))
-                pipe.hmget(self.applied_key(projection, tenant), list(doc_ids))
+                pipe.hmget(self.applied_key(index_id, tenant), list(doc_ids))
                 written, applied = await pipe.execute()
         return [
             (_decode(w, Written), _decode(a, Applied))
@@ -142,32 +142,30 @@ class RedisDocStatus:
 
     async def record_applied(
         self,
-        projection: str,
+        index_id: str,
         tenant: str,
         records: Mapping[str, Applied],
         *,
         expect: Mapping[str, str] | None = None,
     ) -> set[str]:
-        return await self._store(self.applied_key(projection, tenant), records, expect)
+        return await self._store(self.applied_key(index_id, tenant), records, expect)
 
-    async def adopt_applied(self, projection: str, source: str, tenants: Sequence[str]) -> None:
+    async def adopt_applied(self, index_id: str, source: str, tenants: Sequence[str]) -> None:
         if not tenants:
             return
         with translated(STATUS_STORE, "adopt applied records"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 for tenant in tenants:
-                    pipe.delete(self.applied_key(projection, tenant))
-                    pipe.copy(
-                        self.applied_key(source, tenant), self.applied_key(projection, tenant)
-                    )
+                    pipe.delete(self.applied_key(index_id, tenant))
+                    pipe.copy(self.applied_key(source, tenant), self.applied_key(index_id, tenant))
                     pipe.delete(self.applied_key(source, tenant))
                 await pipe.execute()
 
-    async def drop_applied(self, projection: str, tenants: Sequence[str]) -> None:
+    async def drop_applied(self, index_id: str, tenants: Sequence[str]) -> None:
         if not tenants:
             return
         with translated(STATUS_STORE, "drop applied records"):
-            await self._redis.delete(*(self.applied_key(projection, t) for t in tenants))
+            await self._redis.delete(*(self.applied_key(index_id, t) for t in tenants))
 
     @client_span(REDIS_STATUS, "redis", "HSET")
     async def _store(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.api.admission import EXPANSION, MIN_REQUEST_BYTES, MemoryBudget, resident_bytes
+from app.api.memory_budget import EXPANSION, MIN_REQUEST_BYTES, MemoryBudget, resident_bytes
 
 MB = 1024 * 1024
 

@@ -1,4 +1,4 @@
-"""Admission by memory budget (RAG_MAX_MEMORY_MB): a request is let in only if the process's
+"""The memory budget (RAG_MAX_MEMORY_MB): a request is let in only if the process's
 resident memory plus what the requests already in may still allocate leaves room for it."""
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class MemoryBudget:
         self.reserved -= cost
 
 
-class AdmissionMiddleware:
+class MemoryBudgetMiddleware:
     """Refuses requests with 503 and Retry-After past the memory budget; /health, /ready and
     /metrics always pass. The body size is the declared Content-Length, or the largest body
     accepted (RAG_MAX_BODY_BYTES) when none is declared."""
