@@ -1,9 +1,10 @@
-"""Protocols the services depend on; adapters implement them, tests hold adapters to them."""
+"""Every Protocol the services and the API depend on; adapters implement them (app/adapters/),
+and only app/bootstrap.py knows which adapter stands behind each."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
@@ -19,6 +20,12 @@ from app.domain.records import (
     IndexStats,
     Vector,
 )
+
+if TYPE_CHECKING:
+    # Records owned by the domain and services that exchange them, which import this module.
+    from app.domain.doc_status import Applied, Written
+    from app.services.dead_letters import RequeueCommand, RequeueReply
+    from app.services.replay_jobs import StoredReplayJob
 
 
 class Embedder(Protocol):
@@ -290,3 +297,109 @@ class IndexCatalog(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class DocStatusStore(Protocol):
+    """Where each document's written and applied records live (app/domain/doc_status.py).
+    `index_id` names the index the applied records describe (its embedding model id), so an
+    index built by another model starts with none. Unreachable storage raises
+    DependencyUnavailable."""
+
+    async def written(self, tenant: str, doc_ids: Sequence[str]) -> list[Written | None]: ...
+
+    async def applied(
+        self, index_id: str, tenant: str, doc_ids: Sequence[str]
+    ) -> list[Applied | None]: ...
+
+    async def both(
+        self, index_id: str, tenant: str, doc_ids: Sequence[str]
+    ) -> list[tuple[Written | None, Applied | None]]:
+        """Both records of each document, read together in one round trip."""
+        ...
+
+    async def record_written(self, tenant: str, records: Mapping[str, Written]) -> None:
+        """Store each record unless the document already has one for a later entry."""
+        ...
+
+    async def record_applied(
+        self,
+        index_id: str,
+        tenant: str,
+        records: Mapping[str, Applied],
+        *,
+        expect: Mapping[str, str] | None = None,
+    ) -> set[str]:
+        """Store each record unless the document already has one for a later entry; with
+        `expect` (doc id -> event id), store that document's record only if the stored one
+        is for exactly that entry (compare-and-set). Returns the doc ids stored."""
+        ...
+
+    async def adopt_applied(self, index_id: str, source: str, tenants: Sequence[str]) -> None:
+        """Make `source`'s applied records `index_id`'s, replacing them whole, for each of
+        these tenants (atomically per tenant); `source` is left with none. A replay's swap:
+        the records built with a new generation then describe the index in its place."""
+        ...
+
+    async def drop_applied(self, index_id: str, tenants: Sequence[str]) -> None:
+        """Forget `index_id`'s applied records of these tenants (an aborted replay's)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class DeadLetterStore(Protocol):
+    """What acting on dead letters needs beyond EventLog (app/services/dead_letters.py):
+    reading a stream newest first, deleting one entry, and the atomic requeue. Unreachable
+    storage raises DependencyUnavailable."""
+
+    async def newest_first(self, stream: str, *, end: str = "+", count: int) -> list[Entry]:
+        """Entries with id <= end (or < it, as "(<id>"), newest first, at most `count`."""
+        ...
+
+    async def delete(self, stream: str, entry_id: str) -> bool:
+        """Remove one entry; whether it was there."""
+        ...
+
+    async def requeue(self, command: RequeueCommand, *, scan_limit: int) -> RequeueReply:
+        """In one atomic step: if the dead letter is still there, look for a change to the
+        document newer than `command.after` (its written record, its applied record, and the
+        entries of `command.stream` the group has not acknowledged, at most `scan_limit` of
+        them); if there is one, delete the dead letter and answer superseded with its id;
+        else append the event, record it as the document's newest write, delete the dead
+        letter and answer requeued with the new entry's id."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class ReplayJobStore(Protocol):
+    """Where replay job records outlive the process that ran them
+    (app/services/replay_jobs.py)."""
+
+    async def save(self, job: StoredReplayJob) -> None: ...
+
+    async def load(self, job_id: str) -> StoredReplayJob | None: ...
+
+    async def close(self) -> None: ...
+
+
+class RateDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """One request's outcome, with what the RateLimit-* and Retry-After headers report."""
+
+    allowed: bool
+    limit: int  # the burst: most requests a full bucket allows at once
+    remaining: int  # whole tokens left
+    reset_seconds: float  # until the bucket is full again
+    retry_after_seconds: float  # until one token is back; 0 when allowed
+
+
+class RateLimiter(Protocol):
+    """Per-key token buckets shared by every replica: a bucket holds up to `burst` tokens and
+    refills at `rate` a second. Never fails its caller: an unreachable store lets the
+    request through."""
+
+    async def take(self, key_id: str, *, rate: float, burst: int, cost: int = 1) -> RateDecision:
+        """Take `cost` tokens from `key_id`'s bucket if it has them."""
+        ...
+
+    async def close(self) -> None: ...

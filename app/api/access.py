@@ -6,9 +6,9 @@ import math
 
 import msgspec
 
-from app.adapters.redis.rate_limit import RateDecision, RedisRateLimiter
 from app.api.keys import OPEN, KeyRing, Principal
 from app.errors import Forbidden, RateLimited, Unauthenticated
+from app.ports import RateDecision, RateLimiter
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
@@ -23,7 +23,7 @@ class Access:
     def __init__(
         self,
         keys: KeyRing | None,
-        limiter: RedisRateLimiter,
+        limiter: RateLimiter,
         *,
         rate_per_second: float,
         burst: int,

@@ -15,12 +15,15 @@ reader sees: the applied record alone still tells the truth about the index.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Literal
 
 import msgspec
 
 from app.domain.records import id_key
+
+# The store's port lives in app/ports.py with every other; re-exported here only until
+# app/services/projector.py and app/services/replay.py import it from there.
+from app.ports import DocStatusStore as DocStatusStore
 
 Status = Literal["pending", "indexed", "deleted", "failed"]
 # What became of one document of a write request. pending: accepted (its event is in the
@@ -86,50 +89,3 @@ def resolve(doc_id: str, written: Written | None, applied: Applied | None) -> Do
         chunks=applied.chunks,
         error=applied.error,
     )
-
-
-class DocStatusStore(Protocol):
-    """Where both records live. `index_id` names the index the applied records describe
-    (its embedding model id), so an index built by another model starts with none.
-    Unreachable storage raises DependencyUnavailable."""
-
-    async def written(self, tenant: str, doc_ids: Sequence[str]) -> list[Written | None]: ...
-
-    async def applied(
-        self, index_id: str, tenant: str, doc_ids: Sequence[str]
-    ) -> list[Applied | None]: ...
-
-    async def both(
-        self, index_id: str, tenant: str, doc_ids: Sequence[str]
-    ) -> list[tuple[Written | None, Applied | None]]:
-        """Both records of each document, read together in one round trip."""
-        ...
-
-    async def record_written(self, tenant: str, records: Mapping[str, Written]) -> None:
-        """Store each record unless the document already has one for a later entry."""
-        ...
-
-    async def record_applied(
-        self,
-        index_id: str,
-        tenant: str,
-        records: Mapping[str, Applied],
-        *,
-        expect: Mapping[str, str] | None = None,
-    ) -> set[str]:
-        """Store each record unless the document already has one for a later entry; with
-        `expect` (doc id -> event id), store that document's record only if the stored one
-        is for exactly that entry (compare-and-set). Returns the doc ids stored."""
-        ...
-
-    async def adopt_applied(self, index_id: str, source: str, tenants: Sequence[str]) -> None:
-        """Make `source`'s applied records `index_id`'s, replacing them whole, for each of
-        these tenants (atomically per tenant); `source` is left with none. A replay's swap:
-        the records built with a new generation then describe the index in its place."""
-        ...
-
-    async def drop_applied(self, index_id: str, tenants: Sequence[str]) -> None:
-        """Forget `index_id`'s applied records of these tenants (an aborted replay's)."""
-        ...
-
-    async def close(self) -> None: ...

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Literal, Protocol
+from typing import Literal
 
 import msgspec
 
-from app.domain.doc_status import DocStatusStore, DocView, resolve
+from app.domain.doc_status import DocView, resolve
 from app.domain.events import (
     DocumentDeleted,
     DocumentUpserted,
@@ -32,7 +32,7 @@ from app.domain.events import (
     decode_event,
 )
 from app.errors import EventDecodeError, InvalidRequest, NotFound
-from app.ports import EventLog
+from app.ports import DeadLetterStore, DocStatusStore, EventLog
 from app.telemetry import metrics
 
 Order = Literal["newest", "oldest"]
@@ -124,31 +124,6 @@ class RequeueReply(msgspec.Struct, frozen=True, kw_only=True):
 
     outcome: Literal["requeued", "superseded", "gone", "busy"]
     event_id: str | None = None
-
-
-class DeadLetterStore(Protocol):
-    """What acting on dead letters needs beyond EventLog: reading a stream newest first,
-    deleting one entry, and the atomic requeue. Unreachable storage raises
-    DependencyUnavailable."""
-
-    async def newest_first(self, stream: str, *, end: str = "+", count: int) -> list[Entry]:
-        """Entries with id <= end (or < it, as "(<id>"), newest first, at most `count`."""
-        ...
-
-    async def delete(self, stream: str, entry_id: str) -> bool:
-        """Remove one entry; whether it was there."""
-        ...
-
-    async def requeue(self, command: RequeueCommand, *, scan_limit: int) -> RequeueReply:
-        """In one atomic step: if the dead letter is still there, look for a change to the
-        document newer than `command.after` (its written record, its applied record, and the
-        entries of `command.stream` the group has not acknowledged, at most `scan_limit` of
-        them); if there is one, delete the dead letter and answer superseded with its id;
-        else append the event, record it as the document's newest write, delete the dead
-        letter and answer requeued with the new entry's id."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 class DeadLetters:

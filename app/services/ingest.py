@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 import msgspec
 
-from app.domain.doc_status import DocStatusStore, DocView, Outcome, Written, resolve
+from app.domain.doc_status import DocView, Outcome, Written, resolve
 from app.domain.events import DocumentDeleted, DocumentUpserted, Streams
 from app.domain.records import ChunkingParams, DocumentIn, id_key
 from app.errors import DependencyUnavailable, InvalidRequest, NotFound
-from app.ports import EventLog, VectorIndex
+from app.ports import DocStatusStore, EventLog, VectorIndex
 from app.services.indexing import document_version
 
 log = logging.getLogger(__name__)

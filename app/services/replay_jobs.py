@@ -9,11 +9,11 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Protocol
 
 import msgspec
 
 from app.errors import DependencyUnavailable, InvalidRequest
+from app.ports import ReplayJobStore
 from app.services.replay import Replay, ReplayProgress
 
 log = logging.getLogger(__name__)
@@ -36,16 +36,6 @@ class StoredReplayJob(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str
     progress: ReplayProgress
     saved_at: float
-
-
-class ReplayJobStore(Protocol):
-    """Where job records outlive the process that ran them (app/adapters/redis/replay_jobs.py)."""
-
-    async def save(self, job: StoredReplayJob) -> None: ...
-
-    async def load(self, job_id: str) -> StoredReplayJob | None: ...
-
-    async def close(self) -> None: ...
 
 
 class ReplayJobs:

@@ -17,10 +17,10 @@ import logging
 import math
 import time
 
-import msgspec
 from redis.exceptions import RedisError
 
 from app.adapters.redis.client import fast_client
+from app.ports import RateDecision
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +55,9 @@ return {allowed, string.format('%.6f', tokens), string.format('%.6f', retry),
 """
 
 
-class RateDecision(msgspec.Struct, frozen=True, kw_only=True):
-    """One request's outcome, with what the RateLimit-* and Retry-After headers report."""
-
-    allowed: bool
-    limit: int  # the burst: most requests a full bucket allows at once
-    remaining: int  # whole tokens left
-    reset_seconds: float  # until the bucket is full again
-    retry_after_seconds: float  # until one token is back; 0 when allowed
-
-
 class RedisRateLimiter:
+    """The RateLimiter port: one Lua token bucket per key."""
+
     def __init__(
         self,
         url: str,
