@@ -29,9 +29,9 @@ from tests.deploy._support import (
     workloads,
 )
 
-# Settings that the manifests already set but app/settings.py does not read yet: each arrives with
-# a later issue. When an issue adds one to Settings (ENV_NAMES), delete it here --
-# test_pending_settings_are_not_yet_read_by_the_app fails until you do.
+# Settings the manifests may carry before app/settings.py reads them (none today: every key in
+# the manifests is a setting the app reads). Once such a setting lands in Settings (ENV_NAMES),
+# delete it here -- test_pending_settings_are_not_yet_read_by_the_app fails until you do.
 PENDING_SETTINGS: set[str] = set()
 
 # Never in a ConfigMap: referenced from the Secret rag-pipeline-secrets.
@@ -258,7 +258,7 @@ def test_api_and_worker_run_the_same_image(rendered: dict[str, list[Doc]], overl
 
 
 def test_pending_settings_are_not_yet_read_by_the_app() -> None:
-    """Once an issue lands a setting in app/settings.py, drop it from PENDING_SETTINGS."""
+    """Once a setting lands in app/settings.py, it is dropped from PENDING_SETTINGS."""
     landed = PENDING_SETTINGS & set(ENV_NAMES)
     assert not landed, f"now in app.settings.ENV_NAMES; remove from PENDING_SETTINGS: {landed}"
 
