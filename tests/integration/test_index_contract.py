@@ -300,6 +300,35 @@ def test_filters(play: Callable[..., None]) -> None:
     play(scenario)
 
 
+def test_numbers_beyond_int64_are_compared_as_floats(play: Callable[..., None]) -> None:
+    """Qdrant matches integers as int64: an equality on a larger number, or on its whole
+    float, must become a range on the float the payload holds, on both adapters (the guard
+    once existed in one only, and the other found nothing)."""
+    rng = np.random.default_rng(13)
+    vectors = unit(rng, 3)
+    values = {"big": 1e19, "negative": -1e19, "small": 5}
+
+    async def scenario(index: Index) -> None:
+        await index.upsert(
+            [
+                indexed(make_chunk("a", doc, 0, "papa", metadata={"n": n}), vectors[i])
+                for i, (doc, n) in enumerate(values.items())
+            ]
+        )
+
+        async def ids(equals: float) -> list[str]:
+            q = query(vectors[0], "papa", filters=[FieldFilter(key="n", equals=equals)])
+            return [h.doc_id for h in await search(index, q)]
+
+        assert await ids(10**19) == ["big"]
+        assert await ids(1e19) == ["big"]
+        assert await ids(-(10**19)) == ["negative"]
+        assert await ids(2**63) == []
+        assert await ids(5) == await ids(5.0) == ["small"]
+
+    play(scenario)
+
+
 def test_boolean_filters(play: Callable[..., None], request: pytest.FixtureRequest) -> None:
     if "edge" in request.node.callspec.id:
         # qdrant-edge-py 0.9 turns MatchValue(True) into the integer 1, which matches no

@@ -14,7 +14,7 @@ import pytest
 import qdrant_edge as qe
 from qdrant_client import AsyncQdrantClient
 
-from app.adapters.qdrant.edge_index import text_index_params
+from app.adapters.qdrant.edge_shard import text_index_params
 from app.adapters.qdrant.remote_index import QdrantIndex, alias_name
 from app.adapters.qdrant.sparse_bm25 import bm25_config
 from app.errors import DependencyUnavailable

@@ -6,75 +6,41 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import qdrant_edge as qe
 
+from app.adapters.qdrant.edge_shard import OPTIMIZE_AFTER_UNINDEXED, open_shard
+from app.adapters.qdrant.filters import (
+    Condition,
+    Match,
+    MatchAny,
+    Range,
+    document_conditions,
+    search_conditions,
+    tenant_scope,
+)
 from app.adapters.qdrant.payload import (
     DENSE,
     HEAVY_FIELDS,
     SEARCH_TEXT,
     SIGNATURE,
+    dense_of,
     doomed_points,
     fill_hits,
     payload_of,
     signatures_of,
 )
-from app.domain.records import (
-    DocumentState,
-    FieldFilter,
-    Hit,
-    IndexedChunk,
-    IndexQuery,
-    IndexStats,
-    Vector,
-)
+from app.adapters.qdrant.sparse_bm25 import BM25_B, BM25_K
+from app.domain.records import DocumentState, Hit, IndexedChunk, IndexQuery, IndexStats, Vector
 from app.errors import DependencyUnavailable, RagError
-from app.telemetry.schema import (
-    QDRANT_DELETE,
-    QDRANT_FETCH,
-    QDRANT_RETRIEVE,
-    QDRANT_UPSERT,
-)
+from app.telemetry.schema import QDRANT_DELETE, QDRANT_FETCH, QDRANT_RETRIEVE, QDRANT_UPSERT
 from app.telemetry.tracing import client_span
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-_KEYWORD_FIELDS = ("tenant", "doc_id", "version")
-_INDEX_KINDS: dict[str, Callable[[], Any]] = {
-    "keyword": lambda: qe.KeywordIndexParams(),
-    "integer": lambda: qe.IntegerIndexParams(lookup=True, range=True),
-    "float": lambda: qe.FloatIndexParams(),
-    "bool": lambda: qe.BoolIndexParams(),
-}
-# Points not yet in the HNSW graph that make the background optimizer run.
-_OPTIMIZE_AFTER_UNINDEXED = 2000
-_BM25_K = 1.2
-_BM25_B = 0.75
-
-
-def text_index_params() -> qe.TextIndexParams:
-    """English word tokenizer with Snowball stemming and stop words, scored by BM25.
-
-    Chosen on SciFact (docs/benchmarks.md): stemming and stop-word removal each add to
-    BM25's nDCG@10 over a plain lowercase word tokenizer.
-    """
-    return qe.TextIndexParams(
-        tokenizer=qe.TokenizerType.Word,
-        lowercase=True,
-        ascii_folding=True,
-        stemmer=qe.SnowballParams(qe.SnowballLanguage.English),
-        stopwords=qe.Language.English,
-        min_token_len=1,
-        max_token_len=40,
-        scoring=True,
-        enable_hnsw=False,
-    )
 
 
 class EdgeIndex:
@@ -107,51 +73,16 @@ class EdgeIndex:
         self._unindexed = 0
         self._closed = False
         try:
-            self._shard = self._open(metadata_indexes or {}, search_threads)
+            self._shard = open_shard(
+                self.path,
+                dim=dim,
+                metadata_indexes=metadata_indexes or {},
+                search_threads=search_threads,
+            )
         except RagError:
             raise
         except Exception as exc:  # the binding raises plain exceptions for engine errors
             raise DependencyUnavailable(f"cannot open the index at {self.path}: {exc}") from exc
-
-    def _open(self, metadata_indexes: dict[str, str], search_threads: int | None) -> qe.EdgeShard:
-        config = qe.EdgeConfig(
-            vectors={DENSE: qe.EdgeVectorParams(size=self.dim, distance=qe.Distance.Cosine)},
-            hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=1_000),
-            # Qdrant's default waits for 10 MB of vectors per segment before building HNSW,
-            # which a corpus of SciFact's size never reaches; index once ~2,000 vectors wait.
-            optimizers=qe.EdgeOptimizersConfig(
-                indexing_threshold=max(1, _OPTIMIZE_AFTER_UNINDEXED * self.dim * 4 // 1024)
-            ),
-            max_search_threads=search_threads,
-            # Payload is read for the returned hits and rerank candidates only: no reason to
-            # keep all of it (token signatures are most of it) resident.
-            payload_memory=qe.Memory.Cold,
-        )
-        self.path.mkdir(parents=True, exist_ok=True)
-        has_segments = any(self.path.iterdir())
-        shard = (
-            qe.EdgeShard.load(str(self.path), config)
-            if has_segments
-            else qe.EdgeShard.create(str(self.path), config)
-        )
-        existing = shard.info().payload_schema
-        # Qdrant adds HNSW links per value of every payload index with enable_hnsw (per
-        # frequent token, for a text index), for filtered dense search. Only the tenant and
-        # metadata filters shape dense searches; the text index serves BM25 by itself and
-        # doc_id/version/chunk_index serve lookups and deletes. With the links, building
-        # HNSW for SciFact's 10k chunks took 32 s instead of 11 s.
-        wanted: dict[str, Any] = {
-            field: qe.KeywordIndexParams(enable_hnsw=False) for field in _KEYWORD_FIELDS
-        }
-        wanted["tenant"] = qe.KeywordIndexParams(is_tenant=True)
-        wanted["chunk_index"] = qe.IntegerIndexParams(lookup=True, range=False, enable_hnsw=False)
-        wanted[SEARCH_TEXT] = text_index_params()
-        for field, kind in metadata_indexes.items():
-            wanted[f"metadata.{field}"] = _INDEX_KINDS[kind]()
-        for field, params in wanted.items():
-            if field not in existing:
-                shard.update(qe.UpdateOperation.create_field_index(field, params))
-        return shard
 
     # --- writes -------------------------------------------------------------------------
 
@@ -185,15 +116,21 @@ class EdgeIndex:
     def _delete_document(
         self, tenant: str, doc_id: str, older_than: str | None, written_by: str | None
     ) -> int:
-        flt = _doc_filter(tenant, doc_id)
+        flt = edge_filter(document_conditions(tenant, doc_id))
         with self._write_lock:
             if older_than is None and written_by is None:
                 doomed = int(self._shard.count(qe.CountRequest(filter=flt, exact=True)))
                 if doomed:
                     self._shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
             else:
+                # Only the event that wrote each point is needed to choose.
+                written = self._scroll(
+                    flt, limit=1_000, with_payload=qe.PayloadSelector.Include(["event_id"])
+                )
                 ids = doomed_points(
-                    self._document_points(flt), older_than=older_than, written_by=written_by
+                    ((r.id, r.payload) for r in written),
+                    older_than=older_than,
+                    written_by=written_by,
                 )
                 doomed = len(ids)
                 if ids:
@@ -202,29 +139,23 @@ class EdgeIndex:
                 self._shard.flush()
         return doomed
 
-    def _document_points(self, flt: qe.Filter) -> list[tuple[object, dict[str, Any] | None]]:
-        """Every point of one document with the event that wrote it."""
-        out: list[tuple[object, dict[str, Any] | None]] = []
-        offset = None
+    def _scroll(self, flt: qe.Filter | None, **request: Any) -> Iterator[Any]:
+        """Every point `flt` matches, page by page; `request`: page size and what to return."""
+        offset: Any = None
         while True:
             records, offset = self._shard.scroll(
-                qe.ScrollRequest(
-                    offset=offset,
-                    limit=1_000,
-                    filter=flt,
-                    with_payload=qe.PayloadSelector.Include(["event_id"]),
-                )
+                qe.ScrollRequest(offset=offset, filter=flt, **request)
             )
-            out += [(r.id, r.payload) for r in records]
+            yield from records
             if offset is None:
-                return out
+                return
 
     def _maybe_optimize(self) -> None:
         # HNSW is built by the optimizer, which Edge runs only when asked; do it off the
         # write path once enough points wait, and never two at a time.
         if (
             self.building
-            or self._unindexed < _OPTIMIZE_AFTER_UNINDEXED
+            or self._unindexed < OPTIMIZE_AFTER_UNINDEXED
             or not self._optimizing.acquire(False)
         ):
             return
@@ -260,7 +191,7 @@ class EdgeIndex:
         return await self._run(self._document, tenant, doc_id)
 
     def _document(self, tenant: str, doc_id: str) -> DocumentState | None:
-        flt = _doc_filter(tenant, doc_id)
+        flt = edge_filter(document_conditions(tenant, doc_id))
         records, _ = self._shard.scroll(
             qe.ScrollRequest(
                 limit=1, filter=flt, with_payload=qe.PayloadSelector.Include(["version"])
@@ -277,7 +208,7 @@ class EdgeIndex:
         return await self._run(self._retrieve, query)
 
     def _retrieve(self, query: IndexQuery) -> list[Hit]:
-        flt = build_filter(query.tenant, query.filters)
+        flt = edge_filter(search_conditions(query.tenant, query.filters))
         requests = []
         if query.dense:
             requests.append(self._dense_request(query, flt, query.limit))
@@ -332,7 +263,7 @@ class EdgeIndex:
     @staticmethod
     def _bm25_request(query: IndexQuery, flt: qe.Filter, limit: int) -> qe.QueryRequest:
         return qe.QueryRequest(
-            query=qe.TextQuery(SEARCH_TEXT, query.text, qe.Bm25Params(_BM25_K, _BM25_B)),
+            query=qe.TextQuery(SEARCH_TEXT, query.text, qe.Bm25Params(BM25_K, BM25_B)),
             filter=flt,
             limit=limit,
             with_payload=False,
@@ -358,12 +289,7 @@ class EdgeIndex:
 
     def _vectors(self, chunk_ids: Sequence[str]) -> dict[str, Vector]:
         records = self._shard.retrieve(list(chunk_ids), with_payload=False, with_vector=[DENSE])
-        out: dict[str, Vector] = {}
-        for record in records:
-            raw = record.vector
-            dense = raw[DENSE] if isinstance(raw, dict) else raw
-            out[str(record.id)] = np.asarray(dense, dtype=np.float32)
-        return out
+        return {str(record.id): dense_of(record.vector) for record in records}
 
     @client_span(QDRANT_FETCH, "qdrant", "retrieve")
     async def token_signatures(self, chunk_ids: Sequence[str]) -> dict[str, bytes]:
@@ -380,11 +306,10 @@ class EdgeIndex:
 
     def _stats(self, tenant: str | None) -> IndexStats:
         info = self._shard.info()
-        must: list[Any] = [] if tenant is None else [_match("tenant", tenant)]
-        points = self._shard.count(qe.CountRequest(filter=qe.Filter(must=must), exact=True))
-        documents = self._shard.count(
-            qe.CountRequest(filter=qe.Filter(must=[*must, _match("chunk_index", 0)]), exact=True)
-        )
+        scope = tenant_scope(tenant)
+        points = self._shard.count(qe.CountRequest(filter=edge_filter(scope), exact=True))
+        first_chunks = edge_filter([*scope, Match("chunk_index", 0)])
+        documents = self._shard.count(qe.CountRequest(filter=first_chunks, exact=True))
         return IndexStats(
             points=int(points),
             documents=int(documents),
@@ -399,22 +324,9 @@ class EdgeIndex:
         return await self._run(self._all_points, tenant)
 
     def _all_points(self, tenant: str | None) -> list[tuple[str, dict[str, Any], list[float]]]:
-        flt = None if tenant is None else qe.Filter(must=[_match("tenant", tenant)])
-        out: list[tuple[str, dict[str, Any], list[float]]] = []
-        offset: Any = None
-        while True:
-            records, offset = self._shard.scroll(
-                qe.ScrollRequest(
-                    offset=offset, limit=512, filter=flt, with_payload=True, with_vector=[DENSE]
-                )
-            )
-            for record in records:
-                vector = record.vector
-                dense = vector[DENSE] if isinstance(vector, dict) else vector
-                values = dense if isinstance(dense, list) else []
-                out.append((str(record.id), dict(record.payload or {}), [float(x) for x in values]))  # type: ignore[arg-type]
-            if offset is None:
-                return out
+        flt = edge_filter(tenant_scope(tenant)) if tenant is not None else None
+        points = self._scroll(flt, limit=512, with_payload=True, with_vector=[DENSE])
+        return [(str(r.id), dict(r.payload or {}), dense_of(r.vector).tolist()) for r in points]
 
     async def ready(self) -> bool:
         try:
@@ -462,47 +374,19 @@ class EdgeIndex:
             raise DependencyUnavailable(f"index operation failed: {exc}") from exc
 
 
-def _match(key: str, value: str | int | bool) -> qe.FieldCondition:
-    return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+def edge_filter(conditions: Sequence[Condition]) -> qe.Filter:
+    """The conditions (app/adapters/qdrant/filters.py) as qdrant-edge's filter: all must hold."""
+    return qe.Filter(must=[_edge_condition(c) for c in conditions])
 
 
-def _doc_filter(tenant: str, doc_id: str) -> qe.Filter:
-    return qe.Filter(must=[_match("tenant", tenant), _match("doc_id", doc_id)])
-
-
-def build_filter(tenant: str, filters: Sequence[FieldFilter]) -> qe.Filter:
-    """The tenant condition always, then each metadata condition (all must hold)."""
-    must: list[Any] = [_match("tenant", tenant)]
-    for flt in filters:
-        key = f"metadata.{flt.key}"
-        if flt.any_of is not None:
-            must.append(qe.FieldCondition(key=key, match=qe.MatchAny(flt.any_of)))
-        elif flt.gte is not None or flt.gt is not None or flt.lte is not None or flt.lt is not None:
-            must.append(
-                qe.FieldCondition(
-                    key=key, range=qe.RangeFloat(gte=flt.gte, gt=flt.gt, lte=flt.lte, lt=flt.lt)
-                )
-            )
-        elif _compare_as_float(flt.equals):
-            # Not an int64 (a fraction, or too large for the engine's integer match).
-            value = float(flt.equals)  # type: ignore[arg-type]
-            must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(gte=value, lte=value)))
-        elif isinstance(flt.equals, float):
-            must.append(_match(key, int(flt.equals)))
-        elif flt.equals is not None:
-            must.append(_match(key, flt.equals))
-    return qe.Filter(must=must)
-
-
-_INT64 = range(-(2**63), 2**63)
-
-
-def _compare_as_float(value: object) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, float):
-        return not value.is_integer() or int(value) not in _INT64
-    return isinstance(value, int) and value not in _INT64
+def _edge_condition(condition: Condition) -> qe.FieldCondition:
+    match condition:
+        case Match(key, value):
+            return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+        case MatchAny(key, values):
+            return qe.FieldCondition(key=key, match=qe.MatchAny(values))
+        case Range(key, gte, gt, lte, lt):
+            return qe.FieldCondition(key=key, range=qe.RangeFloat(gte=gte, gt=gt, lte=lte, lt=lt))
 
 
 def _to_point(item: IndexedChunk) -> qe.Point:

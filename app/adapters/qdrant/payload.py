@@ -1,4 +1,4 @@
-"""The payload both index adapters keep with each chunk, and how hits are read back from it."""
+"""What both index adapters store with each point, and how it is read back."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import base64
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from app.domain.records import Hit, IndexedChunk, id_key
+import numpy as np
+
+from app.domain.records import Hit, IndexedChunk, Vector, id_key
 
 DENSE = "dense"
 # BM25 reads the same text the embedder reads (title, section path, chunk text).
@@ -47,6 +49,12 @@ def fill_hits(hits: Sequence[Hit], payloads: Mapping[str, Mapping[str, Any]]) ->
         h.text = str(payload.get("text", ""))
         h.section = list(payload.get("section") or [])
         h.metadata = dict(payload.get("metadata") or {})
+
+
+def dense_of(vectors: Any) -> Vector:
+    """A point's dense vector from what a client returns: its named vectors, or the one."""
+    dense = vectors[DENSE] if isinstance(vectors, dict) else vectors
+    return np.asarray(dense if dense is not None else [], dtype=np.float32)
 
 
 def signatures_of(records: Iterable[tuple[object, Mapping[str, Any] | None]]) -> dict[str, bytes]:

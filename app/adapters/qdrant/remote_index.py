@@ -11,15 +11,24 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import UnexpectedResponse
 
+from app.adapters.qdrant.filters import (
+    Condition,
+    Match,
+    MatchAny,
+    Range,
+    document_conditions,
+    search_conditions,
+    tenant_scope,
+)
 from app.adapters.qdrant.payload import (
     DENSE,
     HEAVY_FIELDS,
     SIGNATURE,
+    dense_of,
     doomed_points,
     fill_hits,
     payload_of,
@@ -28,7 +37,6 @@ from app.adapters.qdrant.payload import (
 from app.adapters.qdrant.sparse_bm25 import BM25_B, BM25_K, DEFAULT_AVG_LEN, SparseBm25
 from app.domain.records import (
     DocumentState,
-    FieldFilter,
     Hit,
     IndexedChunk,
     IndexQuery,
@@ -297,7 +305,7 @@ class QdrantIndex:
         older_than: str | None = None,
         written_by: str | None = None,
     ) -> int:
-        flt = _doc_filter(tenant, doc_id)
+        flt = client_filter(document_conditions(tenant, doc_id))
 
         async def delete() -> int:
             await self._ensure()
@@ -344,7 +352,7 @@ class QdrantIndex:
 
     @client_span(QDRANT_FETCH, "qdrant", "count")
     async def document(self, tenant: str, doc_id: str) -> DocumentState | None:
-        flt = _doc_filter(tenant, doc_id)
+        flt = client_filter(document_conditions(tenant, doc_id))
 
         async def read() -> DocumentState | None:
             await self._ensure()
@@ -365,7 +373,7 @@ class QdrantIndex:
 
     async def _retrieve(self, query: IndexQuery) -> list[Hit]:
         bm25 = await self._ensure()
-        flt = build_filter(query.tenant, query.filters)
+        flt = client_filter(search_conditions(query.tenant, query.filters))
         dense = query.vector.tolist()
         sparse: qm.SparseVector | None = None
         if query.bm25:
@@ -425,7 +433,7 @@ class QdrantIndex:
             records = await self.client.retrieve(
                 self.target, list(chunk_ids), with_payload=False, with_vectors=[DENSE]
             )
-            return {str(r.id): _dense_of(r.vector) for r in records}
+            return {str(r.id): dense_of(r.vector) for r in records}
 
         return await self._call(read)
 
@@ -443,15 +451,12 @@ class QdrantIndex:
     async def stats(self, tenant: str | None = None) -> IndexStats:
         async def read() -> IndexStats:
             await self._ensure()
-            must: list[qm.Condition] = [] if tenant is None else [_match("tenant", tenant)]
+            scope = tenant_scope(tenant)
             points = await self.client.count(
-                self.target, count_filter=qm.Filter(must=must), exact=True
+                self.target, count_filter=client_filter(scope), exact=True
             )
-            documents = await self.client.count(
-                self.target,
-                count_filter=qm.Filter(must=[*must, _match("chunk_index", 0)]),
-                exact=True,
-            )
+            first_chunks = client_filter([*scope, Match("chunk_index", 0)])
+            documents = await self.client.count(self.target, count_filter=first_chunks, exact=True)
             info = await self.client.get_collection(self.target)
             return IndexStats(
                 points=int(points.count),
@@ -469,7 +474,7 @@ class QdrantIndex:
 
         async def read() -> list[tuple[str, dict[str, Any], list[float]]]:
             await self._ensure()
-            flt = None if tenant is None else qm.Filter(must=[_match("tenant", tenant)])
+            flt = client_filter(tenant_scope(tenant)) if tenant is not None else None
             out: list[tuple[str, dict[str, Any], list[float]]] = []
             offset: Any = None
             while True:
@@ -482,7 +487,7 @@ class QdrantIndex:
                     with_vectors=[DENSE],
                 )
                 for r in records:
-                    vector = [float(x) for x in _dense_of(r.vector)]
+                    vector = [float(x) for x in dense_of(r.vector)]
                     out.append((str(r.id), dict(r.payload or {}), vector))
                 if offset is None:
                     return out
@@ -564,40 +569,19 @@ def _generation_order(name: str) -> tuple[int, str]:
     return (int(stamp) if stamp.isdigit() else 0, name)
 
 
-def _dense_of(raw: Any) -> Vector:
-    dense = raw[DENSE] if isinstance(raw, dict) else raw
-    return np.asarray(dense, dtype=np.float32)
+def client_filter(conditions: Sequence[Condition]) -> qm.Filter:
+    """The conditions (app/adapters/qdrant/filters.py) as qdrant-client's filter: all must hold."""
+    return qm.Filter(must=[_client_condition(c) for c in conditions])
 
 
-def _match(key: str, value: str | int | bool) -> qm.FieldCondition:
-    return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
-
-
-def _doc_filter(tenant: str, doc_id: str) -> qm.Filter:
-    return qm.Filter(must=[_match("tenant", tenant), _match("doc_id", doc_id)])
-
-
-def build_filter(tenant: str, filters: Sequence[FieldFilter]) -> qm.Filter:
-    """The tenant condition always, then each metadata condition (all must hold); the same
-    translation as app.adapters.qdrant.edge_index.build_filter, into qdrant-client's models."""
-    must: list[qm.Condition] = [_match("tenant", tenant)]
-    for flt in filters:
-        key = f"metadata.{flt.key}"
-        if flt.any_of is not None:
-            must.append(qm.FieldCondition(key=key, match=qm.MatchAny(any=flt.any_of)))
-        elif flt.gte is not None or flt.gt is not None or flt.lte is not None or flt.lt is not None:
-            must.append(
-                qm.FieldCondition(
-                    key=key, range=qm.Range(gte=flt.gte, gt=flt.gt, lte=flt.lte, lt=flt.lt)
-                )
-            )
-        elif isinstance(flt.equals, float) and not flt.equals.is_integer():
-            must.append(qm.FieldCondition(key=key, range=qm.Range(gte=flt.equals, lte=flt.equals)))
-        elif isinstance(flt.equals, float):
-            must.append(_match(key, int(flt.equals)))
-        elif flt.equals is not None:
-            must.append(_match(key, flt.equals))
-    return qm.Filter(must=must)
+def _client_condition(condition: Condition) -> qm.FieldCondition:
+    match condition:
+        case Match(key, value):
+            return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
+        case MatchAny(key, values):
+            return qm.FieldCondition(key=key, match=qm.MatchAny(any=values))
+        case Range(key, gte, gt, lte, lt):
+            return qm.FieldCondition(key=key, range=qm.Range(gte=gte, gt=gt, lte=lte, lt=lt))
 
 
 def _to_point(item: IndexedChunk, bm25: SparseBm25) -> qm.PointStruct:

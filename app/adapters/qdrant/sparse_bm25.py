@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import qdrant_edge as qe
 
-# The same tokenizer as app.adapters.qdrant.edge_index.text_index_params (a unit test holds the two
-# together): Qdrant's word tokenizer, lowercase, ASCII folding, Snowball English stemming,
-# English stop words, tokens of 1..40 characters.
+# The same tokenizer as app.adapters.qdrant.edge_shard.text_index_params (a test holds the
+# two together): Qdrant's word tokenizer, lowercase, ASCII folding, Snowball English stemming,
+# English stop words, tokens of 1..40 characters. The Edge index scores its text queries with
+# the same k and b.
 BM25_K = 1.2
 BM25_B = 0.75
 # Mean length in tokens (after stop words) of a SciFact chunk at the default chunk size of
