@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import socket
-import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import IO
 
 import msgspec
 import redis
 import threadpoolctl
 
 from app.adapters.embedders.circuit_breaker import CircuitBreaker
+from app.adapters.embedders.local import MODEL_ID as LOCAL_MODEL_ID
 from app.adapters.embedders.local import LocalEmbedder
 from app.adapters.embedders.openai_api import OpenAIEmbedder
 from app.adapters.qdrant.edge_catalog import EdgeCatalog
@@ -33,8 +32,16 @@ from app.api.access import Access
 from app.api.keys import KeyRing
 from app.domain.events import Streams
 from app.domain.records import DEFAULT_TENANT, ChunkingParams
-from app.errors import DependencyUnavailable, SettingsError
-from app.ports import Embedder
+from app.errors import SettingsError
+from app.index_lock import IndexOwnership
+from app.ports import (
+    CacheStats,
+    DocStatusStore,
+    Embedder,
+    EmbeddingCache,
+    EventLog,
+    IndexCatalog,
+)
 from app.services.active_index import ActiveIndex
 from app.services.dead_letters import DeadLetters
 from app.services.indexing import Indexer
@@ -50,81 +57,31 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class IndexHolder(msgspec.Struct, kw_only=True):
-    """Who holds an embedded index: written into its lock file for the next one to read."""
+class IndexSide(msgspec.Struct, kw_only=True):
+    """What applies document events to the index: everything a `worker` runs, and what
+    `serve` holds for its own projector and for the read side's index and embedder.
 
-    pid: int
-    role: str  # "serve", "worker" or "replay"
-    command: str
-
-
-class IndexOwnership:
-    """The embedded index's single-writer claim, held for the life of the process.
-
-    Qdrant Edge opens a shard in one process only (a second open fails on the WAL lock with
-    an opaque error), so the index has exactly one writer and therefore one projector: the
-    process that holds it. An flock beside the shard makes that explicit, released by the
-    kernel however the holder dies, and names the holder in the refusal.
+    Typed by ports; `closing` holds how to close the adapters behind them, registered by
+    `build_index_side`, the one place that knows which adapters those are.
     """
-
-    def __init__(self, data_dir: Path, model_id: str, role: str) -> None:
-        self.path = data_dir / "index" / f"{model_id}.lock"
-        self.role = role
-        self._file: IO[bytes] | None = None
-
-    def acquire(self) -> IndexOwnership:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+b")  # noqa: SIM115 - held open until release()
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            try:
-                holder = msgspec.json.decode(handle.read(), type=IndexHolder)
-                who = f"`rag-pipeline {holder.role}` (pid {holder.pid})"
-            except msgspec.DecodeError:
-                who = "another process"
-            handle.close()
-            raise DependencyUnavailable(
-                f"the index at {self.path.with_suffix('')} is held by {who}. The embedded "
-                "index has one writer, which also runs the projector: stop that process to "
-                f"run `{self.role}` on this data directory",
-                retry_after=5.0,
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            msgspec.json.encode(
-                IndexHolder(pid=os.getpid(), role=self.role, command=" ".join(sys.argv))
-            )
-        )
-        handle.flush()
-        self._file = handle
-        return self
-
-    def release(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
-
-
-class Projection(msgspec.Struct, kw_only=True):
-    """What applies document events to the index: everything a `worker` runs."""
 
     embedder: Embedder
     # The index's generations (app/services/replay.py builds new ones and swaps them in).
-    catalog: EdgeCatalog | QdrantCatalog
+    catalog: IndexCatalog
     index: ActiveIndex  # the active generation, whichever that is
-    ownership: IndexOwnership | None  # only the embedded index has a single-writer claim
-    event_log: RedisEventLog
-    cache: RedisEmbeddingCache
-    status: RedisDocStatus
+    exclusive: bool  # this process holds the embedded index's single-writer claim
+    event_log: EventLog
+    cache: EmbeddingCache
+    status: DocStatusStore
     indexer: Indexer
     projector: Projector
     replays: ReplayJobs  # POST /api/v1/reindex: replays run where the index is held
     replay_config: ReplayConfig
+    closing: contextlib.AsyncExitStack
+
+    @property
+    def streams(self) -> Streams:
+        return self.projector.streams
 
     def replay(
         self,
@@ -144,27 +101,21 @@ class Projection(msgspec.Struct, kw_only=True):
             on_progress=on_progress,
         )
 
+    async def checks(self) -> dict[str, bool]:
+        """Whether the index and the event log answer now, as /ready reports them."""
+        index, event_log = await asyncio.gather(self.index.ready(), self.event_log.ping())
+        return {"index": index, "event_log": event_log}
+
     async def aclose(self) -> None:
-        await self.replays.aclose()
-        await self.event_log.close()
-        await self.cache.close()
-        await self.status.close()
-        if isinstance(self.catalog, QdrantCatalog):
-            await self.catalog.aclose()
-        else:
-            self.catalog.close()
-        if self.ownership is not None:
-            self.ownership.release()
-        if isinstance(self.embedder, OpenAIEmbedder):
-            await self.embedder.aclose()
-        self.embedder.close()
+        """Close everything, in the reverse order it was opened."""
+        await self.closing.aclose()
 
 
 class Services(msgspec.Struct, kw_only=True):
     """Everything `serve` runs; `projector` is None when RAG_PROJECTOR_IN_PROCESS is false."""
 
     settings: Settings
-    projection: Projection
+    index_side: IndexSide
     pipeline: Pipeline
     ingest: LoggedIngest
     default_chunking: ChunkingParams
@@ -175,34 +126,38 @@ class Services(msgspec.Struct, kw_only=True):
 
     @property
     def embedder(self) -> Embedder:
-        return self.projection.embedder
+        return self.index_side.embedder
 
     @property
     def index(self) -> ActiveIndex:
-        return self.projection.index
+        return self.index_side.index
 
     @property
-    def event_log(self) -> RedisEventLog:
-        return self.projection.event_log
+    def event_log(self) -> EventLog:
+        return self.index_side.event_log
 
     @property
     def streams(self) -> Streams:
-        return self.projection.projector.streams
+        return self.index_side.streams
+
+    def cache_stats(self) -> CacheStats:
+        """This process's embedding-cache counters, for /api/v1/stats."""
+        return self.index_side.cache.stats()
 
     async def aclose(self) -> None:
         await self.access.limiter.close()
         await self.dead_letters.store.close()
-        await self.projection.aclose()
+        await self.index_side.aclose()
 
 
-def held_projection(state: object) -> Projection | None:
-    """The Projection an app's state holds: `serve` keeps it in its Services, `worker` on its
+def held_index_side(state: object) -> IndexSide | None:
+    """The IndexSide an app's state holds: `serve` keeps it in its Services, `worker` on its
     own; None before start-up is done."""
     services: Services | None = getattr(state, "services", None)
     if services is not None:
-        return services.projection
-    projection: Projection | None = getattr(state, "projection", None)
-    return projection
+        return services.index_side
+    index_side: IndexSide | None = getattr(state, "index_side", None)
+    return index_side
 
 
 def consumer_name() -> str:
@@ -210,12 +165,12 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def build_projection(settings: Settings, role: str) -> Projection:
+def build_index_side(settings: Settings, role: str) -> IndexSide:
     """Embedder, index (claimed for this process), Redis adapters and the projector.
     Blocking (loads the model, opens the shard): run it off the event loop."""
     if not settings.redis_url:
         raise SettingsError(
-            "REDIS_URL is empty: resolve it first (app.adapters.redis.embedded.resolve_redis_url)"
+            "REDIS_URL is empty: resolve it first (app.bootstrap.resolve_event_log)"
         )
     # Settings the libraries below would reject, checked before the model loads.
     check_redis_url(settings.redis_url)
@@ -225,51 +180,66 @@ def build_projection(settings: Settings, role: str) -> Projection:
     # after each one and take the cores the embedder needs next: measured, one thread cut
     # search p50 from 59 ms to 32 ms with rerank on.
     threadpoolctl.threadpool_limits(1, user_api="blas")
-    embedder = build_embedder(settings)
-    with contextlib.ExitStack() as undo:
-        undo.callback(embedder.close)
-        catalog: EdgeCatalog | QdrantCatalog
-        ownership: IndexOwnership | None = None
-        if settings.qdrant_url:
-            # A cluster has any number of writers: serve replicas and workers share it, and
-            # the index is created (or found) on first use, so nothing is claimed or opened.
-            cluster = QdrantIndex.connect(
-                settings.qdrant_url,
-                api_key=settings.qdrant_api_key,
-                pool_size=settings.qdrant_pool_size,
-                timeout_seconds=settings.qdrant_timeout_seconds,
-                prefer_grpc=settings.qdrant_prefer_grpc,
-                model_id=embedder.model_id,
-                dim=embedder.dim,
-                prefix=settings.qdrant_collection_prefix,
-                metadata_indexes=settings.metadata_index_fields(),
-            )
-            catalog = QdrantCatalog(cluster)
-            where = f"Qdrant {settings.qdrant_url} alias {cluster.alias}"
-        else:
-            ownership = IndexOwnership(settings.data_path, embedder.model_id, role).acquire()
-            undo.callback(ownership.release)
-            catalog = EdgeCatalog(
-                settings.data_path,
-                model_id=embedder.model_id,
-                dim=embedder.dim,
-                metadata_indexes=settings.metadata_index_fields(),
-            )
-            undo.callback(catalog.close)
-            where = f"{catalog.current().path} (held by this {role})"
-        index = ActiveIndex(catalog)
-        # Constructing the Redis clients connects nothing; they cannot fail on an outage.
-        event_log = RedisEventLog(settings.redis_url, pool_size=settings.redis_pool_size)
-        cache = RedisEmbeddingCache(
-            settings.redis_url,
-            prefix=settings.stream_prefix,
-            ttl_seconds=settings.cache_ttl_seconds,
-            pool_size=settings.redis_pool_size,
+    closing = contextlib.AsyncExitStack()
+    try:
+        return _open_index_side(settings, role, closing)
+    except BaseException:
+        # Nothing has run on an event loop yet: what was opened closes on a loop of its own.
+        asyncio.run(closing.aclose())
+        raise
+
+
+def _open_index_side(
+    settings: Settings, role: str, closing: contextlib.AsyncExitStack
+) -> IndexSide:
+    embedder, pause = _open_embedder(settings, closing)
+    catalog: IndexCatalog
+    exclusive = not settings.qdrant_url
+    if settings.qdrant_url:
+        # A cluster has any number of writers: serve replicas and workers share it, and
+        # the index is created (or found) on first use, so nothing is claimed or opened.
+        cluster = QdrantIndex.connect(
+            settings.qdrant_url,
+            api_key=settings.qdrant_api_key,
+            pool_size=settings.qdrant_pool_size,
+            timeout_seconds=settings.qdrant_timeout_seconds,
+            prefer_grpc=settings.qdrant_prefer_grpc,
+            model_id=embedder.model_id,
+            dim=embedder.dim,
+            prefix=settings.qdrant_collection_prefix,
+            metadata_indexes=settings.metadata_index_fields(),
         )
-        status = RedisDocStatus(
-            settings.redis_url, prefix=settings.stream_prefix, pool_size=settings.redis_pool_size
+        qdrant = QdrantCatalog(cluster)
+        closing.push_async_callback(qdrant.aclose)
+        catalog = qdrant
+        where = f"Qdrant {settings.qdrant_url} alias {cluster.alias}"
+    else:
+        ownership = IndexOwnership(settings.data_path, embedder.model_id, role).acquire()
+        closing.callback(ownership.release)
+        edge = EdgeCatalog(
+            settings.data_path,
+            model_id=embedder.model_id,
+            dim=embedder.dim,
+            metadata_indexes=settings.metadata_index_fields(),
         )
-        undo.pop_all()
+        closing.callback(edge.close)
+        catalog = edge
+        where = f"{edge.current().path} (held by this {role})"
+    index = ActiveIndex(catalog)
+    # Constructing the Redis clients connects nothing; they cannot fail on an outage.
+    status = RedisDocStatus(
+        settings.redis_url, prefix=settings.stream_prefix, pool_size=settings.redis_pool_size
+    )
+    closing.push_async_callback(status.close)
+    cache = RedisEmbeddingCache(
+        settings.redis_url,
+        prefix=settings.stream_prefix,
+        ttl_seconds=settings.cache_ttl_seconds,
+        pool_size=settings.redis_pool_size,
+    )
+    closing.push_async_callback(cache.close)
+    event_log = RedisEventLog(settings.redis_url, pool_size=settings.redis_pool_size)
+    closing.push_async_callback(event_log.close)
     indexer = Indexer(embedder, index)
     projector = Projector(
         event_log,
@@ -285,53 +255,80 @@ def build_projection(settings: Settings, role: str) -> Projection:
             # The Edge shard has no other writer (IndexOwnership), so whatever another
             # consumer left pending was left by a process that is gone. Cluster consumers
             # run side by side and take over only what sat idle.
-            exclusive=ownership is not None,
+            exclusive=exclusive,
             kill_on_doc=settings.fault_kill_doc_id or None,
         ),
-        pause=embedder.breaker.retry_after if isinstance(embedder, OpenAIEmbedder) else None,
+        pause=pause,
     )
     log.info("index %s at %s", embedder.model_id, where)
-    projection = Projection(
+    index_side = IndexSide(
         embedder=embedder,
         catalog=catalog,
         index=index,
-        ownership=ownership,
+        exclusive=exclusive,
         event_log=event_log,
         cache=cache,
         status=status,
         indexer=indexer,
         projector=projector,
         replays=ReplayJobs(
-            lambda: projection.replay(),
+            lambda: index_side.replay(),
             store=RedisReplayJobs(settings.redis_url, prefix=settings.stream_prefix),
         ),
         replay_config=ReplayConfig(batch=settings.replay_batch),
+        closing=closing,
     )
-    return projection
+    # First to close: a running replay is cancelled before what it writes to goes.
+    closing.push_async_callback(index_side.replays.aclose)
+    return index_side
 
 
-def build_embedder(settings: Settings) -> LocalEmbedder | OpenAIEmbedder:
-    """The embedder RAG_EMBEDDER names; its model id and dimension name the index."""
+def _open_embedder(
+    settings: Settings, closing: contextlib.AsyncExitStack
+) -> tuple[Embedder, Callable[[], float] | None]:
+    """The embedder RAG_EMBEDDER names (its model id and dimension name the index), and
+    what tells the projector to pause: the seconds until a remote embedder's circuit
+    breaker lets calls through again (None for the local model, which has none)."""
     if settings.embedder == "openai":
-        return OpenAIEmbedder(
-            api_key=settings.openai_api_key,
-            base_url=settings.openai_base_url,
-            model=settings.embedding_model,
-            dimensions=settings.embedding_dimensions,
-            timeout_seconds=settings.embedder_timeout_seconds,
-            batch_size=settings.batch_size,
-            max_concurrent_batches=settings.max_concurrent_batches,
-            max_retries=settings.embedder_max_retries,
-            breaker=CircuitBreaker(
-                failure_threshold=settings.embedder_breaker_failures,
-                cooldown_seconds=settings.embedder_breaker_cooldown_seconds,
-            ),
-        )
-    return LocalEmbedder(
+        remote = _openai_embedder(settings)
+        closing.callback(remote.close)
+        closing.push_async_callback(remote.aclose)
+        return remote, remote.breaker.retry_after
+    local = LocalEmbedder(
         batch_size=settings.batch_size,
         max_concurrent_batches=settings.max_concurrent_batches,
         threads=settings.embedder_threads,
     )
+    closing.callback(local.close)
+    return local, None
+
+
+def _openai_embedder(settings: Settings) -> OpenAIEmbedder:
+    return OpenAIEmbedder(
+        api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url,
+        model=settings.embedding_model,
+        dimensions=settings.embedding_dimensions,
+        timeout_seconds=settings.embedder_timeout_seconds,
+        batch_size=settings.batch_size,
+        max_concurrent_batches=settings.max_concurrent_batches,
+        max_retries=settings.embedder_max_retries,
+        breaker=CircuitBreaker(
+            failure_threshold=settings.embedder_breaker_failures,
+            cooldown_seconds=settings.embedder_breaker_cooldown_seconds,
+        ),
+    )
+
+
+def index_id(settings: Settings) -> str:
+    """The index's identity (its embedding model id), without loading a model."""
+    if settings.embedder != "openai":
+        return LOCAL_MODEL_ID
+    embedder = _openai_embedder(settings)  # connects nothing until it embeds
+    try:
+        return embedder.model_id
+    finally:
+        embedder.close()
 
 
 def build_access(settings: Settings) -> Access:
@@ -359,15 +356,13 @@ def build_access(settings: Settings) -> Access:
 
 def build_services(settings: Settings) -> Services:
     access = build_access(settings)  # first: a bad keys file stops start-up before the model loads
-    projection = build_projection(settings, "serve")
+    side = build_index_side(settings, "serve")
     reranker = (
-        LateInteractionReranker(projection.embedder.dim)
-        if projection.embedder.has_token_vectors
-        else None
+        LateInteractionReranker(side.embedder.dim) if side.embedder.has_token_vectors else None
     )
     pipeline = Pipeline(
-        projection.embedder,
-        projection.index,
+        side.embedder,
+        side.index,
         reranker,
         PipelineConfig(
             default_top_k=settings.top_k,
@@ -379,15 +374,15 @@ def build_services(settings: Settings) -> Services:
         ),
     )
     ingest = LoggedIngest(
-        projection.event_log,
-        projection.status,
-        streams=projection.projector.streams,
-        index_id=projection.embedder.model_id,
+        side.event_log,
+        side.status,
+        streams=side.streams,
+        index_id=side.embedder.model_id,
         max_documents=settings.max_documents_per_request,
         wait_seconds=settings.ingest_wait_seconds,
-        index=projection.index,
+        index=side.index,
     )
-    if not settings.projector_in_process and projection.ownership is not None:
+    if not settings.projector_in_process and side.exclusive:
         log.warning(
             "RAG_PROJECTOR_IN_PROCESS=false: indexing is paused. This process holds the "
             "embedded index, so no other can apply document events to it; they wait in the "
@@ -395,35 +390,34 @@ def build_services(settings: Settings) -> Services:
         )
     return Services(
         settings=settings,
-        projection=projection,
+        index_side=side,
         pipeline=pipeline,
         ingest=ingest,
         default_chunking=ChunkingParams(size=settings.chunk_size, overlap=settings.chunk_overlap),
-        projector=projection.projector if settings.projector_in_process else None,
+        projector=side.projector if settings.projector_in_process else None,
         recorder=RetrievalRecorder(
-            projection.event_log,
-            projection.projector.streams.retrievals,
+            side.event_log,
+            side.streams.retrievals,
             retention_seconds=settings.retrieval_retention_seconds,
         ),
         access=access,
-        dead_letters=build_dead_letters(
-            settings, projection.event_log, projection.status, projection.embedder.model_id
-        ),
+        dead_letters=_dead_letters(settings, side.event_log, side.status, side.embedder.model_id),
     )
 
 
-def build_dead_letters(
-    settings: Settings, event_log: RedisEventLog, status: RedisDocStatus, index_id: str
+def _dead_letters(
+    settings: Settings,
+    event_log: EventLog,
+    status: DocStatusStore,
+    index_id: str,
 ) -> DeadLetters:
-    """Dead letters over these adapters, for the API and the CLI; closing its own store
-    (`.store.close()`) is the caller's, the adapters stay theirs. `index_id` is the index's
-    embedding model id."""
+    """Dead letters over these adapters; closing its own store (`.store.close()`) is the
+    caller's, the adapters stay theirs. `index_id` is the index's embedding model id."""
     return DeadLetters(
         event_log,
         RedisDeadLetters(
             settings.redis_url,
-            written_key=status.written_key,
-            applied_key=status.applied_key,
+            prefix=settings.stream_prefix,
             pool_size=min(4, settings.redis_pool_size),
         ),
         status,
@@ -432,11 +426,25 @@ def build_dead_letters(
     )
 
 
-def build_worker(settings: Settings) -> Projection:
+@contextlib.asynccontextmanager
+async def open_dead_letters(settings: Settings) -> AsyncIterator[DeadLetters]:
+    """Dead letters on their own, for `rag-pipeline dead-letters`: no model loaded, no index
+    opened; `settings.redis_url` resolved (`resolve_event_log`)."""
+    async with contextlib.AsyncExitStack() as closing:
+        event_log = RedisEventLog(settings.redis_url, pool_size=2)
+        closing.push_async_callback(event_log.close)
+        status = RedisDocStatus(settings.redis_url, prefix=settings.stream_prefix, pool_size=2)
+        closing.push_async_callback(status.close)
+        service = _dead_letters(settings, event_log, status, index_id(settings))
+        closing.push_async_callback(service.store.close)
+        yield service
+
+
+def build_worker(settings: Settings) -> IndexSide:
     # The worker's app reads the keys file in its lifespan (replays are admin work); reading
     # it here first stops a bad one before the model loads, as build_services does.
     load_keys(settings)
-    return build_projection(settings, "worker")
+    return build_index_side(settings, "worker")
 
 
 def load_keys(settings: Settings) -> KeyRing | None:
@@ -484,3 +492,9 @@ def check_data_dir(settings: Settings, needed_for: str) -> Path:
             f"RAG_DATA_DIR {path}: not writable by this process (needed for {needed_for})"
         )
     return path
+
+
+# The names before IndexSide had one meaning, kept until app/cli/main.py and
+# bench/replay_rate.py use the new ones.
+Projection = IndexSide
+build_projection = build_index_side

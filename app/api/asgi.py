@@ -21,7 +21,7 @@ from app.api.codec import error_response, response_for
 from app.api.guard import guard
 from app.api.memory_budget import MemoryBudget, MemoryBudgetMiddleware
 from app.api.routes import routes
-from app.bootstrap import Projection, Services, build_access, build_services
+from app.bootstrap import IndexSide, Services, build_access, build_services
 from app.errors import RagError
 from app.services.projector import Projector
 from app.settings import Settings
@@ -97,17 +97,17 @@ def _cors(settings: Settings) -> list[Middleware]:
     ]
 
 
-def create_worker_app(settings: Settings, projection: Projection) -> Starlette:
+def create_worker_app(settings: Settings, index_side: IndexSide) -> Starlette:
     """`rag-pipeline worker`: the projector, /health and /ready for the probes, and the
     replay endpoints (the worker holds the index)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.projection = projection
+        app.state.index_side = index_side
         # Replays are admin work: the worker checks keys as the API does.
         app.state.access = access = build_access(settings)
         try:
-            async with _projecting(app, projection.projector, settings):
+            async with _projecting(app, index_side.projector, settings):
                 yield
         finally:
             await access.limiter.close()
@@ -115,7 +115,7 @@ def create_worker_app(settings: Settings, projection: Projection) -> Starlette:
     return Starlette(
         routes=[
             Route("/health", system.health, methods=["GET"]),
-            Route("/ready", system.worker_ready, methods=["GET"]),
+            Route("/ready", system.ready, methods=["GET"]),
             Route("/metrics", metrics.scrape, methods=["GET"]),
             # The worker holds the index, so replays run here (`rag-pipeline replay` asks).
             Route("/api/v1/reindex", guard(reindex.start, "admin"), methods=["POST"]),

@@ -8,7 +8,7 @@ import logging
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.bootstrap import Projection, held_projection
+from app.bootstrap import IndexSide, held_index_side
 from app.errors import RagError
 from app.services.projector import GROUP
 from app.telemetry import metrics
@@ -21,23 +21,23 @@ _GAUGE_TIMEOUT_SECONDS = 2.0
 
 
 async def scrape(request: Request) -> Response:
-    projection = held_projection(request.app.state)
-    if projection is not None:
+    side = held_index_side(request.app.state)
+    if side is not None:
         try:
-            await asyncio.wait_for(_refresh(projection), _GAUGE_TIMEOUT_SECONDS)
+            await asyncio.wait_for(_refresh(side), _GAUGE_TIMEOUT_SECONDS)
         except (TimeoutError, RagError) as exc:
             log.debug("gauges not refreshed for this scrape: %s", exc)
     body, content_type = metrics.exposition(request.headers.get("accept", ""))
     return Response(body, headers={"Content-Type": content_type})
 
 
-async def _refresh(projection: Projection) -> None:
-    streams = projection.projector.streams
+async def _refresh(side: IndexSide) -> None:
+    streams, events = side.streams, side.event_log
     length, group, stats, dead = await asyncio.gather(
-        projection.event_log.length(streams.documents),
-        projection.event_log.group_info(streams.documents, GROUP),
-        projection.index.stats(),
-        projection.event_log.length(streams.dead_letter),
+        events.length(streams.documents),
+        events.group_info(streams.documents, GROUP),
+        side.index.stats(),
+        events.length(streams.dead_letter),
     )
     metrics.set_queue(
         0 if group is None else group.pending,

@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from app.api.codec import json_response
 from app.api.schemas import ReindexJob
-from app.bootstrap import held_projection
+from app.bootstrap import held_index_side
 from app.errors import DependencyUnavailable, NotFound
 from app.services.replay_jobs import ReplayJob, ReplayJobs
 
@@ -26,11 +26,11 @@ async def status(request: Request) -> Response:
 
 
 def _jobs(request: Request) -> ReplayJobs:
-    projection = held_projection(request.app.state)
-    if projection is None:
+    side = held_index_side(request.app.state)
+    if side is None:
         # Replays run in the process that holds the index: it alone may write it.
         raise DependencyUnavailable("this process does not hold the index", retry_after=5.0)
-    return projection.replays
+    return side.replays
 
 
 def _wire(job: ReplayJob) -> ReindexJob:

@@ -18,7 +18,7 @@ from app.api.schemas import (
     RecorderInfo,
     Stats,
 )
-from app.bootstrap import Projection, Services
+from app.bootstrap import IndexSide, Services, held_index_side
 from app.services.projector import GROUP
 
 
@@ -27,20 +27,11 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    services: Services | None = getattr(request.app.state, "services", None)
-    return await _readiness(request, None if services is None else services.projection)
-
-
-async def worker_ready(request: Request) -> Response:
-    return await _readiness(request, getattr(request.app.state, "projection", None))
-
-
-async def _readiness(request: Request, projection: Projection | None) -> Response:
+    """/ready of `serve` and of `worker` alike: each holds an IndexSide once started."""
+    side: IndexSide | None = held_index_side(request.app.state)
     checks = {"index": False, "event_log": False}
-    if projection is not None:
-        checks["index"], checks["event_log"] = await asyncio.gather(
-            projection.index.ready(), projection.event_log.ping()
-        )
+    if side is not None:
+        checks = await side.checks()
     # When this process projects, a projector that died would leave every ingest pending.
     task: asyncio.Task[None] | None = getattr(request.app.state, "projector_task", None)
     if task is not None:
@@ -65,7 +56,7 @@ async def stats(request: Request) -> Response:
         log.length(streams.retrievals),
         log.length(streams.feedback),
     )
-    cache = services.projection.cache.stats()
+    cache = services.cache_stats()
     recorder = services.recorder
     lookups = cache.hits + cache.misses
     return json_response(

@@ -1,8 +1,9 @@
 """`rag-pipeline dead-letters list|show|requeue|drop`: the dead-letter stream, for an operator.
 
 It talks to Redis directly (REDIS_URL, or the data directory's embedded Valkey, as `worker`
-and `replay` do) and sees every tenant's dead letters, undecodable ones included; `--tenant`
-narrows it to one. The HTTP endpoints (app/api/dead_letters.py) do the same for one tenant.
+and `replay` do; app/bootstrap.py builds what it needs) and sees every tenant's dead letters,
+undecodable ones included; `--tenant` narrows it to one. The HTTP endpoints
+(app/api/dead_letters.py) do the same for one tenant.
 """
 
 from __future__ import annotations
@@ -79,11 +80,11 @@ Action = Callable[["DeadLetters", argparse.Namespace], Awaitable[int]]
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from app.adapters.redis.embedded import resolve_redis_url
+    from app.bootstrap import resolve_event_log
 
     if args.data_dir is not None:
         settings = settings.replace(data_dir=args.data_dir)
-    url, embedded = resolve_redis_url(settings)
+    url, embedded = resolve_event_log(settings)
     settings = settings.replace(redis_url=url)
     action: Action = args.action
     try:
@@ -94,34 +95,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _with_service(settings: Settings, args: argparse.Namespace, action: Action) -> int:
-    from app.adapters.redis.doc_status import RedisDocStatus
-    from app.adapters.redis.streams import RedisEventLog
-    from app.bootstrap import build_dead_letters
+    from app.bootstrap import open_dead_letters
 
-    event_log = RedisEventLog(settings.redis_url, pool_size=2)
-    status = RedisDocStatus(settings.redis_url, prefix=settings.stream_prefix, pool_size=2)
-    service = build_dead_letters(settings, event_log, status, _index_id(settings))
-    try:
+    async with open_dead_letters(settings) as service:
         return await action(service, args)
-    finally:
-        await service.store.close()
-        await status.close()
-        await event_log.close()
-
-
-def _index_id(settings: Settings) -> str:
-    """The index's identity (its embedding model id), without loading a model."""
-    if settings.embedder == "openai":
-        from app.bootstrap import build_embedder
-
-        embedder = build_embedder(settings)  # connects nothing until it embeds
-        try:
-            return embedder.model_id
-        finally:
-            embedder.close()
-    from app.adapters.embedders.local import MODEL_ID
-
-    return MODEL_ID
 
 
 class _Shown(msgspec.Struct, kw_only=True, omit_defaults=True):

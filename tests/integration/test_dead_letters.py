@@ -107,10 +107,8 @@ def streams(prefix: str) -> Streams:
 
 
 @pytest.fixture()
-async def store(redis_url: str, status: RedisDocStatus) -> AsyncIterator[RedisDeadLetters]:
-    made = RedisDeadLetters(
-        redis_url, written_key=status.written_key, applied_key=status.applied_key
-    )
+async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisDeadLetters]:
+    made = RedisDeadLetters(redis_url, prefix=prefix)
     yield made
     await made.close()
 
@@ -526,12 +524,7 @@ async def test_an_unreachable_redis_is_an_outage(
 ) -> None:
     down_log = RedisEventLog(closed_port_url, pool_size=1, connect_timeout=0.2)
     down_status = RedisDocStatus(closed_port_url, pool_size=1, connect_timeout=0.2)
-    down = RedisDeadLetters(
-        closed_port_url,
-        written_key=down_status.written_key,
-        applied_key=down_status.applied_key,
-        connect_timeout=0.2,
-    )
+    down = RedisDeadLetters(closed_port_url, connect_timeout=0.2)
     service = DeadLetters(down_log, down, down_status, streams=streams, index_id="m")
     calls: list[Callable[[], Awaitable[object]]] = [
         lambda: service.page(tenant=None),

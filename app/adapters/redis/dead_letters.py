@@ -11,17 +11,18 @@ can land between the look and the append:
   appended a moment ago whose written record is not stored yet. Only these need a scan:
   anything acknowledged was applied, and its applied record is newer than the dead letter.
 
-The written-record key belongs to RedisDocStatus; its layout is passed in, not repeated.
+The status hashes' names come from app/adapters/redis/doc_status.py, not repeated here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from app.adapters.redis.client import as_text, durable_client, translated
+from app.adapters.redis.doc_status import applied_key, written_key
 from app.adapters.redis.streams import EVENT_FIELD, EVENT_LOG, entries_of
 from app.domain.events import Entry
 from app.errors import EventLogError
@@ -123,21 +124,18 @@ return {'requeued', id}
 
 
 class RedisDeadLetters:
-    """The dead-letter operations on one Redis; `written_key(tenant)` and
-    `applied_key(index_id, tenant)` are the status hashes' names (RedisDocStatus's)."""
+    """The dead-letter operations on one Redis, whose status hashes are under `prefix`."""
 
     def __init__(
         self,
         url: str,
         *,
-        written_key: Callable[[str], str],
-        applied_key: Callable[[str, str], str],
+        prefix: str = "rag:",
         pool_size: int = 4,
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
     ) -> None:
-        self._written_key = written_key
-        self._applied_key = applied_key
+        self._prefix = prefix
         self._redis = durable_client(
             url,
             pool_size=pool_size,
@@ -163,8 +161,8 @@ class RedisDeadLetters:
         keys = [
             command.letter_stream,
             command.stream,
-            self._written_key(command.tenant),
-            self._applied_key(command.index_id, command.tenant),
+            written_key(self._prefix, command.tenant),
+            applied_key(self._prefix, command.index_id, command.tenant),
         ]
         args: list[Any] = [
             command.letter_id,

@@ -66,6 +66,16 @@ _ENCODER = msgspec.json.Encoder()
 STATUS_STORE = "status store"  # how errors name this store
 
 
+def written_key(prefix: str, tenant: str) -> str:
+    """The hash of a tenant's written records (app/adapters/redis/dead_letters.py writes it too)."""
+    return f"{prefix}docs:{tenant}"
+
+
+def applied_key(prefix: str, index_id: str, tenant: str) -> str:
+    """The hash of a tenant's applied records for one index."""
+    return f"{prefix}applied:{index_id}:{tenant}"
+
+
 def _decode(raw: bytes | str | None, type_: type[T]) -> T | None:
     if raw is None:
         return None
@@ -98,10 +108,10 @@ class RedisDocStatus:
         self._set_if_newer = self._redis.register_script(_SET_IF_NEWER)
 
     def written_key(self, tenant: str) -> str:
-        return f"{self._prefix}docs:{tenant}"
+        return written_key(self._prefix, tenant)
 
     def applied_key(self, index_id: str, tenant: str) -> str:
-        return f"{self._prefix}applied:{index_id}:{tenant}"
+        return applied_key(self._prefix, index_id, tenant)
 
     @client_span(REDIS_STATUS, "redis", "HMGET")
     async def written(self, tenant: str, doc_ids: Sequence[str]) -> list[Written | None]:
