@@ -1,19 +1,68 @@
-"""Runs a BEIR dataset's queries through the HTTP API and scores the rankings."""
+"""`rag-pipeline eval`: run a BEIR dataset's queries through the HTTP API, score the rankings."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from tqdm import tqdm
 
 from app.cli.corpus import read_beir_corpus, read_beir_queries, read_qrels
-from app.client import Client
+from app.cli.options import SERVER_URL_HELP, add_api_key_file, connect
 from app.retrieval.metrics import dedupe, mrr_at_k, ndcg_at_k, recall_at_k
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.client import Client
+
+log = logging.getLogger("rag_pipeline")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `eval` to the command's subparsers."""
+    ev = sub.add_parser("eval", help="score a BEIR dataset through the HTTP API")
+    ev.add_argument("dataset", type=Path, help="folder with corpus.jsonl, queries.jsonl, qrels/")
+    ev.add_argument("--url", default=None, help=SERVER_URL_HELP)
+    ev.add_argument("--split", default="train", help="qrels file name without .tsv")
+    ev.add_argument("--limit", type=int, default=None, help="only the first N judged queries")
+    ev.add_argument("--json", action="store_true", help="print the scores as JSON")
+    ev.add_argument(
+        "--diversity",
+        type=float,
+        action="append",
+        default=[],
+        help="also score the default pipeline with MMR at this diversity (repeatable)",
+    )
+    ev.add_argument("--only-diversity", action="store_true", help="skip the four mode variants")
+    add_api_key_file(ev)
+    ev.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace, settings: Settings) -> int:
+    async def run() -> int:
+        async with connect(args, settings) as server:
+            loaded = await ensure_corpus(server, args.dataset)
+            if loaded:
+                log.info("ingested %d documents", loaded)
+            variants = [] if args.only_diversity else list(DEFAULT_VARIANTS)
+            variants += [
+                Variant(f"default, diversity={d:g}", {"diversity": d}) for d in args.diversity
+            ]
+            scores = await evaluate(
+                server, args.dataset, variants, split=args.split, limit=args.limit
+            )
+        if args.json:
+            print(msgspec.json.encode(scores).decode())
+        else:
+            print(format_table(scores))
+        return 0
+
+    return asyncio.run(run())
 
 
 class Variant(msgspec.Struct, frozen=True):
@@ -40,6 +89,8 @@ class Scores(msgspec.Struct, frozen=True):
 
 async def ensure_corpus(client: Client, dataset: Path, batch: int = 64) -> int:
     """Ingest the corpus unless the index already holds it (checked on a sample of ids)."""
+    from tqdm import tqdm
+
     docs = list(read_beir_corpus(dataset / "corpus.jsonl"))
     sample = docs[:: max(1, len(docs) // 20)]
     present = await asyncio.gather(*(client.document(d.id) for d in sample))
@@ -62,6 +113,8 @@ async def evaluate(
     concurrency: int = 4,
     limit: int | None = None,
 ) -> list[Scores]:
+    from tqdm import tqdm
+
     queries = read_beir_queries(dataset / "queries.jsonl")
     qrels = read_qrels(dataset / "qrels" / f"{split}.tsv")
     judged = [(qid, queries[qid]) for qid in sorted(qrels) if qid in queries][:limit]
