@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from app import __version__
-from app.api.schemas import Condition, DocumentInput, ErrorBody
+from app.api.schemas import REF_TEMPLATE, Condition, ErrorBody
 
 if TYPE_CHECKING:
     from app.api.routes import Endpoint
-
-
-def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Deep-merge a struct's `openapi_schema` (rules beyond its field types) into its schema."""
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
 
 
 def _inlined(schema: Any, components: dict[str, Any]) -> Any:
@@ -35,22 +27,25 @@ def _inlined(schema: Any, components: dict[str, Any]) -> Any:
     return {key: _inlined(value, components) for key, value in schema.items()}
 
 
-_REF = "#/components/schemas/"
+_REF = REF_TEMPLATE.removesuffix("{name}")
+_PATH_PARAMETER = re.compile(r"\{(\w+)\}")
+
+
+def _ref(t: type) -> dict[str, str]:
+    return {"$ref": REF_TEMPLATE.format(name=t.__name__)}
 
 
 def openapi_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
     types = sorted(
         {t for e in endpoints for t in [e.request, *e.responses.values()] if t is not None}
-        # Condition: referenced from SearchRequest.filters' hand-written schema; both: they
-        # carry an `openapi_schema` to merge.
-        | {Condition, DocumentInput},
+        # Referenced only from a hand-written schema (SearchRequest's filter values).
+        | {Condition},
         key=lambda t: t.__name__,
     )
-    _, components = msgspec.json.schema_components(
-        types, ref_template="#/components/schemas/{name}"
-    )
+    _, components = msgspec.json.schema_components(types, ref_template=REF_TEMPLATE)
     for t in types:
-        _merge(components[t.__name__], getattr(t, "openapi_schema", {}))
+        # Rules across fields (`schema_rules`), beside those msgspec derives from each field.
+        components[t.__name__].update(getattr(t, "schema_rules", {}))
     # Request bodies spelled out whole: schemathesis' coverage phase cannot draw a valid
     # body through a $ref inside an array or map (it then sends invalid ones as valid).
     for t in {e.request for e in endpoints if e.request is not None}:
@@ -68,11 +63,7 @@ def openapi_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
                     else "accepted"
                     if status == 202
                     else "ok",
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": f"#/components/schemas/{t.__name__}"}
-                        }
-                    },
+                    "content": {"application/json": {"schema": _ref(t)}},
                 }
                 for status, t in e.responses.items()
             },
@@ -80,8 +71,8 @@ def openapi_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
         if e.scope is not None:
             _secure(op, e.scope)
         for status, answer in op["responses"].items():
-            if status.startswith("2") and (e.method, e.path) in _LINKS:
-                answer["links"] = _LINKS[e.method, e.path]
+            if status.startswith("2") and e.links:
+                answer["links"] = e.links
         parameters: list[dict[str, Any]] = [
             {
                 "name": name,
@@ -89,8 +80,7 @@ def openapi_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
                 "required": True,
                 "schema": {"type": "string", "minLength": 1},
             }
-            for name in ("doc_id", "retrieval_id", "job_id", "letter_id")
-            if f"{{{name}}}" in path
+            for name in _PATH_PARAMETER.findall(path)
         ]
         if 202 in e.responses and 200 in e.responses:  # accepted now, or applied with ?wait
             parameters.append(
@@ -114,11 +104,7 @@ def openapi_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
         if e.request is not None:
             op["requestBody"] = {
                 "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"$ref": f"#/components/schemas/{e.request.__name__}"}
-                    }
-                },
+                "content": {"application/json": {"schema": _ref(e.request)}},
             }
         paths.setdefault(path, {})[e.method.lower()] = op
     return {
@@ -139,27 +125,6 @@ def openapi_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
     }
 
 
-# OpenAPI links: what a response's ids can be used for next (clients, and fuzzers' stateful
-# phase, which otherwise only ever asks for retrieval ids that do not exist). None from ingest
-# to the document: a deleted document's GET answers 200 `deleted` by design (a client polling
-# its delete sees it applied), which a fuzzer's use-after-free check reads as a survivor.
-_LINKS: dict[tuple[str, str], dict[str, Any]] = {
-    ("POST", "/api/v1/search"): {
-        "GetRetrieval": {
-            "operationId": "get_get_retrieval",
-            "parameters": {"retrieval_id": "$response.body#/retrieval_id"},
-        },
-        "JudgeRetrieval": {
-            "operationId": "post_feedback",
-            "requestBody": {
-                "retrieval_id": "$response.body#/retrieval_id",
-                "doc_id": "$response.body#/results/0/doc_id",
-                "relevance": 1,
-            },
-        },
-    },
-}
-
 _RATE_HEADERS = {
     name: {"description": description, "schema": {"type": "integer", "minimum": 0}}
     for name, description in (
@@ -174,7 +139,7 @@ def _secure(op: dict[str, Any], scope: str) -> None:
     """An endpoint behind an API key: what it needs, and the 401/403/429 it may answer."""
     op["security"] = [{"bearer": []}]
     op["description"] = f"Needs an API key with the `{scope}` scope."
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    error = {"application/json": {"schema": _ref(ErrorBody)}}
     for answer in op["responses"].values():
         answer["headers"] = dict(_RATE_HEADERS)
     op["responses"]["401"] = {

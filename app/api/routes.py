@@ -4,8 +4,8 @@ the OpenAPI document, app/api/openapi.py)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -42,166 +42,198 @@ from app.domain.events import RetrievalRecorded
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    request: type | None = None
-    query: type | None = None  # a struct whose fields are the query parameters
-    responses: dict[int, type] = msgspec.field(default_factory=dict)
-    # The API-key scope a caller needs (app/api/guard.py enforces it, and adds 401/403/429 to
-    # the OpenAPI responses); None: open to anyone, and no tenant to act for.
-    scope: Scope | None = None
+class Endpoint:
+    """One operation of the API: its request line ("GET /path"), handler and OpenAPI
+    description. Each status in `errors` answers an ErrorBody."""
+
+    def __init__(
+        self,
+        route: str,
+        handler: Handler,
+        summary: str,
+        *,
+        scope: Scope | None,
+        returns: dict[int, type],
+        errors: tuple[int, ...] = (),
+        request: type | None = None,
+        query: type | None = None,
+        links: dict[str, Any] | None = None,
+    ) -> None:
+        self.method, self.path = route.split(" ")
+        self.handler = handler
+        self.summary = summary
+        # The API-key scope a caller needs (app/api/guard.py enforces it, and adds 401/403/429
+        # to the OpenAPI responses); None: open to anyone, and no tenant to act for.
+        self.scope = scope
+        self.responses = returns | dict.fromkeys(errors, ErrorBody)
+        self.request = request
+        self.query = query  # a struct whose fields are the query parameters
+        # OpenAPI links of the success responses: what their ids can be used for next.
+        self.links = links or {}
 
 
-_ERRORS = {400: ErrorBody, 413: ErrorBody, 422: ErrorBody, 503: ErrorBody}
+# What an endpoint that reads a JSON body may answer besides its success.
+_BODY_ERRORS = (400, 413, 422, 503)
+
+# From a search to its recorded retrieval and to judging it (clients, and fuzzers' stateful
+# phase, which otherwise only ever asks for retrieval ids that do not exist). None from ingest
+# to the document: a deleted document's GET answers 200 `deleted` by design (a client polling
+# its delete sees it applied), which a fuzzer's use-after-free check reads as a survivor.
+_SEARCH_LINKS = {
+    "GetRetrieval": {
+        "operationId": "get_get_retrieval",
+        "parameters": {"retrieval_id": "$response.body#/retrieval_id"},
+    },
+    "JudgeRetrieval": {
+        "operationId": "post_feedback",
+        "requestBody": {
+            "retrieval_id": "$response.body#/retrieval_id",
+            "doc_id": "$response.body#/results/0/doc_id",
+            "relevance": 1,
+        },
+    },
+}
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
-        method="POST",
-        path="/api/v1/search",
-        handler=search.search,
-        summary="Hybrid search with rerank, min score and MMR",
+        "POST /api/v1/search",
+        search.search,
+        "Hybrid search with rerank, min score and MMR",
+        scope="search",
         request=SearchRequest,
-        responses={200: SearchResponse, **_ERRORS},
-        scope="search",
+        returns={200: SearchResponse},
+        errors=_BODY_ERRORS,
+        links=_SEARCH_LINKS,
     ),
     Endpoint(
-        method="POST",
-        path="/api/v1/ingest",
-        handler=documents.ingest,
-        summary="Accept documents for indexing (replaces documents with the same id); 202 "
-        "once their events are in the log, or with ?wait=true 200 once indexed",
+        "POST /api/v1/ingest",
+        documents.ingest,
+        "Accept documents for indexing (replaces documents with the same id); 202 once their "
+        "events are in the log, or with ?wait=true 200 once indexed",
+        scope="ingest",
         request=IngestRequest,
-        responses={200: IngestResponse, 202: IngestResponse, **_ERRORS},
-        scope="ingest",
+        returns={200: IngestResponse, 202: IngestResponse},
+        errors=_BODY_ERRORS,
     ),
     Endpoint(
-        method="GET",
-        path="/api/v1/documents/{doc_id:path}",
-        handler=documents.get_document,
-        summary="A document's status (pending, indexed, deleted, failed) and version",
-        responses={200: DocumentStatus, 404: ErrorBody, 503: ErrorBody},
+        "GET /api/v1/documents/{doc_id:path}",
+        documents.get_document,
+        "A document's status (pending, indexed, deleted, failed) and version",
         scope="ingest",
+        returns={200: DocumentStatus},
+        errors=(404, 503),
     ),
     Endpoint(
-        method="DELETE",
-        path="/api/v1/documents/{doc_id:path}",
-        handler=documents.delete_document,
-        summary="Delete a document: 202 once the delete is in the log, or with ?wait=true "
-        "200 once its chunks are gone",
-        responses={
-            200: DeleteResponse,
-            202: DeleteResponse,
-            404: ErrorBody,
-            422: ErrorBody,
-            503: ErrorBody,
-        },
+        "DELETE /api/v1/documents/{doc_id:path}",
+        documents.delete_document,
+        "Delete a document: 202 once the delete is in the log, or with ?wait=true 200 once its "
+        "chunks are gone",
         scope="ingest",
+        returns={200: DeleteResponse, 202: DeleteResponse},
+        errors=(404, 422, 503),
     ),
     Endpoint(
-        method="GET",
-        path="/api/v1/retrievals/{retrieval_id}",
-        handler=retrievals.get_retrieval,
-        summary="A recorded retrieval: query (or its hash), parameters, results, stage scores",
-        responses={200: RetrievalRecorded, 404: ErrorBody, 503: ErrorBody},
+        "GET /api/v1/retrievals/{retrieval_id}",
+        retrievals.get_retrieval,
+        "A recorded retrieval: query (or its hash), parameters, results, stage scores",
         scope="search",
+        returns={200: RetrievalRecorded},
+        errors=(404, 503),
     ),
     Endpoint(
-        method="POST",
-        path="/api/v1/feedback",
-        handler=retrievals.feedback,
-        summary="Judge a result of a recorded retrieval (appended to the feedback stream)",
+        "POST /api/v1/feedback",
+        retrievals.feedback,
+        "Judge a result of a recorded retrieval (appended to the feedback stream)",
+        scope="search",
         request=FeedbackRequest,
-        responses={201: FeedbackAccepted, 404: ErrorBody, **_ERRORS},
-        scope="search",
+        returns={201: FeedbackAccepted},
+        errors=(404, *_BODY_ERRORS),
     ),
     Endpoint(
-        method="GET",
-        path="/api/v1/stats",
-        handler=system.stats,
-        summary="Index, event log and embedding cache figures",
-        responses={200: Stats, 503: ErrorBody},
+        "GET /api/v1/stats",
+        system.stats,
+        "Index, event log and embedding cache figures",
         scope="admin",
+        returns={200: Stats},
+        errors=(503,),
     ),
     Endpoint(
-        method="POST",
-        path="/api/v1/reindex",
-        handler=reindex.start,
-        summary="Replay: rebuild the index from the document stream into a new generation, "
-        "then switch to it; 202 with the job, 409 while one runs",
-        responses={202: ReindexJob, 409: ErrorBody, 503: ErrorBody},
+        "POST /api/v1/reindex",
+        reindex.start,
+        "Replay: rebuild the index from the document stream into a new generation, then switch "
+        "to it; 202 with the job, 409 while one runs",
         scope="admin",
+        returns={202: ReindexJob},
+        errors=(409, 503),
     ),
     Endpoint(
-        method="GET",
-        path="/api/v1/reindex/{job_id}",
-        handler=reindex.status,
-        summary="A replay's phase and progress (records kept a week)",
-        responses={200: ReindexJob, 404: ErrorBody},
+        "GET /api/v1/reindex/{job_id}",
+        reindex.status,
+        "A replay's phase and progress (records kept a week)",
         scope="admin",
+        returns={200: ReindexJob},
+        errors=(404,),
     ),
     Endpoint(
-        method="GET",
-        path="/api/v1/quality",
-        handler=quality.quality,
-        summary="Search quality over the last `hours` hours, from the retrieval and feedback "
-        "streams: retrievals per hour, zero-result rate, stage latency percentiles, "
-        "feedback precision@k and MRR",
+        "GET /api/v1/quality",
+        quality.quality,
+        "Search quality over the last `hours` hours, from the retrieval and feedback streams: "
+        "retrievals per hour, zero-result rate, stage latency percentiles, feedback "
+        "precision@k and MRR",
+        scope="admin",
         query=QualityQuery,
-        responses={200: QualityReport, 422: ErrorBody, 503: ErrorBody},
-        scope="admin",
+        returns={200: QualityReport},
+        errors=(422, 503),
     ),
     Endpoint(
-        method="GET",
-        path="/api/v1/dead-letters",
-        handler=dead_letters.dead_letters,
-        summary="The caller's dead letters (document events the projector gave up on), "
-        "a page at a time, newest or oldest first",
+        "GET /api/v1/dead-letters",
+        dead_letters.dead_letters,
+        "The caller's dead letters (document events the projector gave up on), a page at a "
+        "time, newest or oldest first",
+        scope="admin",
         query=DeadLetterQuery,
-        responses={200: DeadLetterList, 422: ErrorBody, 503: ErrorBody},
+        returns={200: DeadLetterList},
+        errors=(422, 503),
+    ),
+    Endpoint(
+        "GET /api/v1/dead-letters/{letter_id}",
+        dead_letters.dead_letter,
+        "One dead letter: the error, the event as stored, its document's status now",
         scope="admin",
+        returns={200: DeadLetterDetail},
+        errors=(404, 503),
     ),
     Endpoint(
-        method="GET",
-        path="/api/v1/dead-letters/{letter_id}",
-        handler=dead_letters.dead_letter,
-        summary="One dead letter: the error, the event as stored, its document's status now",
-        responses={200: DeadLetterDetail, 404: ErrorBody, 503: ErrorBody},
+        "POST /api/v1/dead-letters/{letter_id}/requeue",
+        dead_letters.requeue_dead_letter,
+        "Append the dead letter's event to the document stream again (the document is pending "
+        "once more) and remove the dead letter; `superseded` instead when a newer change to "
+        "the document was accepted since",
         scope="admin",
+        returns={200: RequeueResult},
+        errors=(404, 409, 503),
     ),
     Endpoint(
-        method="POST",
-        path="/api/v1/dead-letters/{letter_id}/requeue",
-        handler=dead_letters.requeue_dead_letter,
-        summary="Append the dead letter's event to the document stream again (the document "
-        "is pending once more) and remove the dead letter; `superseded` instead when a newer "
-        "change to the document was accepted since",
-        responses={200: RequeueResult, 404: ErrorBody, 409: ErrorBody, 503: ErrorBody},
+        "DELETE /api/v1/dead-letters/{letter_id}",
+        dead_letters.drop_dead_letter,
+        "Drop a dead letter: its event is deleted for good",
         scope="admin",
+        returns={200: DroppedDeadLetter},
+        errors=(404, 503),
     ),
     Endpoint(
-        method="DELETE",
-        path="/api/v1/dead-letters/{letter_id}",
-        handler=dead_letters.drop_dead_letter,
-        summary="Drop a dead letter: its event is deleted for good",
-        responses={200: DroppedDeadLetter, 404: ErrorBody, 503: ErrorBody},
-        scope="admin",
+        "GET /health",
+        system.health,
+        "Liveness: the process answers",
+        scope=None,
+        returns={200: Health},
     ),
     Endpoint(
-        method="GET",
-        path="/health",
-        handler=system.health,
-        summary="Liveness: the process answers",
-        responses={200: Health},
-    ),
-    Endpoint(
-        method="GET",
-        path="/ready",
-        handler=system.ready,
-        summary="Readiness: every dependency answers",
-        responses={200: Readiness, 503: Readiness},
+        "GET /ready",
+        system.ready,
+        "Readiness: every dependency answers",
+        scope=None,
+        returns={200: Readiness, 503: Readiness},
     ),
 )
 

@@ -34,6 +34,10 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_def
     pass
 
 
+# The OpenAPI document's components (app/api/openapi.py), for a schema written here that
+# names a struct: msgspec fills in the refs of the types it walks, not of hand-written ones.
+REF_TEMPLATE = "#/components/schemas/{name}"
+
 # Metadata is stored in the index payload and filtered on by key; nothing needs deep trees,
 # and a deep one costs every reader (index, events, responses) recursion.
 MAX_METADATA_DEPTH = 4
@@ -54,18 +58,18 @@ def _json_value(depth: int) -> dict[str, Any]:
     }
 
 
+# A metadata value: any JSON, which msgspec can only publish as `{}`; the depth limit the
+# handler checks (app/api/documents.py) is spelled out by hand.
+MetadataValue = Annotated[Any, Meta(extra_json_schema=_json_value(MAX_METADATA_DEPTH))]
+
+
 class DocumentInput(_Strict):
     """A document to index. `id` is yours; re-sending the same id replaces the document."""
-
-    # Merged into the OpenAPI component (app/api/openapi.py): the metadata depth limit.
-    openapi_schema: ClassVar[dict[str, Any]] = {
-        "properties": {"metadata": {"additionalProperties": _json_value(MAX_METADATA_DEPTH)}}
-    }
 
     id: DocId
     text: Annotated[str, Meta(min_length=1, max_length=1_000_000, pattern=NOT_ONLY_WHITESPACE)]
     title: Annotated[str, Meta(max_length=1024)] = ""
-    metadata: dict[MetadataKey, Any] = msgspec.field(default_factory=dict)
+    metadata: dict[MetadataKey, MetadataValue] = msgspec.field(default_factory=dict)
 
 
 class IngestRequest(_Strict):
@@ -93,96 +97,68 @@ class IngestResponse(msgspec.Struct, kw_only=True):
     documents: list[IngestedDocument]
 
 
+# What `any` holds: strings or integers, 1 to 256 of them.
+ConditionText = Annotated[str, Meta(max_length=1024)]
+_VALUES = Meta(min_length=1, max_length=256)
+_BOUNDS = ("gte", "gt", "lte", "lt")
+
+
 class Condition(_Strict):
     """A metadata condition: `any` of a list of values, or a numeric range."""
 
-    # Merged into the OpenAPI component (app/api/openapi.py): what the handler checks beyond
-    # the field types, so clients and fuzzers see the same rules. `any` holds strings or
-    # integers, not a mix; a condition is `any` or a range, never both or neither.
-    openapi_schema: ClassVar[dict[str, Any]] = {
+    # Rules across fields, which msgspec's schema (one field at a time) cannot say; merged
+    # into the OpenAPI component (app/api/openapi.py), so clients and fuzzers see what the
+    # handler checks. `any` holds strings or integers, not a mix (one list type each: a
+    # msgspec union holds one array type at most); a condition is `any` or a range, never
+    # both or neither.
+    schema_rules: ClassVar[dict[str, Any]] = {
         "oneOf": [
             {
                 "required": ["any"],
                 "properties": {
                     "any": {
                         "oneOf": [
-                            {
-                                "type": "array",
-                                "items": {"type": "string", "maxLength": 1024},
-                                "minItems": 1,
-                                "maxItems": 256,
-                            },
-                            {
-                                "type": "array",
-                                "items": {
-                                    "type": "integer",
-                                    "minimum": -(2**63),
-                                    "maximum": 2**63 - 1,
-                                },
-                                "minItems": 1,
-                                "maxItems": 256,
-                            },
+                            msgspec.json.schema(Annotated[list[ConditionText], _VALUES]),
+                            msgspec.json.schema(Annotated[list[Int64], _VALUES]),
                         ]
                     },
-                    **{bound: {"type": "null"} for bound in ("gte", "gt", "lte", "lt")},
+                    **{bound: {"type": "null"} for bound in _BOUNDS},
                 },
             },
             {
                 "properties": {"any": {"type": "null"}},
                 "anyOf": [
                     {"required": [bound], "properties": {bound: {"type": "number"}}}
-                    for bound in ("gte", "gt", "lte", "lt")
+                    for bound in _BOUNDS
                 ],
             },
         ]
     }
 
-    any: (
-        Annotated[
-            list[Annotated[str, Meta(max_length=1024)] | Int64], Meta(min_length=1, max_length=256)
-        ]
-        | None
-    ) = None
+    any: Annotated[list[ConditionText | Int64], _VALUES] | None = None
     gte: float | None = None
     gt: float | None = None
     lte: float | None = None
     lt: float | None = None
 
 
+# A filter's value: matched exactly, or a Condition. Kept raw in SearchRequest (each value
+# is decoded on its own, so an error can name its key), so its schema is given by hand,
+# generated from the type the handler decodes it to.
+FilterValue = Scalar | Condition
+(_FILTER_VALUE_SCHEMA,), _ = msgspec.json.schema_components(
+    [FilterValue], ref_template=REF_TEMPLATE
+)
+RawFilterValue = Annotated[msgspec.Raw, Meta(extra_json_schema=_FILTER_VALUE_SCHEMA)]
+
+
 class SearchRequest(_Strict):
     """A search. `filters` maps metadata fields to a value (exact match) or a Condition."""
-
-    # Merged into the OpenAPI component (app/api/openapi.py): the raw filter values' schema.
-    openapi_schema: ClassVar[dict[str, Any]] = {
-        "properties": {
-            "filters": {
-                "anyOf": [
-                    {
-                        "type": "object",
-                        "maxProperties": 32,
-                        "propertyNames": {
-                            "minLength": 1,
-                            "maxLength": 128,
-                            "pattern": r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
-                        },
-                        "additionalProperties": {
-                            "anyOf": [
-                                {"type": ["string", "integer", "number", "boolean"]},
-                                {"$ref": "#/components/schemas/Condition"},
-                            ]
-                        },
-                    },
-                    {"type": "null"},
-                ]
-            }
-        }
-    }
 
     query: Query
     top_k: TopK | None = None
     mode: SearchMode = "hybrid"
-    # Values stay raw until each is decoded on its own, so an error can name its key.
-    filters: Annotated[dict[MetadataKey, msgspec.Raw], Meta(max_length=32)] | None = None
+    filters: Annotated[dict[MetadataKey, RawFilterValue], Meta(max_length=32)] | None = None
     # Minimum cosine similarity between the query and chunk embeddings (-1..1), in every
     # mode: an absolute relevance floor, unlike `score`, which ranks within one response.
     min_score: Score | None = None
@@ -357,8 +333,8 @@ class Readiness(msgspec.Struct, kw_only=True):
 class FeedbackRequest(_Strict):
     """A judgement of one result of a recorded retrieval: name the document or the chunk."""
 
-    # Exactly one of doc_id and chunk_id (see Condition.openapi_schema).
-    openapi_schema: ClassVar[dict[str, Any]] = {
+    # Exactly one of doc_id and chunk_id: a rule across fields (see Condition.schema_rules).
+    schema_rules: ClassVar[dict[str, Any]] = {
         "oneOf": [
             {
                 "required": [named],
