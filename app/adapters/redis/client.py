@@ -79,6 +79,31 @@ def fast_client(url: str, *, pool_size: int, timeout: float) -> Redis:
     )
 
 
+class DurableStore:
+    """A store on one durable client whose keys start with `prefix`: the document status
+    and the dead-letter operations on it."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "rag:",
+        pool_size: int = 16,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self._prefix = prefix
+        self._redis = durable_client(
+            url,
+            pool_size=pool_size,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+        )
+
+    async def close(self) -> None:
+        await self._redis.aclose(close_connection_pool=True)
+
+
 @contextmanager
 def translated(store: str, action: str) -> Iterator[None]:
     """Turn redis-py's errors into the app's error tree; `store` names what failed ("event

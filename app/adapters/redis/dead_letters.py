@@ -17,11 +17,13 @@ The status hashes' names come from app/adapters/redis/doc_status.py, not repeate
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 import msgspec
+from redis.commands.core import AsyncScript
 
-from app.adapters.redis.client import as_text, durable_client, translated
+from app.adapters.redis.client import DurableStore, as_text, translated
 from app.adapters.redis.doc_status import applied_key, written_key
 from app.adapters.redis.streams import EVENT_FIELD, EVENT_LOG, entries_of
 from app.domain.events import Entry
@@ -123,26 +125,12 @@ return {'requeued', id}
 """
 
 
-class RedisDeadLetters:
+class RedisDeadLetters(DurableStore):
     """The dead-letter operations on one Redis, whose status hashes are under `prefix`."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        prefix: str = "rag:",
-        pool_size: int = 4,
-        socket_timeout: float = 5.0,
-        connect_timeout: float = 2.0,
-    ) -> None:
-        self._prefix = prefix
-        self._redis = durable_client(
-            url,
-            pool_size=pool_size,
-            socket_timeout=socket_timeout,
-            connect_timeout=connect_timeout,
-        )
-        self._requeue = self._redis.register_script(_REQUEUE)
+    @cached_property
+    def _requeue(self) -> AsyncScript:
+        return self._redis.register_script(_REQUEUE)
 
     @client_span(REDIS_READ, "redis", "XREVRANGE")
     async def newest_first(self, stream: str, *, end: str = "+", count: int) -> list[Entry]:
@@ -191,6 +179,3 @@ class RedisDeadLetters:
         if outcome == "busy":
             return RequeueReply(outcome="busy")
         raise EventLogError(f"the requeue script answered {reply!r}")
-
-    async def close(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)

@@ -8,11 +8,13 @@ Values are JSON, readable with `redis-cli HGET` during an incident.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Any, TypeVar
 
 import msgspec
+from redis.commands.core import AsyncScript
 
-from app.adapters.redis.client import as_text, durable_client, translated
+from app.adapters.redis.client import DurableStore, as_text, translated
 from app.domain.doc_status import Applied, Written
 from app.telemetry.schema import (
     REDIS_STATUS,
@@ -86,26 +88,12 @@ def _decode(raw: bytes | str | None, type_: type[T]) -> T | None:
         return None
 
 
-class RedisDocStatus:
+class RedisDocStatus(DurableStore):
     """The two per-document records in Redis hashes; see app/domain/doc_status.py."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        prefix: str = "rag:",
-        pool_size: int = 16,
-        socket_timeout: float = 5.0,
-        connect_timeout: float = 2.0,
-    ) -> None:
-        self._prefix = prefix
-        self._redis = durable_client(
-            url,
-            pool_size=pool_size,
-            socket_timeout=socket_timeout,
-            connect_timeout=connect_timeout,
-        )
-        self._set_if_newer = self._redis.register_script(_SET_IF_NEWER)
+    @cached_property
+    def _set_if_newer(self) -> AsyncScript:
+        return self._redis.register_script(_SET_IF_NEWER)
 
     def written_key(self, tenant: str) -> str:
         return written_key(self._prefix, tenant)
@@ -193,6 +181,3 @@ class RedisDocStatus:
         with translated(STATUS_STORE, f"set-if-newer {key}"):
             stored = await self._set_if_newer(keys=[key], args=args)
         return {as_text(field) for field in stored or []}
-
-    async def close(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)
