@@ -226,33 +226,41 @@ async def _targets(service: DeadLetters, args: argparse.Namespace) -> list[str]:
 
 
 async def _requeue(service: DeadLetters, args: argparse.Namespace) -> int:
-    failed = 0
-    for letter_id in await _targets(service, args):
-        try:
-            done = await service.requeue(letter_id, tenant=None)
-        except RagError as exc:
-            failed += 1
-            _report(args, letter_id, "failed", str(exc))
-            continue
+    async def one(letter_id: str) -> tuple[str, str, str | None]:
+        done = await service.requeue(letter_id, tenant=None)
         doc = f"{done.letter.tenant}/{done.letter.doc_id}"
         if done.outcome == "requeued":
-            what = f"requeued as {done.event_id}; {doc} is pending"
-        else:
-            what = f"superseded by {done.event_id}, a newer change to {doc}; nothing appended"
-        _report(args, letter_id, done.outcome, what, event_id=done.event_id)
-    return 1 if failed else 0
+            return done.outcome, f"requeued as {done.event_id}; {doc} is pending", done.event_id
+        what = f"superseded by {done.event_id}, a newer change to {doc}; nothing appended"
+        return done.outcome, what, done.event_id
+
+    return await _each(service, args, one)
 
 
 async def _drop(service: DeadLetters, args: argparse.Namespace) -> int:
+    async def one(letter_id: str) -> tuple[str, str, str | None]:
+        letter = await service.drop(letter_id, tenant=None)
+        return "dropped", f"dropped ({letter.tenant}/{letter.doc_id})", None
+
+    return await _each(service, args, one)
+
+
+async def _each(
+    service: DeadLetters,
+    args: argparse.Namespace,
+    act: Callable[[str], Awaitable[tuple[str, str, str | None]]],
+) -> int:
+    """`act` on each targeted dead letter, reporting (outcome, message, event id) for each;
+    one that fails is reported and the rest still go. Exit status 1 if any failed."""
     failed = 0
     for letter_id in await _targets(service, args):
         try:
-            letter = await service.drop(letter_id, tenant=None)
+            outcome, message, event_id = await act(letter_id)
         except RagError as exc:
             failed += 1
             _report(args, letter_id, "failed", str(exc))
             continue
-        _report(args, letter_id, "dropped", f"dropped ({letter.tenant}/{letter.doc_id})")
+        _report(args, letter_id, outcome, message, event_id=event_id)
     return 1 if failed else 0
 
 
