@@ -15,7 +15,13 @@ import msgspec
 import pytest
 import redis
 
-from app.adapters.redis.embedded import DISCOVERY_FILE, Discovery, EmbeddedRedis, resolve_redis_url
+from app.adapters.redis.embedded import (
+    AOF_DIR,
+    DISCOVERY_FILE,
+    Discovery,
+    EmbeddedRedis,
+    resolve_redis_url,
+)
 from app.settings import Settings
 from tests.conftest import ROOT
 
@@ -106,9 +112,9 @@ def test_starts_with_an_append_only_file_that_fsyncs_every_write(
         assert client.config_get("dir")["dir"] == str(server.dir)
     finally:
         client.close()
-    manifest = server.aof_dir / "appendonly.aof.manifest"
+    manifest = server.dir / AOF_DIR / "appendonly.aof.manifest"
     assert manifest.exists()
-    aof = [p for p in server.aof_dir.iterdir() if p.name.endswith(".incr.aof")]
+    aof = [p for p in (server.dir / AOF_DIR).iterdir() if p.name.endswith(".incr.aof")]
     assert aof and b"XADD" in b"".join(p.read_bytes() for p in aof).upper()
     # Loopback only, and not without the password.
     assert "@127.0.0.1:" in server.url

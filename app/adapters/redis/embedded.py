@@ -112,10 +112,6 @@ class EmbeddedRedis:
         """Whether `stop()` will stop the server (this instance started or adopted it)."""
         return self._owned
 
-    @property
-    def aof_dir(self) -> Path:
-        return self.dir / AOF_DIR
-
     def __enter__(self) -> EmbeddedRedis:
         self.start()
         return self
