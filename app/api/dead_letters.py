@@ -6,9 +6,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.codec import json_response
+from app.api.codec import json_response, parse_query
 from app.api.guard import tenant_of
-from app.api.quality import parse_query
 from app.api.schemas import (
     DeadLetterDetail,
     DeadLetterList,
