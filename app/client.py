@@ -68,18 +68,12 @@ class Client:
             raise ApiError(response.status_code, response.text)
         return response.content
 
-    async def ingest(
-        self, documents: Sequence[DocumentInput], *, wait: bool = True, **chunking: int
-    ) -> IngestResponse:
-        """Send documents. With `wait` (the default) return once the server has applied
-        them: the request itself waits up to the server's RAG_INGEST_WAIT_SECONDS, after
-        which the documents still pending are polled until they are not (or the client's
-        timeout passes). Without it, return as soon as they are accepted (status pending)."""
-        body = {"documents": list(documents), **chunking}
-        path = "/api/v1/ingest?wait=true" if wait else "/api/v1/ingest"
-        response = msgspec.json.decode(await self._call("POST", path, body), type=IngestResponse)
-        if not wait:
-            return response
+    async def ingest(self, documents: Sequence[DocumentInput]) -> IngestResponse:
+        """Send documents and return once the server has applied them: the request itself
+        waits up to the server's RAG_INGEST_WAIT_SECONDS, after which the documents still
+        pending are polled until they are not (or the client's timeout passes)."""
+        raw = await self._call("POST", "/api/v1/ingest?wait=true", {"documents": list(documents)})
+        response = msgspec.json.decode(raw, type=IngestResponse)
         deadline = time.monotonic() + self._timeout
         while True:
             pending = [d for d in response.documents if d.status == "pending"]
@@ -108,10 +102,6 @@ class Client:
                 return None
             raise
         result: dict[str, Any] = msgspec.json.decode(raw)
-        return result
-
-    async def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = msgspec.json.decode(await self._call("GET", "/api/v1/stats"))
         return result
 
     async def reindex(self) -> ReindexJob:

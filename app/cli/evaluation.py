@@ -91,16 +91,17 @@ async def ensure_corpus(client: Client, dataset: Path, batch: int = 64) -> int:
     """Ingest the corpus unless the index already holds it (checked on a sample of ids)."""
     from tqdm import tqdm
 
+    from app.client import send_batches
+
     docs = list(read_beir_corpus(dataset / "corpus.jsonl"))
     sample = docs[:: max(1, len(docs) // 20)]
     present = await asyncio.gather(*(client.document(d.id) for d in sample))
     if all(present):
         return 0
     with tqdm(total=len(docs), desc="ingest", unit="doc") as bar:
-        for start in range(0, len(docs), batch):
-            part = docs[start : start + batch]
-            await client.ingest(part)
-            bar.update(len(part))
+        await send_batches(
+            client, docs, batch, in_flight=1, on_done=lambda _, sent: bar.update(sent)
+        )
     return len(docs)
 
 
