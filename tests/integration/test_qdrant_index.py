@@ -7,7 +7,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
 import pytest
@@ -15,8 +15,11 @@ import qdrant_edge as qe
 from qdrant_client import AsyncQdrantClient
 
 from app.adapters.qdrant.edge_shard import text_index_params
-from app.adapters.qdrant.remote_index import QdrantIndex, alias_name
+from app.adapters.qdrant.remote_catalog import QdrantCatalog
+from app.adapters.qdrant.remote_collection import alias_name
+from app.adapters.qdrant.remote_index import QdrantIndex
 from app.adapters.qdrant.sparse_bm25 import bm25_config
+from app.domain.records import Chunk
 from app.errors import DependencyUnavailable
 from tests.e2e.server import free_port
 from tests.integration.test_index_contract import DIM, indexed, make_chunk, query, search, unit
@@ -45,12 +48,13 @@ def test_the_sparse_tokenizer_is_configured_as_the_edge_text_index() -> None:
 def test_alias_and_first_generation_are_made_on_first_use() -> None:
     async def go() -> None:
         index = memory_index()
+        catalog = QdrantCatalog(index)
         assert index.alias == "rag_org_model_v1"
-        assert await index.current_generation() is None
+        assert await catalog.current_generation() is None
         assert await index.ready()
-        live = await index.current_generation()
+        live = await catalog.current_generation()
         assert live is not None and live.startswith(f"{index.alias}--g")
-        assert await index.generations() == [live]
+        assert await catalog.generations() == [live]
         info = await index.client.get_collection(index.alias)
         assert (info.config.metadata or {})["model_id"] == "org/model v1"
         await index.aclose()
@@ -64,11 +68,12 @@ def test_generations_made_back_to_back_are_distinct_and_ordered() -> None:
 
     async def go() -> None:
         index = memory_index()
+        catalog = QdrantCatalog(index)
         assert await index.ready()
-        first = await index.current_generation()
-        made = [await index.create_generation() for _ in range(20)]
+        first = await catalog.current_generation()
+        made = [(await catalog.create())[0] for _ in range(20)]
         assert len(set(made)) == 20 and first not in made
-        assert await index.generations() == [first, *made]
+        assert await catalog.generations() == [first, *made]
         await index.aclose()
 
     asyncio.run(go())
@@ -78,31 +83,34 @@ def test_a_replay_builds_a_generation_and_swaps_it_in() -> None:
     rng = np.random.default_rng(11)
     v = unit(rng)[0]
 
+    async def corpus() -> AsyncIterator[list[Chunk]]:
+        # "lima" and the doc id: a mean BM25 length of 2 tokens
+        yield [make_chunk("a", "new", 0, "lima")]
+
     async def go() -> None:
         index = memory_index()
+        catalog = QdrantCatalog(index)
         await index.upsert([indexed(make_chunk("a", "old", 0, "lima"), v)])
-        first = await index.current_generation()
+        first = await catalog.current_generation()
         assert first is not None
 
-        fresh = await index.create_generation(bm25_avg_len=42.0)
+        fresh, writer = await catalog.create(corpus=corpus())
         meta = (await index.client.get_collection(fresh)).config.metadata or {}
-        assert meta["bm25_avg_len"] == 42.0
-        writer = index.on_collection(fresh)
+        assert meta["bm25_avg_len"] == 2.0
         await writer.upsert([indexed(make_chunk("a", "new", 0, "lima"), v)])
         # until the swap, searches still read the live generation
         assert [h.doc_id for h in await search(index, query(v, "lima"))] == ["old"]
-        assert await index.generations() == [first, fresh]
+        assert await catalog.generations() == [first, fresh]
 
-        assert await index.switch_alias(fresh) == first
-        assert await index.current_generation() == fresh
+        await catalog.activate(fresh)  # moves the alias, then drops the previous generation
+        assert await catalog.current_generation() == catalog.active == fresh
         assert [h.doc_id for h in await search(index, query(v, "lima"))] == ["new"]
         with pytest.raises(Exception, match="live generation"):
-            await index.drop_generation(fresh)
-        await index.drop_generation(first)
-        assert await index.generations() == [fresh]
+            await catalog.discard(fresh)
+        assert await catalog.generations() == [fresh]
         writer.close()  # a view: the shared client stays open
         assert await index.ready()
-        await index.aclose()
+        await catalog.aclose()
 
     asyncio.run(go())
 

@@ -17,7 +17,8 @@ from app.adapters.embedders.local import LocalEmbedder
 from app.adapters.qdrant.edge_catalog import EdgeCatalog
 from app.adapters.qdrant.payload import SEARCH_TEXT
 from app.adapters.qdrant.remote_catalog import QdrantCatalog
-from app.adapters.qdrant.remote_index import SPARSE, QdrantIndex
+from app.adapters.qdrant.remote_collection import SPARSE
+from app.adapters.qdrant.remote_index import QdrantIndex
 from app.adapters.qdrant.sparse_bm25 import DEFAULT_AVG_LEN, SparseBm25
 from app.domain.events import DocumentDeleted, DocumentUpserted, Streams
 from app.domain.records import Chunk, Hit, IndexQuery
@@ -145,7 +146,7 @@ async def test_a_cluster_replay_builds_with_the_measured_mean_length(
             pass
         # The live projector's first use made a generation with the default: nothing to
         # measure yet.
-        first = await cluster.current_generation()
+        first = await catalog.current_generation()
         assert first is not None
         assert await bm25_avg_len(cluster, first) == DEFAULT_AVG_LEN
         with_default = await bm25_scores(cluster, embedder.dim)

@@ -7,9 +7,16 @@ import logging
 import time
 from collections.abc import AsyncIterable, Sequence
 
+from app.adapters.qdrant.remote_collection import (
+    generation_name,
+    generations,
+    live_generation,
+    point_alias,
+)
 from app.adapters.qdrant.remote_index import QdrantIndex
 from app.adapters.qdrant.sparse_bm25 import SparseBm25
 from app.domain.records import Chunk
+from app.errors import RagError
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +49,42 @@ class QdrantCatalog:
         # a generation is made with the mean length of what it is built from (a replay's
         # corpus), kept in its metadata; without a corpus, the index's default.
         avg_len = None if corpus is None else await measure_avg_len(corpus)
-        generation = await self.index.create_generation(bm25_avg_len=avg_len)
+        generation = generation_name(self.index.alias)
+        await self.index.call(self.index.create_collection, generation, avg_len)
         return generation, self.index.on_collection(generation)
 
     async def activate(self, generation: str) -> None:
-        previous = await self.index.switch_alias(generation)
+        previous = await self.current_generation()
+        await self.index.call(
+            point_alias,
+            self.index.client,
+            self.index.alias,
+            generation,
+            replacing=previous is not None,
+        )
+        log.info("alias %s now points at %s (was %s)", self.index.alias, generation, previous)
         self._active = generation
         # The alias's writes must now normalise BM25 as the new generation was built to.
         self.index.forget_collection_metadata()
         if previous is not None and previous != generation:
-            await self.index.drop_generation(previous)
+            await self.discard(previous)
             log.info("dropped generation %s of %s", previous, self.index.alias)
 
     async def discard(self, generation: str) -> None:
-        await self.index.drop_generation(generation)
+        """Delete a generation collection; the one the alias points at is refused."""
+        if generation == await self.current_generation():
+            raise RagError(
+                f"{generation} is the live generation of {self.index.alias}: switch first"
+            )
+        await self.index.call(self.index.client.delete_collection, generation)
+
+    async def current_generation(self) -> str | None:
+        """The collection the alias points at, asked of the cluster; None before first use."""
+        return await self.index.call(live_generation, self.index.client, self.index.alias)
+
+    async def generations(self) -> list[str]:
+        """Every generation collection of the alias, oldest first."""
+        return await self.index.call(generations, self.index.client, self.index.alias)
 
     def close(self) -> None:
         self.index.close()

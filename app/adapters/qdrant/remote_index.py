@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import time
-import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import grpc
 from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import UnexpectedResponse
 
+from app.adapters.qdrant import remote_collection
 from app.adapters.qdrant.filters import (
     Condition,
     Match,
@@ -34,7 +31,15 @@ from app.adapters.qdrant.payload import (
     payload_of,
     signatures_of,
 )
-from app.adapters.qdrant.sparse_bm25 import BM25_B, BM25_K, DEFAULT_AVG_LEN, SparseBm25
+from app.adapters.qdrant.remote_collection import (
+    SPARSE,
+    alias_name,
+    create_collection,
+    generation_name,
+    is_not_found,
+    point_alias,
+)
+from app.adapters.qdrant.sparse_bm25 import DEFAULT_AVG_LEN, SparseBm25
 from app.domain.records import (
     DocumentState,
     Hit,
@@ -50,31 +55,13 @@ from app.telemetry.tracing import client_span
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SPARSE = "bm25"
-
-_KEYWORD_FIELDS = ("tenant", "doc_id", "version")
-_INDEX_KINDS: dict[str, Callable[[], qm.PayloadSchemaParams | qm.PayloadSchemaType]] = {
-    "keyword": lambda: qm.PayloadSchemaType.KEYWORD,
-    "integer": lambda: qm.IntegerIndexParams(
-        type=qm.IntegerIndexType.INTEGER, lookup=True, range=True
-    ),
-    "float": lambda: qm.PayloadSchemaType.FLOAT,
-    "bool": lambda: qm.PayloadSchemaType.BOOL,
-}
-_SCROLL_PAGE = 512
-
-
-def alias_name(prefix: str, model_id: str) -> str:
-    """The name search and the projector address: one per embedding model (index identity)."""
-    return prefix + re.sub(r"[^A-Za-z0-9_-]", "_", model_id)
-
 
 class QdrantIndex:
     """Chunks of every tenant in one collection, reached through the alias `alias_name(...)`.
 
     The alias points at one generation collection (`<alias>--g<µs>`); a replay builds a new
-    generation beside it (`create_generation`, then writes through `on_collection`), and
-    `switch_alias` swaps it in atomically. The alias and its first generation are created on
+    generation beside it and writes through `on_collection`, then the catalog
+    (remote_catalog.py) moves the alias. The alias and its first generation are created on
     first use, so a cluster that is down at start-up only makes the index unready.
     """
 
@@ -146,98 +133,6 @@ class QdrantIndex:
         view.alias = self.alias
         return view
 
-    # --- generations --------------------------------------------------------------------
-
-    async def create_generation(
-        self, name: str | None = None, *, bm25_avg_len: float | None = None
-    ) -> str:
-        """Create an empty generation collection with the index's schema; returns its name.
-        `bm25_avg_len`: the mean chunk length to normalise BM25 by (a replay can measure it
-        with SparseBm25.token_count); by default this index's."""
-        collection = name or f"{self.alias}--g{_next_stamp()}"
-        await self._call(self._create_collection, collection, bm25_avg_len)
-        return collection
-
-    async def current_generation(self) -> str | None:
-        """The collection the alias points at, or None before the first use."""
-
-        async def find() -> str | None:
-            aliases = await self.client.get_aliases()
-            return next(
-                (a.collection_name for a in aliases.aliases if a.alias_name == self.alias), None
-            )
-
-        return await self._call(find)
-
-    async def generations(self) -> list[str]:
-        """Every generation collection of this alias, oldest first."""
-
-        async def listing() -> list[str]:
-            response = await self.client.get_collections()
-            mine = [c.name for c in response.collections if c.name.startswith(f"{self.alias}--")]
-            return sorted(mine, key=_generation_order)
-
-        return await self._call(listing)
-
-    async def switch_alias(self, collection: str) -> str | None:
-        """Point the alias at `collection` in one atomic operation; returns the previous one."""
-        previous = await self.current_generation()
-        operations: list[qm.AliasOperations] = []
-        if previous is not None:
-            operations.append(
-                qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=self.alias))
-            )
-        operations.append(
-            qm.CreateAliasOperation(
-                create_alias=qm.CreateAlias(collection_name=collection, alias_name=self.alias)
-            )
-        )
-        await self._call(self.client.update_collection_aliases, operations)
-        log.info("alias %s now points at %s (was %s)", self.alias, collection, previous)
-        return previous
-
-    async def drop_generation(self, collection: str) -> None:
-        """Delete a generation collection; the one the alias points at is refused."""
-        if collection == await self.current_generation():
-            raise RagError(f"{collection} is the live generation of {self.alias}: switch first")
-        await self._call(self.client.delete_collection, collection)
-
-    async def _create_collection(self, collection: str, avg_len: float | None = None) -> None:
-        await self.client.create_collection(
-            collection,
-            vectors_config={DENSE: qm.VectorParams(size=self.dim, distance=qm.Distance.COSINE)},
-            sparse_vectors_config={SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
-            hnsw_config=qm.HnswConfigDiff(m=16, ef_construct=128, full_scan_threshold=1_000),
-            # Payload is read for the returned hits and rerank candidates only (signatures
-            # are most of it): the same choice as the Edge shard's cold payload.
-            on_disk_payload=True,
-            # The tokenizer's length normalisation is baked into the stored sparse vectors,
-            # so the value they were built with belongs to the collection.
-            metadata={
-                "model_id": self.model_id,
-                "dim": self.dim,
-                "bm25_avg_len": self._default_avg_len if avg_len is None else avg_len,
-                "bm25_k": BM25_K,
-                "bm25_b": BM25_B,
-            },
-        )
-        wanted: dict[str, qm.PayloadSchemaParams | qm.PayloadSchemaType] = {
-            field: qm.PayloadSchemaType.KEYWORD for field in _KEYWORD_FIELDS
-        }
-        wanted["tenant"] = qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)
-        wanted["chunk_index"] = qm.IntegerIndexParams(
-            type=qm.IntegerIndexType.INTEGER, lookup=True, range=False
-        )
-        for field, kind in self.metadata_indexes.items():
-            wanted[f"metadata.{field}"] = _INDEX_KINDS[kind]()
-        with warnings.catch_warnings():
-            # Local mode warns that payload indexes do nothing there; a cluster uses them.
-            warnings.simplefilter("ignore", UserWarning)
-            for field, schema in wanted.items():
-                await self.client.create_payload_index(
-                    collection, field, field_schema=schema, wait=True
-                )
-
     async def _ensure(self) -> SparseBm25:
         """Create the alias and its first generation if missing; read the collection's BM25
         length normalisation. Done once; retried on the next call after a failure."""
@@ -249,19 +144,11 @@ class QdrantIndex:
             try:
                 info = await self.client.get_collection(self.target)
             except Exception as exc:
-                if not _is_not_found(exc) or self.target != self.alias:
+                if not is_not_found(exc) or self.target != self.alias:
                     raise
-                collection = f"{self.alias}--g{_next_stamp()}"
-                await self._create_collection(collection)
-                await self.client.update_collection_aliases(
-                    [
-                        qm.CreateAliasOperation(
-                            create_alias=qm.CreateAlias(
-                                collection_name=collection, alias_name=self.alias
-                            )
-                        )
-                    ]
-                )
+                collection = generation_name(self.alias)
+                await self.create_collection(collection)
+                await point_alias(self.client, self.alias, collection, replacing=False)
                 log.info("created %s behind the alias %s", collection, self.alias)
                 info = await self.client.get_collection(self.alias)
             meta = info.config.metadata or {}
@@ -276,11 +163,32 @@ class QdrantIndex:
             self._bm25 = SparseBm25(float(meta.get("bm25_avg_len", self._default_avg_len)))
             return self._bm25
 
+    async def create_collection(self, name: str, bm25_avg_len: float | None = None) -> None:
+        """An empty collection with this index's schema; BM25 normalised by `bm25_avg_len`
+        (by default this index's)."""
+        await create_collection(
+            self.client,
+            name,
+            model_id=self.model_id,
+            dim=self.dim,
+            metadata_indexes=self.metadata_indexes,
+            bm25_avg_len=self._default_avg_len if bm25_avg_len is None else bm25_avg_len,
+        )
+
     def forget_collection_metadata(self) -> None:
         """Read the collection's metadata again at the next call: after the alias moved to
         another generation, whose BM25 length normalisation may differ (a replay's measured
         mean). Only this process learns of it: see docs/design.md, "Replay"."""
         self._bm25 = None
+
+    # Asked by tests/integration/test_replay.py; the catalog is where generations are kept.
+    async def current_generation(self) -> str | None:
+        """The collection the alias points at, or None before the first use."""
+        return await self.call(remote_collection.live_generation, self.client, self.alias)
+
+    async def generations(self) -> list[str]:
+        """Every generation collection of the alias, oldest first."""
+        return await self.call(remote_collection.generations, self.client, self.alias)
 
     # --- writes -------------------------------------------------------------------------
 
@@ -294,7 +202,7 @@ class QdrantIndex:
             points = [_to_point(item, bm25) for item in chunks]
             await self.client.upsert(self.target, points, wait=True)
 
-        await self._call(write)
+        await self.call(write)
 
     @client_span(QDRANT_DELETE, "qdrant", "delete")
     async def delete_document(
@@ -318,8 +226,12 @@ class QdrantIndex:
                         self.target, points_selector=qm.FilterSelector(filter=flt), wait=True
                     )
                 return int(count.count)
+            # Only the event that wrote each point is needed to choose.
+            written = self._scroll(flt, limit=1_000, with_payload=["event_id"], with_vectors=False)
             ids = doomed_points(
-                await self._document_points(flt), older_than=older_than, written_by=written_by
+                [(r.id, r.payload) async for r in written],
+                older_than=older_than,
+                written_by=written_by,
             )
             if ids:
                 await self.client.delete(
@@ -329,24 +241,19 @@ class QdrantIndex:
                 )
             return len(ids)
 
-        return await self._call(delete)
+        return await self.call(delete)
 
-    async def _document_points(self, flt: qm.Filter) -> list[tuple[object, dict[str, Any] | None]]:
-        """Every point of one document with the event that wrote it."""
-        out: list[tuple[object, dict[str, Any] | None]] = []
+    async def _scroll(self, flt: qm.Filter | None, **request: Any) -> AsyncIterator[qm.Record]:
+        """Every point `flt` matches, page by page; `request`: page size and what to return."""
         offset: Any = None
         while True:
             records, offset = await self.client.scroll(
-                self.target,
-                scroll_filter=flt,
-                limit=1_000,
-                offset=offset,
-                with_payload=["event_id"],
-                with_vectors=False,
+                self.target, scroll_filter=flt, offset=offset, **request
             )
-            out += [(r.id, r.payload) for r in records]
+            for record in records:
+                yield record
             if offset is None:
-                return out
+                return
 
     # --- reads --------------------------------------------------------------------------
 
@@ -365,11 +272,11 @@ class QdrantIndex:
             chunks = (await self.client.count(self.target, count_filter=flt, exact=True)).count
             return DocumentState(doc_id=doc_id, version=version, chunks=int(chunks))
 
-        return await self._call(read)
+        return await self.call(read)
 
     @client_span(QDRANT_RETRIEVE, "qdrant", "query")
     async def retrieve(self, query: IndexQuery) -> list[Hit]:
-        return await self._call(self._retrieve, query)
+        return await self.call(self._retrieve, query)
 
     async def _retrieve(self, query: IndexQuery) -> list[Hit]:
         bm25 = await self._ensure()
@@ -424,7 +331,7 @@ class QdrantIndex:
             )
             fill_hits(hits, {str(r.id): r.payload or {} for r in records})
 
-        await self._call(read)
+        await self.call(read)
 
     @client_span(QDRANT_FETCH, "qdrant", "retrieve")
     async def vectors(self, chunk_ids: Sequence[str]) -> dict[str, Vector]:
@@ -435,7 +342,7 @@ class QdrantIndex:
             )
             return {str(r.id): dense_of(r.vector) for r in records}
 
-        return await self._call(read)
+        return await self.call(read)
 
     @client_span(QDRANT_FETCH, "qdrant", "retrieve")
     async def token_signatures(self, chunk_ids: Sequence[str]) -> dict[str, bytes]:
@@ -446,7 +353,7 @@ class QdrantIndex:
             )
             return signatures_of((r.id, r.payload) for r in records)
 
-        return await self._call(read)
+        return await self.call(read)
 
     async def stats(self, tenant: str | None = None) -> IndexStats:
         async def read() -> IndexStats:
@@ -465,7 +372,7 @@ class QdrantIndex:
                 segments=int(info.segments_count or 0),
             )
 
-        return await self._call(read)
+        return await self.call(read)
 
     async def all_points(
         self, tenant: str | None = None
@@ -475,28 +382,17 @@ class QdrantIndex:
         async def read() -> list[tuple[str, dict[str, Any], list[float]]]:
             await self._ensure()
             flt = client_filter(tenant_scope(tenant)) if tenant is not None else None
-            out: list[tuple[str, dict[str, Any], list[float]]] = []
-            offset: Any = None
-            while True:
-                records, offset = await self.client.scroll(
-                    self.target,
-                    scroll_filter=flt,
-                    limit=_SCROLL_PAGE,
-                    offset=offset,
-                    with_payload=True,
-                    with_vectors=[DENSE],
-                )
-                for r in records:
-                    vector = [float(x) for x in dense_of(r.vector)]
-                    out.append((str(r.id), dict(r.payload or {}), vector))
-                if offset is None:
-                    return out
+            points = self._scroll(flt, limit=512, with_payload=True, with_vectors=[DENSE])
+            return [
+                (str(r.id), dict(r.payload or {}), dense_of(r.vector).tolist())
+                async for r in points
+            ]
 
-        return await self._call(read)
+        return await self.call(read)
 
     async def ready(self) -> bool:
         try:
-            await self._call(self._ensure)
+            await self.call(self._ensure)
         except RagError:
             return False
         return True
@@ -514,12 +410,14 @@ class QdrantIndex:
         # their own loop, which `aclose` does. Marking closed makes every later call fail.
         self._closed = True
 
-    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run a client call within the timeout; its failures become DependencyUnavailable
+        (the catalog's calls go through here too)."""
         if self._closed:
             raise DependencyUnavailable("the index is closed")
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                return await fn(*args)
+                return await fn(*args, **kwargs)
         except RagError:
             raise
         except TimeoutError as exc:
@@ -535,38 +433,12 @@ class QdrantIndex:
             raise DependencyUnavailable(f"Qdrant call failed: {exc!r}", retry_after=1.0) from exc
 
 
-def _is_not_found(exc: Exception) -> bool:
-    """Whether the collection (or alias) does not exist, in any of the client's transports."""
-    if isinstance(exc, UnexpectedResponse):
-        return exc.status_code == 404
-    if isinstance(exc, grpc.RpcError):
-        return bool(exc.code() == grpc.StatusCode.NOT_FOUND)
-    # Local mode says "Collection ... not found" with a ValueError.
-    return isinstance(exc, ValueError) and "not found" in str(exc)
-
-
 def _retry_after(exc: UnexpectedResponse) -> float:
     header = exc.headers.get("retry-after") if exc.headers else None
     try:
         return max(0.0, float(header)) if header else 1.0
     except ValueError:
         return 1.0
-
-
-_last_stamp = 0
-
-
-def _next_stamp() -> int:
-    """A generation stamp in microseconds, strictly increasing within the process: two
-    generations made in the same millisecond (a first use and a replay) once collided."""
-    global _last_stamp
-    _last_stamp = max(time.time_ns() // 1_000, _last_stamp + 1)
-    return _last_stamp
-
-
-def _generation_order(name: str) -> tuple[int, str]:
-    stamp = name.rpartition("--g")[2]
-    return (int(stamp) if stamp.isdigit() else 0, name)
 
 
 def client_filter(conditions: Sequence[Condition]) -> qm.Filter:
