@@ -1,4 +1,4 @@
-"""Request bodies into wire structs and responses into JSON, with every error as a JSON body."""
+"""Request bodies and query strings into wire structs, responses and errors into JSON."""
 
 from __future__ import annotations
 
@@ -80,6 +80,14 @@ def decode(body: bytes, type_: type[T]) -> T:
             status=400,
             code="malformed_json",
         ) from exc
+
+
+def parse_query(params: dict[str, str], type_: type[T]) -> T:
+    """Query parameters into `type_` (strings converted), or a 422 naming the parameter."""
+    try:
+        return msgspec.convert(params, type_, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(str(exc), field=field_of(str(exc)), code="validation_error") from exc
 
 
 def with_whole_numbers_as_int(body: bytes, type_: Any) -> Any:

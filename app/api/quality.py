@@ -1,90 +1,30 @@
-"""GET /api/v1/quality: read a bounded window of the retrieval and feedback streams, report."""
+"""GET /api/v1/quality: the default tenant's search quality over the last `hours` hours."""
 
 from __future__ import annotations
 
 import time
-from typing import TypeVar
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.codec import field_of, json_response
+# parse_query is imported from here by app/api/dead_letters.py too (its home is codec).
+from app.api.codec import json_response, parse_query
 from app.api.schemas import QualityQuery
 from app.bootstrap import Services
-from app.domain.events import FeedbackGiven, RetrievalRecorded
 from app.domain.records import DEFAULT_TENANT
-from app.errors import InvalidRequest
-from app.ports import EventLog
-from app.services.quality import quality_report
-
-# At most this many entries are read per stream per request. Decoding is the cost (measured
-# ~130 us per retrieval event of 10 results on the 2-core machine under load, ~2.6 s for the
-# cap; the report itself is a tenth of that), and it holds the event loop, so it is read in
-# small pages: searches run between them. Past the cap the report says it is truncated and
-# up to when it covers.
-MAX_EVENTS = 20_000
-_PAGE = 250
-
-E = TypeVar("E", RetrievalRecorded, FeedbackGiven)
-T = TypeVar("T")
+from app.services.quality_window import window_report
 
 
 async def quality(request: Request) -> Response:
     services: Services = request.app.state.services
     params = parse_query(dict(request.query_params), QualityQuery)
     until = time.time()
-    since = until - params.hours * 3600
-    # Entry ids carry the time the log accepted them, which is at or after the event's
-    # `at`, so reading from `since` finds every event of the window (clock skew aside).
-    start = f"{int(since * 1000)}-0"
-    retrieved, r_cut = await read_window(
-        services.event_log, services.streams.retrievals, start, RetrievalRecorded, MAX_EVENTS
-    )
-    feedback, f_cut = await read_window(
-        services.event_log, services.streams.feedback, start, FeedbackGiven, MAX_EVENTS
-    )
-    cut = min((c for c in (r_cut, f_cut) if c is not None), default=None)
-    if cut is not None:
-        # Report only the span both streams were read over: retrievals later than the cut
-        # would otherwise look unjudged for want of feedback that was never read.
-        retrieved = [r for r in retrieved if r.at <= cut]
-    report = quality_report(
-        retrieved,
-        feedback,
+    report = await window_report(
+        services.event_log,
+        services.streams,
         tenant=DEFAULT_TENANT,
-        since=since,
+        since=until - params.hours * 3600,
         until=until,
         k=params.k,
-        truncated=cut is not None,
-        read_until=until if cut is None else cut,
     )
     return json_response(report)
-
-
-async def read_window(
-    log: EventLog, stream: str, start: str, kind: type[E], limit: int
-) -> tuple[list[E], float | None]:
-    """Events of type `kind` from `start` on, oldest first, reading at most `limit` entries;
-    with the time (epoch s) of the last entry read when the limit cut the read short."""
-    found: list[E] = []
-    read = 0
-    while True:
-        page = min(_PAGE, limit - read)
-        entries = await log.range(stream, start=start, count=page)
-        read += len(entries)
-        found.extend(e.event for e in entries if isinstance(e.event, kind))
-        if len(entries) < page:
-            return found, None
-        start = f"({entries[-1].id}"
-        if read >= limit:
-            more = await log.range(stream, start=start, count=1)
-            return found, (entries[-1].timestamp_ms / 1000 if more else None)
-
-
-def parse_query(params: dict[str, str], type_: type[T]) -> T:
-    """Query parameters into `type_` (strings converted), or a 422 naming the parameter."""
-    try:
-        return msgspec.convert(params, type_, strict=False)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(str(exc), field=field_of(str(exc)), code="validation_error") from exc

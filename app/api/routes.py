@@ -29,7 +29,6 @@ from app.api.schemas import (
     IngestRequest,
     IngestResponse,
     QualityQuery,
-    QualityReport,
     Readiness,
     ReindexJob,
     RequeueResult,
@@ -38,6 +37,7 @@ from app.api.schemas import (
     Stats,
 )
 from app.domain.events import RetrievalRecorded
+from app.services.quality import QualityReport
 
 Handler = Callable[[Request], Awaitable[Response]]
 

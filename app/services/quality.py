@@ -6,10 +6,64 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from app.api.schemas import FeedbackQuality, HourCount, Percentiles, QualityReport
+import msgspec
+
 from app.domain.events import FeedbackGiven, RetrievalRecorded
 
 _HOUR = 3600
+
+
+class HourCount(msgspec.Struct, kw_only=True):
+    """Retrievals answered in one UTC hour of the window (by the event's `at`)."""
+
+    hour: str  # the hour's start, ISO 8601 UTC: "2026-11-26T11:00:00Z"
+    retrievals: int
+    zero_results: int
+
+
+class Percentiles(msgspec.Struct, kw_only=True):
+    """Nearest-rank percentiles (the smallest value with at least p% of values at or
+    below it) of one stage's milliseconds, over the `count` retrievals that timed it."""
+
+    count: int
+    p50: float
+    p95: float
+    p99: float
+
+
+class FeedbackQuality(msgspec.Struct, kw_only=True):
+    """Quality from feedback, over the retrievals of the window with at least one judgement.
+
+    A result is relevant when its judgement has relevance > 0: its chunk's newest judgement
+    if its chunk was judged, else its document's newest judgement; unjudged results count as
+    not relevant. precision_at_k: relevant results among the first k, divided by k, averaged.
+    mrr: 1 / rank of the first relevant result among all returned (0 if none), averaged.
+    Both are null when no retrieval of the window was judged.
+    """
+
+    k: int
+    judged_retrievals: int
+    judgements: int  # feedback events joined to a retrieval of the window
+    unmatched_feedback: int  # feedback read whose retrieval is not in the window
+    precision_at_k: float | None
+    mrr: float | None
+
+
+class QualityReport(msgspec.Struct, kw_only=True):
+    """Search quality over a window, computed from the retrieval and feedback streams."""
+
+    since: float  # window start, epoch seconds
+    until: float  # window end, epoch seconds
+    retrievals: int
+    zero_results: int
+    zero_result_rate: float | None  # null when there was no retrieval
+    per_hour: list[HourCount]  # every hour the window touches, oldest first, empty ones too
+    latency_ms: dict[str, Percentiles]  # by stage ("total", "embed", "search", ...)
+    feedback: FeedbackQuality
+    # The read stops at a bound of events per stream; when it did, the figures cover the
+    # window only up to `read_until` (epoch seconds) and `truncated` is true.
+    truncated: bool
+    read_until: float
 
 
 def quality_report(
@@ -26,8 +80,8 @@ def quality_report(
     """The report over `tenant`'s retrievals with since <= at <= until.
 
     `feedback` is in stream order (the newest judgement of a chunk or document wins); only
-    feedback on the window's retrievals counts. Definitions: see app.api.schemas.FeedbackQuality
-    and Percentiles.
+    feedback on the window's retrievals counts. Definitions: see FeedbackQuality and
+    Percentiles.
     """
     if k < 1:
         raise ValueError("k must be at least 1")

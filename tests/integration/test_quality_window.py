@@ -1,12 +1,12 @@
-"""The quality endpoint's bounded, paged read of a stream window against a real Redis."""
+"""The quality report's bounded, paged read of a stream window against a real Redis."""
 
 from __future__ import annotations
 
 import pytest
 
 from app.adapters.redis.streams import RedisEventLog
-from app.api.quality import read_window
 from app.domain.events import FeedbackGiven, RetrievalRecorded
+from app.services.quality_window import read_window
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio
