@@ -1,1 +1,1 @@
-"""Traces (OpenTelemetry) and metrics (Prometheus); names in `schema`, held to the YAML registry."""
+"""Traces (OpenTelemetry) and metrics (Prometheus); names in `schema`, written out as YAML."""

@@ -1,7 +1,8 @@
 """The one registry of span names, span attribute keys and metric names the code may use.
 
-observability/telemetry-schema.yaml says the same for operators; a test holds the two equal,
-and the span-tree tests hold what the code emits to this registry.
+observability/telemetry-schema.yaml says the same for operators, generated from this module
+(app/telemetry/schema_yaml.py; a test fails while it is stale), and the span-tree tests hold
+what the code emits to this registry.
 """
 
 from __future__ import annotations
