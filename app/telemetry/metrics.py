@@ -10,44 +10,45 @@ from prometheus_client.exposition import choose_encoder
 
 from app.telemetry import schema
 
-# The default registry: it carries the process_* and python_* collectors too. One Hypercorn
-# worker per process, so no multiprocess mode is needed.
-_requests = Counter(
-    schema.REQUESTS, schema.METRICS[schema.REQUESTS].doc, schema.METRICS[schema.REQUESTS].labels
-)
-_latency = Histogram(
-    schema.LATENCY,
-    schema.METRICS[schema.LATENCY].doc,
-    schema.METRICS[schema.LATENCY].labels,
-    buckets=schema.LATENCY_BUCKETS,
-)
-_stage_latency = Histogram(
-    schema.STAGE_LATENCY,
-    schema.METRICS[schema.STAGE_LATENCY].doc,
-    schema.METRICS[schema.STAGE_LATENCY].labels,
-    buckets=schema.LATENCY_BUCKETS,
-)
-_queue = Gauge(
-    schema.QUEUE_SIZE,
-    schema.METRICS[schema.QUEUE_SIZE].doc,
-    schema.METRICS[schema.QUEUE_SIZE].labels,
-)
-_cache_hits = Counter(schema.CACHE_HITS_TOTAL, schema.METRICS[schema.CACHE_HITS_TOTAL].doc)
-_cache_misses = Counter(schema.CACHE_MISSES_TOTAL, schema.METRICS[schema.CACHE_MISSES_TOTAL].doc)
-_appended = Counter(
-    schema.EVENTS_APPENDED,
-    schema.METRICS[schema.EVENTS_APPENDED].doc,
-    schema.METRICS[schema.EVENTS_APPENDED].labels,
-)
-_dropped = Counter(schema.EVENTS_DROPPED, schema.METRICS[schema.EVENTS_DROPPED].doc)
-_dead_letters = Counter(schema.DEAD_LETTERS, schema.METRICS[schema.DEAD_LETTERS].doc)
+
+def _spec(name: str, type_: str) -> schema.MetricSpec:
+    spec = schema.METRICS[name]
+    if spec.type != type_:
+        raise ValueError(f"{name} is a {spec.type} in app.telemetry.schema, not a {type_}")
+    return spec
+
+
+# Made as the registry says, in the default registry: it carries the process_* and python_*
+# collectors too. One Hypercorn worker per process, so no multiprocess mode is needed.
+def _counter(name: str) -> Counter:
+    spec = _spec(name, "counter")
+    return Counter(name, spec.doc, spec.labels)
+
+
+def _histogram(name: str) -> Histogram:
+    spec = _spec(name, "histogram")
+    return Histogram(name, spec.doc, spec.labels, buckets=schema.LATENCY_BUCKETS)
+
+
+def _gauge(name: str) -> Gauge:
+    spec = _spec(name, "gauge")
+    return Gauge(name, spec.doc, spec.labels)
+
+
+_requests = _counter(schema.REQUESTS)
+_latency = _histogram(schema.LATENCY)
+_stage_latency = _histogram(schema.STAGE_LATENCY)
+_queue = _gauge(schema.QUEUE_SIZE)
+_cache_hits = _counter(schema.CACHE_HITS_TOTAL)
+_cache_misses = _counter(schema.CACHE_MISSES_TOTAL)
+_appended = _counter(schema.EVENTS_APPENDED)
+_dropped = _counter(schema.EVENTS_DROPPED)
+_dead_letters = _counter(schema.DEAD_LETTERS)
 # Set from XLEN at every scrape (app/api/metrics.py), the stream being shared by every
 # process; moved in between by what this process adds or removes, so it is current here
 # even when a scrape cannot reach Redis.
-_dead_letters_waiting = Gauge(
-    schema.DEAD_LETTERS_WAITING, schema.METRICS[schema.DEAD_LETTERS_WAITING].doc
-)
-_index_points = Gauge(schema.INDEX_POINTS, schema.METRICS[schema.INDEX_POINTS].doc)
+_dead_letters_waiting = _gauge(schema.DEAD_LETTERS_WAITING)
+_index_points = _gauge(schema.INDEX_POINTS)
 
 # Label-less counters and the gauges' label sets are exported from the first scrape on, at
 # 0, so a rate() or an alert over them has a series before the first event.

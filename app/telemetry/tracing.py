@@ -137,12 +137,6 @@ def current_trace_id() -> str | None:
     return trace_id_of(trace.get_current_span())
 
 
-def sampled_trace_id() -> str | None:
-    """The current trace id if its spans are recorded: the exemplar worth linking to."""
-    span = trace.get_current_span()
-    return trace_id_of(span) if span.get_span_context().trace_flags.sampled else None
-
-
 def current_traceparent() -> str | None:
     """The current span as a W3C traceparent, for an event to carry; None untraced."""
     carrier: dict[str, str] = {}
