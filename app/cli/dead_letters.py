@@ -80,18 +80,13 @@ Action = Callable[["DeadLetters", argparse.Namespace], Awaitable[int]]
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from app.bootstrap import resolve_event_log
+    from app.cli.event_log import event_log
 
     if args.data_dir is not None:
         settings = settings.replace(data_dir=args.data_dir)
-    url, embedded = resolve_event_log(settings)
-    settings = settings.replace(redis_url=url)
     action: Action = args.action
-    try:
+    with event_log(settings) as (settings, _):
         return asyncio.run(_with_service(settings, args, action))
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 async def _with_service(settings: Settings, args: argparse.Namespace, action: Action) -> int:
