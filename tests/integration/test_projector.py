@@ -275,7 +275,7 @@ async def test_an_older_version_never_overwrites_a_newer_one(
     projector = make_projector("alive", claim_idle_ms=100)
     await drain(projector)
     await asyncio.sleep(0.15)
-    assert await projector.claim_idle(100) == 1  # XAUTOCLAIM from the dead consumer
+    assert await projector.claims.claim_idle(100) == 1  # XAUTOCLAIM from the dead consumer
     held = await points(index)
     assert sorted(held["x"]) == sorted(
         (pid, second.version) for pid in planned(embedder, new, SMALL, second.event_id)
@@ -311,7 +311,7 @@ async def test_a_deleted_document_stays_deleted_when_an_older_upsert_arrives(
     projector = make_projector("alive", claim_idle_ms=100)
     await drain(projector)
     await asyncio.sleep(0.15)
-    assert await projector.claim_idle(100) == 2
+    assert await projector.claims.claim_idle(100) == 2
     assert set(await points(index)) == {"keep"}
     view = await ingest.status(TENANT, "gone")
     assert view is not None and (view.status, view.event_id) == ("deleted", deletion.event_id)
@@ -807,20 +807,20 @@ async def test_dead_consumers_leave_the_group_once_idle_and_drained(
     projector = make_projector("alive", claim_idle_ms=100, forget_idle_ms=1000)
     await projector.step(0)  # "alive" joins and applies the other entry
     await raw_redis.xgroup_createconsumer(streams.documents, GROUP, "idle")
-    assert await projector.forget_dead_consumers() == []  # not idle long enough yet
+    assert await projector.claims.forget_dead_consumers() == []  # not idle long enough yet
     by_name = {c.name: c for c in await event_log.consumers(streams.documents, GROUP)}
     assert set(by_name) == {"holder", "idle", "alive"}
     assert (by_name["holder"].pending, by_name["idle"].pending) == (1, 0)
 
     await asyncio.sleep(1.05)
     # "holder" still holds an entry: it stays until its entry is claimed.
-    assert await projector.forget_dead_consumers() == ["idle"]
+    assert await projector.claims.forget_dead_consumers() == ["idle"]
     assert not await event_log.forget_consumer(
         streams.documents, GROUP, "holder", min_idle_ms=0
     )  # the atomic check refuses too: deleting it would drop its entry from the group
-    assert await projector.claim_idle(100) == 1
+    assert await projector.claims.claim_idle(100) == 1
     deadline = time.monotonic() + 5
-    while (removed := await projector.forget_dead_consumers()) == []:
+    while (removed := await projector.claims.forget_dead_consumers()) == []:
         assert time.monotonic() < deadline, "the drained dead consumer was never removed"
         await asyncio.sleep(0.1)
     assert removed == ["holder"]
