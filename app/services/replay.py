@@ -6,9 +6,9 @@
 2. Create a new, empty generation (IndexCatalog.create), offering the catalog the chunks
    step 3 will write: the cluster adapter measures their mean BM25 length from them, since
    its sparse vectors have the length normalisation baked in; Edge ignores them.
-3. Apply those entries to it through the projector's own apply path (app/services/projector.py
-   `Projector.apply`: chunking, embedding cache, embedder, upserts), recording applied
-   records under an index id of the replay's own. Searches and the live projector keep
+3. Apply those entries to it through the projector's own apply path (`Applier` in
+   app/services/projector/apply.py: chunking, embedding cache, embedder, upserts), recording
+   applied records under an index id of the replay's own. Searches and the live projector keep
    using the active generation meanwhile.
 4. Catch up: apply what was appended since, page by page, to the new generation.
 5. Pause the live projector (its batch in hand finishes first), catch up to the head once
@@ -41,6 +41,7 @@ from app.errors import DependencyUnavailable
 from app.ports import Embedder, EmbeddingCache, EventLog, IndexCatalog
 from app.services.indexing import Indexer
 from app.services.projector import Projector, ProjectorConfig
+from app.services.projector.apply import Applier
 
 log = logging.getLogger(__name__)
 
@@ -125,29 +126,22 @@ class Replay:
             self.progress.generation = generation
             # Unique per attempt, so records left by a crashed replay are never read as ours.
             scratch = f"{self.embedder.model_id}~replay-{generation}-{uuid.uuid4().hex[:8]}"
-            projector = Projector(
-                self.event_log,
+            applier = Applier(
                 Indexer(self.embedder, index),
                 self.cache,
                 self.status,
-                streams=self.streams,
-                consumer="replay",
-                config=ProjectorConfig(
-                    batch=self.config.batch,
-                    write_chunks=self.config.write_chunks,
-                    fresh_index=True,
-                ),
                 index_id=scratch,
+                config=ProjectorConfig(write_chunks=self.config.write_chunks, fresh_index=True),
             )
-            await self._bulk(projector, finals)
+            await self._bulk(applier, finals)
             self._set(phase="catching_up")
             for _ in range(self.config.catch_up_rounds):
-                last, read = await self._catch_up(projector, last)
+                last, read = await self._catch_up(applier, last)
                 if read < self.config.page:
                     break
             async with self._paused():
                 self._set(phase="swapping")
-                last, _ = await self._catch_up(projector, last, to_head=True)
+                last, _ = await self._catch_up(applier, last, to_head=True)
                 await self.catalog.activate(generation)
                 swapped = True
                 await self._adopt(scratch)
@@ -197,14 +191,14 @@ class Replay:
                 _plan_all, planner, upserts[start : start + self.config.batch]
             )
 
-    async def _bulk(self, projector: Projector, finals: list[Entry]) -> None:
+    async def _bulk(self, applier: Applier, finals: list[Entry]) -> None:
         """Apply each document's newest entry, `in_flight` batches at a time."""
         self._set(phase="rebuilding", documents=len(finals))
         gate = asyncio.Semaphore(self.config.in_flight)
 
         async def one(part: list[Entry]) -> None:
             async with gate:
-                await self._apply(projector, part)
+                await self._apply(applier, part)
                 self._set(applied=self.progress.applied + len(part))
 
         try:
@@ -215,7 +209,7 @@ class Replay:
             raise failed.exceptions[0] from failed  # the first cause, not the group
 
     async def _catch_up(
-        self, projector: Projector, last: str, *, to_head: bool = False
+        self, applier: Applier, last: str, *, to_head: bool = False
     ) -> tuple[str, int]:
         """Apply entries after `last`, one page (or, `to_head`, every page); returns the new
         last id and how many entries the last page had."""
@@ -229,7 +223,7 @@ class Replay:
                     for e in page
                     if isinstance(e.event, DocumentUpserted | DocumentDeleted)
                 )
-                await self._apply(projector, page)
+                await self._apply(applier, page)
                 last = page[-1].id
                 self._set(
                     entries=self.progress.entries + len(page),
@@ -238,12 +232,12 @@ class Replay:
             if not to_head or len(page) < self.config.page:
                 return last, len(page)
 
-    async def _apply(self, projector: Projector, entries: list[Entry]) -> None:
-        failures = await projector.apply(entries)
+    async def _apply(self, applier: Applier, entries: list[Entry]) -> None:
+        failures = await applier.apply_entries(entries)
         for entry_id, error in failures.items():
             log.error("replay could not apply %s: %s", entry_id, error)
-        # The projector is this replay's own: its count is the new generation's.
-        self._set(chunks=projector.counts.chunks, failed=self.progress.failed + len(failures))
+        # The applier is this replay's own: its count is the new generation's.
+        self._set(chunks=applier.counts.chunks, failed=self.progress.failed + len(failures))
 
     @contextlib.asynccontextmanager
     async def _paused(self) -> AsyncIterator[None]:
@@ -284,7 +278,7 @@ class Replay:
 
 
 def _plan_all(planner: Indexer, events: list[DocumentUpserted]) -> list[Chunk]:
-    """The chunks of these documents as `Projector.apply` plans them (app/services/projector.py)."""
+    """The chunks of these documents as `Applier` plans them (app/services/projector/apply.py)."""
     out: list[Chunk] = []
     for event in events:
         try:

@@ -31,6 +31,7 @@ from app.ports import IndexCatalog
 from app.services.active_index import ActiveIndex
 from app.services.indexing import Indexer
 from app.services.projector import Projector, ProjectorConfig
+from app.services.projector.apply import Applier
 from app.services.replay import Replay, ReplayConfig, ReplayProgress
 from app.services.replay_jobs import ReplayJobs, StoredReplayJob
 
@@ -280,28 +281,25 @@ async def test_replay_equals_the_live_index_across_tenants_and_skips_poison(
 async def test_a_fresh_generation_still_sweeps_documents_it_has_written(
     parts: dict[str, Any], embedder: LocalEmbedder
 ) -> None:
-    """A replay's projector skips the sweep of other versions for documents it has no record
+    """A replay's applier skips the sweep of other versions for documents it has no record
     of (nothing of them is in its new generation); once it has written one, a newer version
     must still replace its chunks and a delete remove them, as in a catch-up."""
     catalog: EdgeCatalog = parts["catalog"]
     log: RedisEventLog = parts["event_log"]
     stream = parts["streams"].documents
     generation, index = await catalog.create()
-    projector = Projector(
-        log,
+    applier = Applier(
         Indexer(embedder, index),
         parts["cache"],
         parts["status"],
-        streams=parts["streams"],
-        consumer="replay",
-        config=ProjectorConfig(fresh_index=True),
         index_id="fresh-test",
+        config=ProjectorConfig(fresh_index=True),
     )
 
     async def apply(event: DocumentUpserted | DocumentDeleted) -> list[dict[str, Any]]:
         await log.append(stream, event)
         (entry,) = (await log.range(stream, start="-", count=1000))[-1:]
-        assert await projector.apply([entry]) == {}
+        assert await applier.apply_entries([entry]) == {}
         return [p for _, p, _ in await index.all_points() if p["doc_id"] == "a"]
 
     first = await apply(upserted("acme", "a", "Sentence number one is here. " * 12))

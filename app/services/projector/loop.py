@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 
 from app.domain.doc_status import DocStatusStore
-from app.domain.events import Entry, Streams
+from app.domain.events import Streams
 from app.errors import DependencyUnavailable, EmbedderUnavailable
 from app.ports import EmbeddingCache, EventLog
 from app.services.indexing import Indexer
@@ -172,7 +172,3 @@ class Projector:
         first, and entries read meanwhile wait. A replay holds it to swap generations."""
         async with self.delivery.gate:
             yield
-
-    async def apply(self, entries: Sequence[Entry]) -> dict[str, str]:
-        """Apply document entries outside the consumer group (a replay): Applier.apply_entries."""
-        return await self.delivery.applier.apply_entries(entries)
