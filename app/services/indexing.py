@@ -35,7 +35,8 @@ def chunk_id(tenant: str, doc_id: str, index: int, event_id: str = "") -> str:
 
 
 class Indexer:
-    """Turns documents into indexed chunks; idempotent for a given (tenant, id, version)."""
+    """Plans documents' chunks and drops points of one index; the chunks are embedded and
+    written by app/services/projector/embedding.py. Idempotent for a (tenant, id, version)."""
 
     def __init__(self, embedder: Embedder, index: VectorIndex) -> None:
         self.embedder = embedder

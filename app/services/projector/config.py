@@ -38,7 +38,6 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
 class ProjectorCounts(msgspec.Struct, kw_only=True):
     """What this projector did since it started."""
 
-    batches: int = 0
     applied: int = 0  # events applied to the index
     skipped: int = 0  # events already reflected by an equal or newer one
     failures: int = 0  # failed attempts (each retried or dead-lettered)

@@ -84,7 +84,6 @@ class Delivery:
     async def _process(
         self, entries: Sequence[Entry], *, redelivered: bool, dirty: bool = False
     ) -> None:
-        self.counts.batches += 1
         gone: list[str] = []
         poison: list[tuple[Entry, str]] = []
         items: list[Item] = []
