@@ -1,5 +1,5 @@
 """Every Protocol the services and the API depend on; adapters implement them (app/adapters/),
-and only app/bootstrap.py knows which adapter stands behind each."""
+and only app/bootstrap/ knows which adapter stands behind each."""
 
 from __future__ import annotations
 
@@ -156,10 +156,6 @@ class EventLog(Protocol):
 
     async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
         """Mark entries processed; returns how many were pending."""
-        ...
-
-    async def delivery_counts(self, stream: str, group: str, ids: Sequence[str]) -> dict[str, int]:
-        """How often each pending entry has been delivered; ids not pending are absent."""
         ...
 
     async def add_strikes(

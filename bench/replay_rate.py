@@ -22,9 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.adapters.redis.embedded import resolve_redis_url  # noqa: E402
 from app.api.schemas import DocumentInput  # noqa: E402
-from app.bootstrap import build_projection  # noqa: E402
+from app.bootstrap import build_index_side, resolve_event_log  # noqa: E402
 from app.cli.corpus import read_beir_corpus  # noqa: E402
 from app.client import Client, send_batches  # noqa: E402
 from app.services.replay import ReplayConfig, ReplayProgress  # noqa: E402
@@ -37,7 +36,7 @@ DATASET = SCIFACT
 
 def load(settings: Settings, docs: list[DocumentInput]) -> None:
     """Ingest the corpus through a server unless the index already holds it."""
-    projection = build_projection(settings, "replay")
+    projection = build_index_side(settings, "replay")
     try:
         have = asyncio.run(projection.index.stats()).documents
     finally:
@@ -72,7 +71,7 @@ def replay_once(settings: Settings, batch: int) -> tuple[ReplayProgress, float, 
     """One replay: its progress, the CPU seconds it took (the swap included, opening
     excluded) and the seconds until the swap began (the rebuild and catch-up, before the
     new generation's HNSW build)."""
-    projection = build_projection(settings, "replay")
+    projection = build_index_side(settings, "replay")
     swap_began: list[float] = []
 
     def watch(progress: ReplayProgress) -> None:
@@ -99,7 +98,7 @@ def main() -> int:
     parser.add_argument("--prefix", default="bench:replay:", help="key prefix on Redis")
     args = parser.parse_args()
     settings = Settings.from_env().replace(data_dir=str(args.data_dir), stream_prefix=args.prefix)
-    url, embedded = resolve_redis_url(settings)
+    url, embedded = resolve_event_log(settings)
     settings = settings.replace(redis_url=url)
     try:
         docs = list(read_beir_corpus(DATASET / "corpus.jsonl"))[: args.docs]

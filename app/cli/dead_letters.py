@@ -1,7 +1,7 @@
 """`rag-pipeline dead-letters list|show|requeue|drop`: the dead-letter stream, for an operator.
 
 It talks to Redis directly (REDIS_URL, or the data directory's embedded Valkey, as `worker`
-and `replay` do; app/bootstrap.py builds what it needs) and sees every tenant's dead letters,
+and `replay` do; app/bootstrap/ builds what it needs) and sees every tenant's dead letters,
 undecodable ones included; `--tenant` narrows it to one. The HTTP endpoints
 (app/api/dead_letters.py) do the same for one tenant.
 """
@@ -80,13 +80,13 @@ Action = Callable[["DeadLetters", argparse.Namespace], Awaitable[int]]
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from app.cli.event_log import event_log
+    from app.bootstrap import hosted_event_log
 
     if args.data_dir is not None:
         settings = settings.replace(data_dir=args.data_dir)
     action: Action = args.action
-    with event_log(settings) as (settings, _):
-        return asyncio.run(_with_service(settings, args, action))
+    with hosted_event_log(settings) as host:
+        return asyncio.run(_with_service(host.settings, args, action))
 
 
 async def _with_service(settings: Settings, args: argparse.Namespace, action: Action) -> int:

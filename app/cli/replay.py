@@ -8,7 +8,6 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Protocol
 
-from app.cli.event_log import event_log
 from app.cli.options import DATA_DIR_HELP, add_api_key_file, api_key, server_url
 from app.settings import Settings
 
@@ -41,12 +40,13 @@ def run_replay(args: argparse.Namespace, settings: Settings) -> int:
     for the replay's duration), else in the holder, whose progress is polled. Running a
     second index writer beside the holder is impossible (Edge's single-writer lock), and
     the holder is also the one whose projector must pause for the swap."""
-    from app.bootstrap import build_index_side
+    from app.bootstrap import build_index_side, hosted_event_log
     from app.errors import DependencyUnavailable
 
     if args.data_dir is not None:
         settings = settings.replace(data_dir=args.data_dir)
-    with event_log(settings) as (settings, _):
+    with hosted_event_log(settings) as host:
+        settings = host.settings
         try:
             index_side = build_index_side(settings, "replay")
         except DependencyUnavailable as exc:

@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from app.cli.event_log import event_log
 from app.cli.options import add_listen_options, with_listen_options
 from app.settings import Settings
 
@@ -67,15 +66,15 @@ def _run(
     services have closed. Services are built before the server starts, so a failure (say,
     the index is held by another process) ends the command with its message.
     """
-    from app.adapters.redis.embedded import supervise
     from app.api.server import serve
+    from app.bootstrap import hosted_event_log
     from app.telemetry import tracing
 
-    with event_log(with_listen_options(args, settings)) as (settings, embedded):
+    with hosted_event_log(with_listen_options(args, settings)) as host:
+        settings = host.settings
 
         async def run() -> None:
-            # The embedded server is ours to keep up: nothing else would restart it.
-            keeper = None if embedded is None else asyncio.create_task(supervise(embedded))
+            keeper = None if host.keep_up is None else asyncio.create_task(host.keep_up())
             services = await asyncio.to_thread(build, settings)
             try:
                 await serve(make_app(settings, services), settings, what)

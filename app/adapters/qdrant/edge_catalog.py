@@ -9,7 +9,7 @@ Layout under `<data_dir>/index/`:
 The record is replaced atomically (temporary file, fsync, rename, fsync of the directory), so
 after a crash at any point it names either the old generation or the new one, complete. Any
 other generation found at open was being built, or dropped, when a process stopped: it is
-removed, since only the process holding the index (app/bootstrap.py IndexOwnership) opens this.
+removed, since only the process holding the index (app/index_lock.py IndexOwnership) opens this.
 
 A new generation is built by a child process (app/adapters/qdrant/edge_builder.py): the engine holds
 the GIL through every write and through the HNSW build, which in this process would stall

@@ -1,4 +1,4 @@
-"""Builds the adapters and services the settings call for, and closes them in reverse order."""
+"""What applies document events to the index (IndexSide), built from the settings."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
-import redis
 import threadpoolctl
 
 from app.adapters.embedders.circuit_breaker import CircuitBreaker
@@ -22,20 +21,14 @@ from app.adapters.qdrant.edge_catalog import EdgeCatalog
 from app.adapters.qdrant.remote_catalog import QdrantCatalog
 from app.adapters.qdrant.remote_index import QdrantIndex
 from app.adapters.redis.cache import RedisEmbeddingCache
-from app.adapters.redis.dead_letters import RedisDeadLetters
 from app.adapters.redis.doc_status import RedisDocStatus
-from app.adapters.redis.embedded import EmbeddedRedis, resolve_redis_url
-from app.adapters.redis.rate_limit import RedisRateLimiter
 from app.adapters.redis.replay_jobs import RedisReplayJobs
 from app.adapters.redis.streams import RedisEventLog
-from app.api.access import Access
-from app.api.keys import KeyRing
+from app.bootstrap.event_log import check_data_dir, check_redis_url
 from app.domain.events import Streams
-from app.domain.records import DEFAULT_TENANT, ChunkingParams
 from app.errors import SettingsError
 from app.index_lock import IndexOwnership
 from app.ports import (
-    CacheStats,
     DocStatusStore,
     Embedder,
     EmbeddingCache,
@@ -43,16 +36,14 @@ from app.ports import (
     IndexCatalog,
 )
 from app.services.active_index import ActiveIndex
-from app.services.dead_letters import DeadLetters
 from app.services.indexing import Indexer
-from app.services.ingest import LoggedIngest
 from app.services.projector import Projector, ProjectorConfig
-from app.services.query import Pipeline, PipelineConfig
-from app.services.recorder import RetrievalRecorder
 from app.services.replay import Replay, ReplayConfig, ReplayProgress
 from app.services.replay_jobs import ReplayJobs
-from app.services.reranking import LateInteractionReranker
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.bootstrap.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -109,45 +100,6 @@ class IndexSide(msgspec.Struct, kw_only=True):
     async def aclose(self) -> None:
         """Close everything, in the reverse order it was opened."""
         await self.closing.aclose()
-
-
-class Services(msgspec.Struct, kw_only=True):
-    """Everything `serve` runs; `projector` is None when RAG_PROJECTOR_IN_PROCESS is false."""
-
-    settings: Settings
-    index_side: IndexSide
-    pipeline: Pipeline
-    ingest: LoggedIngest
-    default_chunking: ChunkingParams
-    projector: Projector | None
-    recorder: RetrievalRecorder
-    access: Access
-    dead_letters: DeadLetters
-
-    @property
-    def embedder(self) -> Embedder:
-        return self.index_side.embedder
-
-    @property
-    def index(self) -> ActiveIndex:
-        return self.index_side.index
-
-    @property
-    def event_log(self) -> EventLog:
-        return self.index_side.event_log
-
-    @property
-    def streams(self) -> Streams:
-        return self.index_side.streams
-
-    def cache_stats(self) -> CacheStats:
-        """This process's embedding-cache counters, for /api/v1/stats."""
-        return self.index_side.cache.stats()
-
-    async def aclose(self) -> None:
-        await self.access.limiter.close()
-        await self.dead_letters.store.close()
-        await self.index_side.aclose()
 
 
 def held_index_side(state: object) -> IndexSide | None:
@@ -329,172 +281,3 @@ def index_id(settings: Settings) -> str:
         return embedder.model_id
     finally:
         embedder.close()
-
-
-def build_access(settings: Settings) -> Access:
-    """API keys (None: open mode, warned about) and the per-key rate limiter."""
-    check_redis_url(settings.redis_url)
-    keys = load_keys(settings)
-    if keys is not None:
-        log.info("API keys: %d, from %s", keys.size, keys.path)
-    else:
-        log.warning(
-            "RAG_API_KEYS_FILE is not set: the API is OPEN, without authentication or rate "
-            "limits, and every caller acts for the one tenant %r. Set it before exposing the "
-            "service (docs/security.md)",
-            DEFAULT_TENANT,
-        )
-    return Access(
-        keys,
-        RedisRateLimiter(
-            settings.redis_url, prefix=settings.stream_prefix, pool_size=settings.redis_pool_size
-        ),
-        rate_per_second=settings.rate_limit_per_second,
-        burst=settings.rate_limit_burst,
-    )
-
-
-def build_services(settings: Settings) -> Services:
-    access = build_access(settings)  # first: a bad keys file stops start-up before the model loads
-    side = build_index_side(settings, "serve")
-    reranker = (
-        LateInteractionReranker(side.embedder.dim) if side.embedder.has_token_vectors else None
-    )
-    pipeline = Pipeline(
-        side.embedder,
-        side.index,
-        reranker,
-        PipelineConfig(
-            default_top_k=settings.top_k,
-            default_min_score=settings.min_score,
-            rerank_by_default=settings.rerank,
-            rerank_top_k=settings.rerank_top_k,
-            mmr_max_candidates=settings.mmr_max_candidates,
-            trace_query_text=settings.trace_query_text,
-        ),
-    )
-    ingest = LoggedIngest(
-        side.event_log,
-        side.status,
-        streams=side.streams,
-        index_id=side.embedder.model_id,
-        max_documents=settings.max_documents_per_request,
-        wait_seconds=settings.ingest_wait_seconds,
-        index=side.index,
-    )
-    if not settings.projector_in_process and side.exclusive:
-        log.warning(
-            "RAG_PROJECTOR_IN_PROCESS=false: indexing is paused. This process holds the "
-            "embedded index, so no other can apply document events to it; they wait in the "
-            "stream until a serve with the projector (or a worker, once this one stops) runs"
-        )
-    return Services(
-        settings=settings,
-        index_side=side,
-        pipeline=pipeline,
-        ingest=ingest,
-        default_chunking=ChunkingParams(size=settings.chunk_size, overlap=settings.chunk_overlap),
-        projector=side.projector if settings.projector_in_process else None,
-        recorder=RetrievalRecorder(
-            side.event_log,
-            side.streams.retrievals,
-            retention_seconds=settings.retrieval_retention_seconds,
-        ),
-        access=access,
-        dead_letters=_dead_letters(settings, side.event_log, side.status, side.embedder.model_id),
-    )
-
-
-def _dead_letters(
-    settings: Settings,
-    event_log: EventLog,
-    status: DocStatusStore,
-    index_id: str,
-) -> DeadLetters:
-    """Dead letters over these adapters; closing its own store (`.store.close()`) is the
-    caller's, the adapters stay theirs. `index_id` is the index's embedding model id."""
-    return DeadLetters(
-        event_log,
-        RedisDeadLetters(
-            settings.redis_url,
-            prefix=settings.stream_prefix,
-            pool_size=min(4, settings.redis_pool_size),
-        ),
-        status,
-        streams=Streams(settings.stream_prefix),
-        index_id=index_id,
-    )
-
-
-@contextlib.asynccontextmanager
-async def open_dead_letters(settings: Settings) -> AsyncIterator[DeadLetters]:
-    """Dead letters on their own, for `rag-pipeline dead-letters`: no model loaded, no index
-    opened; `settings.redis_url` resolved (`resolve_event_log`)."""
-    async with contextlib.AsyncExitStack() as closing:
-        event_log = RedisEventLog(settings.redis_url, pool_size=2)
-        closing.push_async_callback(event_log.close)
-        status = RedisDocStatus(settings.redis_url, prefix=settings.stream_prefix, pool_size=2)
-        closing.push_async_callback(status.close)
-        service = _dead_letters(settings, event_log, status, index_id(settings))
-        closing.push_async_callback(service.store.close)
-        yield service
-
-
-def build_worker(settings: Settings) -> IndexSide:
-    # The worker's app reads the keys file in its lifespan (replays are admin work); reading
-    # it here first stops a bad one before the model loads, as build_services does.
-    load_keys(settings)
-    return build_index_side(settings, "worker")
-
-
-def load_keys(settings: Settings) -> KeyRing | None:
-    """The keys RAG_API_KEYS_FILE names (None: open mode); SettingsError if unusable."""
-    if not settings.api_keys_file:
-        return None
-    return KeyRing(
-        Path(settings.api_keys_file).expanduser(),
-        reload_seconds=settings.api_keys_reload_seconds,
-    )
-
-
-def resolve_event_log(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
-    """REDIS_URL, or the data directory's embedded Valkey (`resolve_redis_url`), with a data
-    directory that cannot hold it reported as the setting it is."""
-    if not settings.redis_url:
-        check_data_dir(settings, "the embedded Valkey, REDIS_URL being empty")
-    return resolve_redis_url(settings)
-
-
-def check_redis_url(url: str) -> None:
-    """SettingsError for a REDIS_URL redis-py cannot parse (a port that is not a number, a
-    bad database), which it would otherwise raise as a bare ValueError on first use."""
-    if not url:
-        return
-    try:
-        redis.ConnectionPool.from_url(url)  # parses the URL, connects nothing
-    except ValueError as exc:
-        # redis-py's messages name the part at fault, never the password.
-        raise SettingsError(f"REDIS_URL: {exc}") from exc
-
-
-def check_data_dir(settings: Settings, needed_for: str) -> Path:
-    """RAG_DATA_DIR, created if missing; SettingsError if it cannot be, or is not writable."""
-    path = settings.data_path
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SettingsError(
-            f"RAG_DATA_DIR {path}: cannot create it (needed for {needed_for}): "
-            f"{exc.strerror or exc}"
-        ) from exc
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise SettingsError(
-            f"RAG_DATA_DIR {path}: not writable by this process (needed for {needed_for})"
-        )
-    return path
-
-
-# The names before IndexSide had one meaning, kept until app/cli/main.py and
-# bench/replay_rate.py use the new ones.
-Projection = IndexSide
-build_projection = build_index_side
