@@ -33,6 +33,7 @@ from app.services.indexing import Indexer
 from app.services.ingest import LoggedIngest
 from app.services.projector import GROUP, Projector, ProjectorConfig
 from app.telemetry import schema
+from tests.integration.projector_driver import start as start_projector
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio
@@ -161,7 +162,7 @@ def projector(
 
 
 async def drain(projector: Projector) -> None:
-    await projector.start()
+    await start_projector(projector)
     while await projector.step(0):
         pass
 

@@ -24,6 +24,7 @@ from app.domain.events import DocumentDeleted, DocumentUpserted, Streams
 from app.domain.records import Chunk, Hit, IndexQuery
 from app.ports import VectorIndex
 from app.services.projector import Projector
+from tests.integration.projector_driver import start as start_projector
 from tests.integration.test_index_contract import make_chunk
 from tests.integration.test_replay import embedder, replay_of, unwire, wire
 
@@ -141,7 +142,7 @@ async def test_a_cluster_replay_builds_with_the_measured_mean_length(
     try:
         for event in corpus():
             await parts["event_log"].append(streams.documents, event)
-        await live.start()
+        await start_projector(live)
         while await live.step():
             pass
         # The live projector's first use made a generation with the default: nothing to

@@ -8,10 +8,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from app.domain.doc_status import DocStatusStore
 from app.domain.events import Streams
 from app.errors import DependencyUnavailable, EmbedderUnavailable
-from app.ports import EmbeddingCache, EventLog
+from app.ports import DocStatusStore, EmbeddingCache, EventLog
 from app.services.indexing import Indexer
 from app.services.projector.apply import Applier
 from app.services.projector.claims import Claims
@@ -131,11 +130,6 @@ class Projector:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-
-    async def start(self) -> None:
-        """Join the group, then recover."""
-        await self.log.ensure_group(self.stream, GROUP, start="0")
-        await self.claims.recover()
 
     async def step(self, block_ms: int = 0) -> int:
         """Read and apply one batch of new entries; returns how many were read."""
