@@ -111,3 +111,19 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
 def data_dir_of(server: EmbeddedRedis) -> Path:
     """The RAG_DATA_DIR a server was made for (its files sit in `<data dir>/redis`)."""
     return server.dir.parent
+
+
+async def delivery_counts(url: str, stream: str, group: str, ids: list[str]) -> dict[str, int]:
+    """How often the group has delivered each still-pending entry (XPENDING), read beside the
+    adapter: the service never needs it, since strikes rather than deliveries count."""
+    client = redis.asyncio.Redis.from_url(url, protocol=2)
+    try:
+        counts: dict[str, int] = {}
+        for entry_id in ids:
+            for row in await client.xpending_range(
+                stream, group, min=entry_id, max=entry_id, count=1
+            ):
+                counts[row["message_id"].decode()] = int(row["times_delivered"])
+        return counts
+    finally:
+        await client.aclose()

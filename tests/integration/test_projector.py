@@ -26,6 +26,8 @@ from app.errors import DependencyUnavailable, EmbedderUnavailable
 from app.services.indexing import Indexer, document_version
 from app.services.ingest import LoggedIngest
 from app.services.projector import GROUP, Projector, ProjectorConfig
+from tests.integration.projector_driver import start as start_projector
+from tests.integration.redis_fixtures import delivery_counts
 from tests.openai_wire import FakeEmbeddings, Reply
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
@@ -144,7 +146,7 @@ async def points(index: EdgeIndex) -> dict[str, list[tuple[str, str]]]:
 
 async def drain(projector: Projector) -> None:
     """Start (own pending, takeovers), then apply new entries until none are left."""
-    await projector.start()
+    await start_projector(projector)
     while await projector.step(0):
         pass
 
@@ -416,7 +418,7 @@ async def test_own_pending_entries_are_read_again_on_restart(
     assert len(taken) == 5
     # Restarted under the same name (and not exclusive: no claims at start).
     restarted = make_projector("w1")
-    await restarted.start()
+    await start_projector(restarted)
     assert set(await points(index)) == {d.id for d in docs}
     assert await settled(event_log, streams) == (0, 0)
 
@@ -437,7 +439,7 @@ async def test_an_exclusive_projector_takes_over_a_dead_consumers_entries_at_onc
     await drain(shared)  # not exclusive: the dead consumer's three must wait for the idle time
     assert set(await points(index)) == {"d3"}
     owner = make_projector("owner", exclusive=True, claim_idle_ms=60_000)
-    await owner.start()
+    await start_projector(owner)
     assert set(await points(index)) == {d.id for d in docs}
     assert await settled(event_log, streams) == (0, 0)
 
@@ -459,7 +461,7 @@ async def test_deaths_of_whole_batches_dead_letter_nothing(
     for _ in range(8):  # eight restarts that died with the batch in hand
         await event_log.read_pending(stream, GROUP, "dead", count=10)
     projector = make_projector("owner", exclusive=True, max_deliveries=3)
-    await projector.start()
+    await start_projector(projector)
     assert set(await points(index)) == {d.id for d in docs}
     assert await event_log.length(streams.dead_letter) == 0
     assert (
@@ -507,7 +509,7 @@ async def test_only_deaths_while_an_entry_is_applied_alone_strike_it(
     for deaths in range(1, 4):
         hang = Hang(index, "killer")
         projector = make_projector(f"owner{deaths}", on=hang, exclusive=True, max_deliveries=3)
-        task = asyncio.create_task(projector.start())
+        task = asyncio.create_task(start_projector(projector))
         await asyncio.wait_for(hang.reached.wait(), 30)
         task.cancel()  # the process dies while the killer is applied on its own
         with pytest.raises(asyncio.CancelledError):
@@ -518,7 +520,7 @@ async def test_only_deaths_while_an_entry_is_applied_alone_strike_it(
         assert set(await points(index)) == (set() if deaths == 1 else {"victim"})
 
     projector = make_projector("last", exclusive=True, max_deliveries=3)
-    await projector.start()  # three strikes: dead-lettered without being applied again
+    await start_projector(projector)  # three strikes: dead-lettered without being applied again
     assert set(await points(index)) == {"victim"}
     (letter,) = [e.event for e in await event_log.range(streams.dead_letter)]
     assert isinstance(letter, EventDeadLettered)
@@ -531,6 +533,7 @@ async def test_only_deaths_while_an_entry_is_applied_alone_strike_it(
 
 
 async def test_an_index_outage_dead_letters_nothing(
+    redis_url: str,
     ingest: LoggedIngest,
     make_projector: MakeProjector,
     embedder: LocalEmbedder,
@@ -549,8 +552,11 @@ async def test_an_index_outage_dead_letters_nothing(
     assert projector.counts.failures == 4 * 3
     assert await event_log.length(streams.dead_letter) == 0
     assert (await settled(event_log, streams))[0] == 3
-    counts = await event_log.delivery_counts(
-        streams.documents, GROUP, [e.id for e in await event_log.range(streams.documents)]
+    counts = await delivery_counts(
+        redis_url,
+        streams.documents,
+        GROUP,
+        [e.id for e in await event_log.range(streams.documents)],
     )
     assert set(counts.values()) == {1}
 
@@ -714,6 +720,7 @@ def api_projector(
 
 
 async def test_an_embeddings_api_outage_dead_letters_nothing(
+    redis_url: str,
     fake_api: FakeEmbeddings,
     tmp_path: Path,
     event_log: RedisEventLog,
@@ -734,9 +741,8 @@ async def test_an_embeddings_api_outage_dead_letters_nothing(
             with pytest.raises(EmbedderUnavailable):
                 await (projector.retry_pending() if projector.counts.failures else drain(projector))
         assert await event_log.length(streams.dead_letter) == 0
-        counts = await event_log.delivery_counts(
-            streams.documents, GROUP, [e.id for e in await event_log.range(streams.documents)]
-        )
+        ids = [e.id for e in await event_log.range(streams.documents)]
+        counts = await delivery_counts(redis_url, streams.documents, GROUP, ids)
         assert set(counts.values()) == {1}  # max_deliveries is 2: none is near it
 
         fake_api.outage = None

@@ -28,6 +28,8 @@ from app.errors import DependencyUnavailable, EventLogError, NotFound
 if TYPE_CHECKING:
     from tests.integration.redis_fixtures import RoundTrips
 
+from tests.integration.redis_fixtures import delivery_counts
+
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio
 
@@ -182,7 +184,7 @@ async def test_pending_entries_come_back_to_a_restarted_consumer(
         again = await restarted.read_pending(stream, GROUP, "worker-1", count=10)
         assert [e.id for e in again] == ids[:3]
         assert [e.event for e in again] == [e.event for e in got]
-        assert await restarted.delivery_counts(stream, GROUP, ids) == dict.fromkeys(ids[:3], 2)
+        assert await delivery_counts(redis_url, stream, GROUP, ids) == dict.fromkeys(ids[:3], 2)
         # Paging through the pending list with `after`.
         assert [
             e.id
@@ -199,7 +201,7 @@ async def test_pending_entries_come_back_to_a_restarted_consumer(
 
 
 async def test_idle_entries_are_claimed_by_another_consumer(
-    event_log: RedisEventLog, prefix: str
+    redis_url: str, event_log: RedisEventLog, prefix: str
 ) -> None:
     stream = Streams(prefix).documents
     await event_log.ensure_group(stream, GROUP)
@@ -211,7 +213,7 @@ async def test_idle_entries_are_claimed_by_another_consumer(
     claimed = await event_log.claim_idle(stream, GROUP, "alive", min_idle_ms=100, count=10)
     assert [e.id for e in claimed] == ids
     assert all(e.event is not None for e in claimed)
-    assert await event_log.delivery_counts(stream, GROUP, ids) == dict.fromkeys(ids, 2)
+    assert await delivery_counts(redis_url, stream, GROUP, ids) == dict.fromkeys(ids, 2)
     assert [e.id for e in await event_log.read_pending(stream, GROUP, "alive", count=10)] == ids
     assert await event_log.read_pending(stream, GROUP, "dead", count=10) == []
 
@@ -233,21 +235,21 @@ async def test_claim_idle_takes_at_most_count_and_pages_on(
     assert [e.id for b in batches for e in b] == ids
 
 
-async def test_delivery_counts_grow_with_each_redelivery_and_ack_clears_them(
-    event_log: RedisEventLog, prefix: str
+async def test_reads_of_pending_entries_and_claims_are_deliveries_and_ack_clears_them(
+    redis_url: str, event_log: RedisEventLog, prefix: str
 ) -> None:
     stream = Streams(prefix).documents
     await event_log.ensure_group(stream, GROUP)
     [entry_id] = await event_log.append_many(stream, [upserted("d")])
     await event_log.read_group(stream, GROUP, "a", count=1, block_ms=0)
-    assert await event_log.delivery_counts(stream, GROUP, [entry_id]) == {entry_id: 1}
+    assert await delivery_counts(redis_url, stream, GROUP, [entry_id]) == {entry_id: 1}
     await event_log.read_pending(stream, GROUP, "a", count=1)
-    assert await event_log.delivery_counts(stream, GROUP, [entry_id]) == {entry_id: 2}
+    assert await delivery_counts(redis_url, stream, GROUP, [entry_id]) == {entry_id: 2}
     await event_log.claim_idle(stream, GROUP, "b", min_idle_ms=0, count=1)
-    assert await event_log.delivery_counts(stream, GROUP, [entry_id]) == {entry_id: 3}
+    assert await delivery_counts(redis_url, stream, GROUP, [entry_id]) == {entry_id: 3}
     assert await event_log.ack(stream, GROUP, [entry_id]) == 1
     assert await event_log.ack(stream, GROUP, [entry_id]) == 0
-    assert await event_log.delivery_counts(stream, GROUP, [entry_id]) == {}
+    assert await delivery_counts(redis_url, stream, GROUP, [entry_id]) == {}
     assert await event_log.ack(stream, GROUP, []) == 0
     info = await event_log.group_info(stream, GROUP)
     assert info is not None and info.pending == 0

@@ -219,23 +219,6 @@ class RedisEventLog:
         with translated(EVENT_LOG, f"XACK {stream} {group}"):
             return int(await self._redis.xack(stream, group, *ids))
 
-    @client_span(REDIS_READ, "redis", "XPENDING")
-    async def delivery_counts(self, stream: str, group: str, ids: Sequence[str]) -> dict[str, int]:
-        if not ids:
-            return {}
-        # One exact XPENDING per id, pipelined: a min..max range would also scan every
-        # other consumer's entries in between.
-        with translated(EVENT_LOG, f"XPENDING {stream} {group}"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for entry_id in ids:
-                    pipe.xpending_range(stream, group, min=entry_id, max=entry_id, count=1)
-                replies = await pipe.execute()
-        return {
-            as_text(row["message_id"]): int(row["times_delivered"])
-            for reply in replies
-            for row in reply
-        }
-
     def _strikes_key(self, stream: str, group: str) -> str:
         return f"{stream}:strikes:{group}"
 
