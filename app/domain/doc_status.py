@@ -21,10 +21,6 @@ import msgspec
 
 from app.domain.records import id_key
 
-# The store's port lives in app/ports.py with every other; re-exported here only until
-# app/services/projector.py and app/services/replay.py import it from there.
-from app.ports import DocStatusStore as DocStatusStore
-
 Status = Literal["pending", "indexed", "deleted", "failed"]
 # What became of one document of a write request. pending: accepted (its event is in the
 # document stream), not yet indexed; indexed: the projector applied it; unchanged: this version

@@ -34,11 +34,10 @@ from typing import Literal
 
 import msgspec
 
-from app.domain.doc_status import DocStatusStore
 from app.domain.events import DocumentDeleted, DocumentUpserted, Entry, Streams
 from app.domain.records import Chunk
 from app.errors import DependencyUnavailable
-from app.ports import Embedder, EmbeddingCache, EventLog, IndexCatalog
+from app.ports import DocStatusStore, Embedder, EmbeddingCache, EventLog, IndexCatalog
 from app.services.indexing import Indexer
 from app.services.projector import Projector, ProjectorConfig
 from app.services.projector.apply import Applier

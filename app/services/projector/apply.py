@@ -17,11 +17,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from app.domain.doc_status import Applied, DocStatusStore
+from app.domain.doc_status import Applied
 from app.domain.events import DocumentDeleted, DocumentUpserted, Entry
 from app.domain.records import Chunk, id_key
 from app.errors import DependencyUnavailable
-from app.ports import EmbeddingCache
+from app.ports import DocStatusStore, EmbeddingCache
 from app.services.indexing import Indexer
 from app.services.projector.config import ProjectorConfig, ProjectorCounts
 from app.services.projector.embedding import ChunkWriter

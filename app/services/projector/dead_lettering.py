@@ -7,9 +7,9 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 
-from app.domain.doc_status import Applied, DocStatusStore
+from app.domain.doc_status import Applied
 from app.domain.events import DocumentDeleted, DocumentUpserted, Entry, EventDeadLettered, Streams
-from app.ports import EventLog
+from app.ports import DocStatusStore, EventLog
 from app.services.indexing import Indexer
 from app.services.projector.apply import failed_record
 from app.services.projector.config import GROUP, ProjectorCounts
