@@ -356,14 +356,14 @@ async def test_replay_on_a_qdrant_cluster_swaps_the_alias_and_equals_the_live_in
     streams: Streams = parts["streams"]
     try:
         await fill(parts, raw_redis)
-        first = await cluster.current_generation()
+        first = await catalog.current_generation()
         before = {pid: (p, v) for pid, p, v in await cluster.all_points()}
         assert before  # the live projector wrote through the alias
 
         done = await replay_of(parts, embedder).run()
         assert done.phase == "done" and done.failed == 0
-        assert done.generation == catalog.active == await cluster.current_generation()
-        assert done.generation != first and first not in await cluster.generations()
+        assert done.generation == catalog.active == await catalog.current_generation()
+        assert done.generation != first and first not in await catalog.generations()
 
         after = {pid: (p, v) for pid, p, v in await cluster.all_points()}
         assert after.keys() == before.keys()

@@ -11,7 +11,6 @@ from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from app.adapters.qdrant import remote_collection
 from app.adapters.qdrant.filters import (
     Condition,
     Match,
@@ -180,15 +179,6 @@ class QdrantIndex:
         another generation, whose BM25 length normalisation may differ (a replay's measured
         mean). Only this process learns of it: see docs/design.md, "Replay"."""
         self._bm25 = None
-
-    # Asked by tests/integration/test_replay.py; the catalog is where generations are kept.
-    async def current_generation(self) -> str | None:
-        """The collection the alias points at, or None before the first use."""
-        return await self.call(remote_collection.live_generation, self.client, self.alias)
-
-    async def generations(self) -> list[str]:
-        """Every generation collection of the alias, oldest first."""
-        return await self.call(remote_collection.generations, self.client, self.alias)
 
     # --- writes -------------------------------------------------------------------------
 
