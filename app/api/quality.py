@@ -7,7 +7,6 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
-# parse_query is imported from here by app/api/dead_letters.py too (its home is codec).
 from app.api.codec import json_response, parse_query
 from app.api.schemas import QualityQuery
 from app.bootstrap import Services

@@ -16,7 +16,13 @@ from app.api.codec import (
     with_whole_numbers_as_int,
 )
 from app.api.guard import tenant_of
-from app.api.schemas import Condition, Scalar, SearchRequest, SearchResponse, SearchResult
+from app.api.schemas import (
+    Condition,
+    FilterValue,
+    SearchRequest,
+    SearchResponse,
+    SearchResult,
+)
 from app.bootstrap import Services
 from app.domain.events import RecordedResult, RetrievalRecorded, query_sha256
 from app.domain.records import FieldFilter
@@ -119,9 +125,9 @@ def to_filters(filters: dict[str, msgspec.Raw]) -> list[FieldFilter]:
     out = []
     for key, raw in sorted(filters.items()):
         try:
-            value = msgspec.json.decode(raw, type=Scalar | Condition)
+            value = msgspec.json.decode(raw, type=FilterValue)
         except msgspec.ValidationError as exc:
-            value = with_whole_numbers_as_int(raw, Scalar | Condition)
+            value = with_whole_numbers_as_int(raw, FilterValue)
             if value is None:
                 inner = field_of(str(exc))
                 raise InvalidRequest(
