@@ -29,11 +29,6 @@ from tests.deploy._support import (
     workloads,
 )
 
-# Settings the manifests may carry before app/settings.py reads them (none today: every key in
-# the manifests is a setting the app reads). Once such a setting lands in Settings (ENV_NAMES),
-# delete it here -- test_pending_settings_are_not_yet_read_by_the_app fails until you do.
-PENDING_SETTINGS: set[str] = set()
-
 # Never in a ConfigMap: referenced from the Secret rag-pipeline-secrets.
 SECRET_SETTINGS = {"REDIS_URL", "QDRANT_API_KEY", "OPENAI_API_KEY"}
 REQUIRED_SECRETS = {"REDIS_URL"}  # the others are optional (only some setups need them)
@@ -257,18 +252,12 @@ def test_api_and_worker_run_the_same_image(rendered: dict[str, list[Doc]], overl
 # --- Settings ----------------------------------------------------------------------------
 
 
-def test_pending_settings_are_not_yet_read_by_the_app() -> None:
-    """Once a setting lands in app/settings.py, it is dropped from PENDING_SETTINGS."""
-    landed = PENDING_SETTINGS & set(ENV_NAMES)
-    assert not landed, f"now in app.settings.ENV_NAMES; remove from PENDING_SETTINGS: {landed}"
-
-
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_configmap_keys_are_exactly_the_settings_the_app_reads(
     rendered: dict[str, list[Doc]], overlay: str
 ) -> None:
     keys = set(configmap(rendered[overlay], SETTINGS_CONFIGMAP)["data"])
-    expected = (set(ENV_NAMES) | PENDING_SETTINGS) - SECRET_SETTINGS
+    expected = set(ENV_NAMES) - SECRET_SETTINGS
     assert not keys & SECRET_SETTINGS, f"secrets in a ConfigMap: {keys & SECRET_SETTINGS}"
     assert not expected - keys, f"settings missing from the ConfigMap: {sorted(expected - keys)}"
     assert not keys - expected, f"ConfigMap keys the app does not read: {sorted(keys - expected)}"
@@ -337,7 +326,7 @@ def test_secrets_come_only_from_the_secret(rendered: dict[str, list[Doc]], overl
 def test_every_variable_a_container_gets_is_a_setting(
     rendered: dict[str, list[Doc]], overlay: str
 ) -> None:
-    known = set(ENV_NAMES) | PENDING_SETTINGS
+    known = set(ENV_NAMES)
     for deployment, container in _app_containers(rendered[overlay]):
         names = {e["name"] for e in container.get("env", [])}
         assert names <= known, f"{deployment['metadata']['name']}: unknown {names - known}"
