@@ -22,23 +22,6 @@ def minmax(scores: Sequence[float | None]) -> list[float]:
     return [0.0 if s is None else (s - lo) / span for s in scores]
 
 
-def zscore(scores: Sequence[float | None]) -> list[float]:
-    """Standard scores (population deviation); missing ones get the lowest present z.
-
-    An alternative to minmax for experiments: less swayed by a single outlier at the top.
-    """
-    present = [s for s in scores if s is not None]
-    if not present:
-        return [0.0] * len(scores)
-    mean = math.fsum(present) / len(present)
-    std = math.sqrt(math.fsum((s - mean) ** 2 for s in present) / len(present))
-    if std == 0.0:
-        return [0.0] * len(scores)
-    z = [None if s is None else (s - mean) / std for s in scores]
-    worst = min(v for v in z if v is not None)
-    return [worst if v is None else v for v in z]
-
-
 def weighted_sum(
     components: Mapping[str, Sequence[float]], weights: Mapping[str, float]
 ) -> list[float]:
@@ -57,31 +40,6 @@ def weighted_sum(
     n = lengths.pop() if lengths else 0
     used = [(weights[name], components[name]) for name in sorted(weights) if weights[name] != 0.0]
     return [math.fsum(w * values[i] for w, values in used) for i in range(n)]
-
-
-def rrf(
-    rankings: Sequence[Sequence[str]], k: int = 60, weights: Sequence[float] | None = None
-) -> dict[str, float]:
-    """Reciprocal rank fusion: each key scores sum(weight / (k + rank)), ranks from 1.
-
-    A key repeated within one ranking counts at its first (best) rank only. Keys come out in
-    order of first appearance, so iteration order is deterministic too.
-    """
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
-    if weights is None:
-        weights = [1.0] * len(rankings)
-    elif len(weights) != len(rankings):
-        raise ValueError(f"{len(weights)} weights for {len(rankings)} rankings")
-    fused: dict[str, float] = {}
-    for ranking, weight in zip(rankings, weights, strict=True):
-        seen: set[str] = set()
-        for rank, key in enumerate(ranking, start=1):
-            if key in seen:
-                continue
-            seen.add(key)
-            fused[key] = fused.get(key, 0.0) + weight / (k + rank)
-    return fused
 
 
 def stable_order(scores: Sequence[float], keys: Sequence[str]) -> list[int]:

@@ -15,14 +15,6 @@ def pack_signs(token_vectors: npt.NDArray[np.float32]) -> bytes:
     return np.packbits(token_vectors > 0, axis=1).tobytes()
 
 
-def unpack_signs(signature: bytes, dim: int) -> npt.NDArray[np.float32]:
-    """(n_tokens, dim) matrix of +1/-1 from a packed signature."""
-    if dim <= 0 or dim % 8 or len(signature) % (dim // 8):
-        raise ValueError(f"a signature of {len(signature)} bytes is not whole tokens of dim {dim}")
-    bits = np.unpackbits(np.frombuffer(signature, dtype=np.uint8).reshape(-1, dim // 8), axis=1)
-    return bits.astype(np.float32) * 2.0 - 1.0
-
-
 def maxsim(
     query_tokens: npt.NDArray[np.float32], signatures: Sequence[bytes], dim: int
 ) -> npt.NDArray[np.float32]:

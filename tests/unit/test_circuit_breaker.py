@@ -33,7 +33,6 @@ def test_closed_until_threshold_consecutive_failures(clock: Clock) -> None:
     assert b.state == "open"
     assert not b.allow()
     assert b.retry_after() == pytest.approx(5.0)
-    assert b.opened == 1
 
 
 def test_a_success_resets_the_count(clock: Clock) -> None:
@@ -44,7 +43,8 @@ def test_a_success_resets_the_count(clock: Clock) -> None:
     b.failure()
     b.failure()
     assert b.state == "closed"
-    assert b.consecutive_failures == 2
+    b.failure()  # the third since the success: the count had started again at zero
+    assert b.state == "open"
 
 
 def test_one_probe_after_the_cooldown_and_its_success_closes(clock: Clock) -> None:
@@ -72,7 +72,6 @@ def test_a_failed_probe_opens_for_another_cooldown(clock: Clock) -> None:
     b.failure()
     assert b.state == "open"
     assert b.retry_after() == pytest.approx(5.0)
-    assert b.opened == 2
 
 
 def test_retry_after_from_the_dependency_lengthens_the_cooldown(clock: Clock) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.retrieval.fusion import minmax, rrf, stable_order, weighted_sum, zscore
+from app.retrieval.fusion import minmax, stable_order, weighted_sum
 
 # --- minmax ----------------------------------------------------------------------------------
 
@@ -41,26 +41,6 @@ def test_minmax_keeps_order_and_bounds(scores: list[float | None]) -> None:
     assert [v for _, v in present] == sorted(v for _, v in present)  # monotone
     if present:
         assert present[-1][1] == 1.0
-
-
-# --- zscore ----------------------------------------------------------------------------------
-
-
-def test_zscore_values() -> None:
-    # mean 4, population variance ((2-4)^2 + (4-4)^2 + (6-4)^2) / 3 = 8/3, std 1.63299...
-    std = math.sqrt(8 / 3)
-    assert zscore([2.0, 4.0, 6.0]) == pytest.approx([-2 / std, 0.0, 2 / std])
-
-
-def test_zscore_missing_scores_get_the_worst_present_z() -> None:
-    out = zscore([None, 1.0, 3.0])  # mean 2, std 1
-    assert out == pytest.approx([-1.0, -1.0, 1.0])
-
-
-def test_zscore_edge_inputs() -> None:
-    assert zscore([]) == []
-    assert zscore([None]) == [0.0]
-    assert zscore([5.0, 5.0, None]) == [0.0, 0.0, 0.0]
 
 
 # --- weighted_sum ----------------------------------------------------------------------------
@@ -104,37 +84,6 @@ def test_weighted_sum_does_not_depend_on_name_order() -> None:
     forward = weighted_sum(components, weights)
     backward = weighted_sum(dict(reversed(components.items())), dict(reversed(weights.items())))
     assert forward == backward  # bit for bit
-
-
-# --- rrf -------------------------------------------------------------------------------------
-
-
-def test_rrf_scores() -> None:
-    got = rrf([["a", "b", "c"], ["b", "d"]], k=60)
-    assert got == pytest.approx({"a": 1 / 61, "b": 1 / 62 + 1 / 61, "c": 1 / 63, "d": 1 / 62})
-    assert list(got) == ["a", "b", "c", "d"]  # first appearance
-
-
-def test_rrf_weights_and_small_k() -> None:
-    got = rrf([["a", "b"], ["b", "a"]], k=0, weights=[2.0, 1.0])
-    # a: 2/1 + 1/2 = 2.5; b: 2/2 + 1/1 = 2.0
-    assert got == pytest.approx({"a": 2.5, "b": 2.0})
-
-
-def test_rrf_counts_a_repeated_key_once_per_ranking_at_its_best_rank() -> None:
-    assert rrf([["a", "b", "a"]], k=1) == pytest.approx({"a": 1 / 2, "b": 1 / 3})
-
-
-def test_rrf_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError):
-        rrf([["a"]], k=-1)
-    with pytest.raises(ValueError):
-        rrf([["a"], ["b"]], weights=[1.0])
-
-
-def test_rrf_empty() -> None:
-    assert rrf([]) == {}
-    assert rrf([[], []]) == {}
 
 
 # --- stable_order ----------------------------------------------------------------------------

@@ -36,7 +36,6 @@ class CircuitBreaker:
         self._failures = 0
         self._open_until: float | None = None  # set while open or half-open
         self._probe_started: float | None = None  # set while a half-open probe runs
-        self.opened = 0  # times the breaker opened, for stats and tests
 
     @property
     def state(self) -> State:
@@ -45,10 +44,6 @@ class CircuitBreaker:
         if self._probe_started is not None or self._clock() >= self._open_until:
             return "half_open"
         return "open"
-
-    @property
-    def consecutive_failures(self) -> int:
-        return self._failures
 
     def allow(self) -> bool:
         """Whether a call may go out now. In half-open state the first caller becomes the
@@ -93,8 +88,6 @@ class CircuitBreaker:
         probing = self._probe_started is not None
         self._probe_started = None
         if probing or self._failures >= self.failure_threshold:
-            if self._open_until is None or probing or self._clock() >= self._open_until:
-                self.opened += 1
             wait = max(self.cooldown_seconds, retry_after or 0.0)
             self._open_until = self._clock() + wait
 
