@@ -34,6 +34,7 @@ from app.services.projector import Projector, ProjectorConfig
 from app.services.projector.apply import Applier
 from app.services.replay import Replay, ReplayConfig, ReplayProgress
 from app.services.replay_jobs import ReplayJobs, StoredReplayJob
+from tests.integration.projector_driver import start as start_projector
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 
@@ -248,7 +249,7 @@ async def fill(parts: dict[str, Any], raw_redis: redis.asyncio.Redis) -> None:
     await log.append(stream, upserted("acme", "a", "A shorter second version."))
     await log.append(stream, upserted("acme", "c", "Cats."))
     live: Projector = parts["live"]
-    await live.start()
+    await start_projector(live)
     while await live.step():
         pass
 
