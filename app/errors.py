@@ -41,6 +41,16 @@ class DependencyUnavailable(RagError):
         self.retry_after = retry_after
 
 
+class NotReplicated(DependencyUnavailable):
+    """Redis took a write, but fewer replicas than RAG_REDIS_MIN_REPLICAS confirmed it in time:
+    a failover may or may not keep it, so the request is not acknowledged (HTTP 503)."""
+
+    def __init__(self, message: str, *, confirmed: int, wanted: int) -> None:
+        super().__init__(message)
+        self.confirmed = confirmed
+        self.wanted = wanted
+
+
 class ModelIntegrityError(RagError):
     """A model or tokenizer file does not match its published checksum."""
 

@@ -119,12 +119,17 @@ class EventLog(Protocol):
     DependencyUnavailable.
     """
 
-    async def append(self, stream: str, event: Event) -> str:
-        """Append one event; returns its entry id. Acknowledged once this returns."""
+    async def append(self, stream: str, event: Event, *, replicated: bool = True) -> str:
+        """Append one event; returns its entry id. Acknowledged once this returns: with
+        `replicated`, once the configured number of replicas confirmed it too (else
+        NotReplicated, and the event may or may not survive a failover)."""
         ...
 
-    async def append_many(self, stream: str, events: Sequence[Event]) -> list[str]:
-        """Append events in order, all or none, in one round trip; returns their ids."""
+    async def append_many(
+        self, stream: str, events: Sequence[Event], *, replicated: bool = True
+    ) -> list[str]:
+        """Append events in order, all or none, in one round trip; returns their ids.
+        `replicated` as for `append`."""
         ...
 
     async def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:

@@ -72,6 +72,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     stream_prefix: Annotated[str, Meta(max_length=100, pattern=r"^\S+$")] = msgspec.field(
         default="rag:", name="RAG_STREAM_PREFIX"
     )
+    redis_sentinels: str = msgspec.field(default="", name="REDIS_SENTINELS")
+    redis_sentinel_master: str = msgspec.field(default="", name="REDIS_SENTINEL_MASTER")
+    redis_sentinel_password: str = msgspec.field(default="", name="REDIS_SENTINEL_PASSWORD")
+    redis_cluster: bool = msgspec.field(default=False, name="REDIS_CLUSTER")
+    redis_min_replicas: Annotated[int, Meta(ge=0, le=16)] = msgspec.field(
+        default=0, name="RAG_REDIS_MIN_REPLICAS"
+    )
+    redis_replica_timeout_ms: Annotated[int, Meta(ge=1, le=60_000)] = msgspec.field(
+        default=1000, name="RAG_REDIS_REPLICA_TIMEOUT_MS"
+    )
     cache_ttl_seconds: Annotated[int, Meta(ge=1, le=10 * 365 * 86400)] = msgspec.field(
         default=7 * 86400, name="RAG_CACHE_TTL_SECONDS"
     )
@@ -225,6 +235,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         _parse_metadata_indexes(settings.metadata_indexes)
         _parse_duration("RAG_RETRIEVAL_RETENTION", settings.retrieval_retention)
         _check_redis_url(settings.redis_url)
+        _check_redis_topology(settings)
         _check_qdrant_url(settings.qdrant_url)
         _check_embedder(settings)
         _check_otlp_endpoint(settings.otel_exporter_otlp_endpoint)
@@ -286,7 +297,7 @@ def _parse_origins(spec: str) -> list[str]:
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
-SECRET_NAMES = frozenset({"OPENAI_API_KEY", "QDRANT_API_KEY"})
+SECRET_NAMES = frozenset({"OPENAI_API_KEY", "QDRANT_API_KEY", "REDIS_SENTINEL_PASSWORD"})
 
 
 def _without_password(url: str) -> str:
@@ -309,6 +320,60 @@ def _check_redis_url(url: str) -> None:
         parts.port  # noqa: B018  (parsing the port is the check)
     except ValueError as exc:
         raise SettingsError(f"REDIS_URL: {exc}") from exc
+
+
+_HASH_TAG = re.compile(r"\{([^}]*)\}")
+
+
+def hash_tag(prefix: str) -> str | None:
+    """The hash tag Redis Cluster would hash every key under `prefix` by: the text between the
+    first `{` and the next `}`, if not empty (Redis's own rule); None if there is none."""
+    match = _HASH_TAG.search(prefix)
+    return match[1] if match and match[1] else None
+
+
+def parse_sentinels(spec: str) -> list[tuple[str, int]]:
+    """REDIS_SENTINELS as (host, port) pairs; SettingsError naming the variable if malformed."""
+    nodes = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(
+                f"REDIS_SENTINELS: expected host:port items separated by commas, got {item!r}"
+            )
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes
+
+
+def _check_redis_topology(settings: Settings) -> None:
+    sentinels = parse_sentinels(settings.redis_sentinels)
+    if sentinels and not settings.redis_sentinel_master:
+        raise SettingsError(
+            "REDIS_SENTINEL_MASTER: required with REDIS_SENTINELS (the service name the "
+            "Sentinels monitor the primary under)"
+        )
+    if settings.redis_sentinel_master and not sentinels:
+        raise SettingsError("REDIS_SENTINELS: required with REDIS_SENTINEL_MASTER")
+    if settings.redis_cluster:
+        if sentinels:
+            raise SettingsError(
+                "REDIS_CLUSTER: a Redis Cluster fails over by itself; set either "
+                "REDIS_CLUSTER=true or REDIS_SENTINELS, not both"
+            )
+        if not settings.redis_url:
+            raise SettingsError("REDIS_URL: REDIS_CLUSTER=true needs the URL of one cluster node")
+        if hash_tag(settings.stream_prefix) is None:
+            # Scripts and MULTI/EXEC touch several keys: on a cluster they must share a slot.
+            raise SettingsError(
+                f"RAG_STREAM_PREFIX: on a Redis Cluster the prefix must hold a hash tag so every "
+                f"key shares one slot, e.g. {{rag}}: (got {settings.stream_prefix!r}); data "
+                "under another prefix is not read, see docs/deploy.md (Redis Cluster)"
+            )
+    if settings.redis_min_replicas and not (settings.redis_url or sentinels):
+        raise SettingsError(
+            "RAG_REDIS_MIN_REPLICAS: the embedded Valkey (REDIS_URL empty) has no replicas to "
+            "wait for; set it to 0 or point REDIS_URL or REDIS_SENTINELS at a replicated Redis"
+        )
 
 
 def _check_qdrant_url(url: str) -> None:
@@ -409,6 +474,23 @@ SETTINGS_DOC: dict[str, str] = {
     "stream reads use their own.",
     "RAG_STREAM_PREFIX": "Prefix of every stream and cache key (`documents`, `retrievals`, "
     "`feedback`, `dead-letter`, `emb:`), so several deployments can share one Redis.",
+    "REDIS_SENTINELS": "Comma-separated `host:port` of the Sentinels watching the primary, e.g. "
+    "`sentinel-0:26379,sentinel-1:26379,sentinel-2:26379`. Set: every client asks them for the "
+    "current primary and finds a new one after a failover by itself; `REDIS_URL` then only "
+    "carries the data nodes' database, user and password (its host is ignored) or is empty.",
+    "REDIS_SENTINEL_MASTER": "The service name the Sentinels monitor the primary under "
+    "(`sentinel monitor <name> ...`); required with `REDIS_SENTINELS`.",
+    "REDIS_SENTINEL_PASSWORD": "Password of the Sentinels themselves, when they need one "
+    "(the data nodes' password goes in `REDIS_URL`). A secret.",
+    "REDIS_CLUSTER": "`true`: `REDIS_URL` names one node of a Redis Cluster and the client "
+    "discovers the rest. `RAG_STREAM_PREFIX` must then hold a hash tag (e.g. `{rag}:`) so all "
+    "keys share one slot and every script and transaction runs.",
+    "RAG_REDIS_MIN_REPLICAS": "Replicas that must confirm a request's events (Redis `WAIT`) "
+    "before it is acknowledged; fewer within `RAG_REDIS_REPLICA_TIMEOUT_MS` answers 503 and "
+    "the client retries (ingest is idempotent). 0: acknowledged once the primary has them, "
+    "which a failover can lose. The prod overlay sets 1.",
+    "RAG_REDIS_REPLICA_TIMEOUT_MS": "How long a write waits for `RAG_REDIS_MIN_REPLICAS` "
+    "replicas to confirm it.",
     "RAG_CACHE_TTL_SECONDS": "How long a cached embedding (keyed by tenant, model and text) "
     "lives in Redis.",
     "RAG_EVENT_REDACT_QUERIES": "Record retrievals with the query's SHA-256 instead of its text.",

@@ -16,6 +16,7 @@ from app.errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    NotReplicated,
     RagError,
     RateLimited,
     Unauthenticated,
@@ -162,7 +163,8 @@ def response_for(exc: Exception) -> Response:
         return error_response(429, "rate_limited", str(exc), headers=exc.headers)
     if isinstance(exc, DependencyUnavailable):
         retry = max(1, round(exc.retry_after))
-        return error_response(503, "unavailable", str(exc), headers={"Retry-After": str(retry)})
+        code = "not_replicated" if isinstance(exc, NotReplicated) else "unavailable"
+        return error_response(503, code, str(exc), headers={"Retry-After": str(retry)})
     if isinstance(exc, RagError):
         log.error("unhandled service error: %s", exc)
     else:

@@ -5,7 +5,9 @@ from app.bootstrap.event_log import (
     EventLogHost,
     check_data_dir,
     check_redis_url,
+    copy_event_log,
     hosted_event_log,
+    redis_target,
     resolve_event_log,
 )
 from app.bootstrap.index_side import (
@@ -35,10 +37,12 @@ __all__ = [
     "check_data_dir",
     "check_redis_url",
     "consumer_name",
+    "copy_event_log",
     "held_index_side",
     "hosted_event_log",
     "index_id",
     "load_keys",
     "open_dead_letters",
+    "redis_target",
     "resolve_event_log",
 ]

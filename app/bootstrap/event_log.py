@@ -12,15 +12,30 @@ from typing import Any
 import msgspec
 import redis
 
+from app.adapters.redis.client import RedisTarget, close_client, durable_client, translated
 from app.adapters.redis.embedded import EmbeddedRedis, resolve_redis_url, supervise
+from app.adapters.redis.migration import CopyReport, copy_prefix
 from app.errors import SettingsError
-from app.settings import Settings
+from app.settings import Settings, parse_sentinels
+
+
+def redis_target(settings: Settings) -> RedisTarget:
+    """The Redis every adapter talks to, from settings whose REDIS_URL is resolved."""
+    return RedisTarget(
+        url=settings.redis_url,
+        sentinels=tuple(parse_sentinels(settings.redis_sentinels)),
+        sentinel_master=settings.redis_sentinel_master,
+        sentinel_password=settings.redis_sentinel_password,
+        cluster=settings.redis_cluster,
+        min_replicas=settings.redis_min_replicas,
+        replica_timeout_ms=settings.redis_replica_timeout_ms,
+    )
 
 
 def resolve_event_log(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
     """REDIS_URL, or the data directory's embedded Valkey (`resolve_redis_url`), with a data
     directory that cannot hold it reported as the setting it is."""
-    if not settings.redis_url:
+    if not settings.redis_url and not settings.redis_sentinels:
         check_data_dir(settings, "the embedded Valkey, REDIS_URL being empty")
     return resolve_redis_url(settings)
 
@@ -77,3 +92,27 @@ def hosted_event_log(settings: Settings) -> Iterator[EventLogHost]:
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+async def copy_event_log(
+    settings: Settings, *, from_url: str, from_cluster: bool, from_prefix: str, with_cache: bool
+) -> CopyReport:
+    """Copy the keys under `from_prefix` on the Redis at `from_url` into the Redis and prefix
+    `settings` name (REDIS_URL resolved): `rag-pipeline copy-redis`."""
+    # Long timeouts: a page of a large stream is slow to write on a busy cluster.
+    source, target = (
+        durable_client(where, pool_size=2, socket_timeout=30.0, connect_timeout=5.0)
+        for where in (RedisTarget(url=from_url, cluster=from_cluster), redis_target(settings))
+    )
+    try:
+        with translated("Redis", "copy"):
+            return await copy_prefix(
+                source,
+                target,
+                from_prefix=from_prefix,
+                to_prefix=settings.stream_prefix,
+                with_cache=with_cache,
+            )
+    finally:
+        await close_client(source)
+        await close_client(target)

@@ -24,7 +24,7 @@ from app.adapters.redis.cache import RedisEmbeddingCache
 from app.adapters.redis.doc_status import RedisDocStatus
 from app.adapters.redis.replay_jobs import RedisReplayJobs
 from app.adapters.redis.streams import RedisEventLog
-from app.bootstrap.event_log import check_data_dir, check_redis_url
+from app.bootstrap.event_log import check_data_dir, check_redis_url, redis_target
 from app.domain.events import Streams
 from app.errors import SettingsError
 from app.index_lock import IndexOwnership
@@ -120,7 +120,7 @@ def consumer_name() -> str:
 def build_index_side(settings: Settings, role: str) -> IndexSide:
     """Embedder, index (claimed for this process), Redis adapters and the projector.
     Blocking (loads the model, opens the shard): run it off the event loop."""
-    if not settings.redis_url:
+    if not settings.redis_url and not settings.redis_sentinels:
         raise SettingsError(
             "REDIS_URL is empty: resolve it first (app.bootstrap.resolve_event_log)"
         )
@@ -180,17 +180,17 @@ def _open_index_side(
     index = ActiveIndex(catalog)
     # Constructing the Redis clients connects nothing; they cannot fail on an outage.
     status = RedisDocStatus(
-        settings.redis_url, prefix=settings.stream_prefix, pool_size=settings.redis_pool_size
+        redis_target(settings), prefix=settings.stream_prefix, pool_size=settings.redis_pool_size
     )
     closing.push_async_callback(status.close)
     cache = RedisEmbeddingCache(
-        settings.redis_url,
+        redis_target(settings),
         prefix=settings.stream_prefix,
         ttl_seconds=settings.cache_ttl_seconds,
         pool_size=settings.redis_pool_size,
     )
     closing.push_async_callback(cache.close)
-    event_log = RedisEventLog(settings.redis_url, pool_size=settings.redis_pool_size)
+    event_log = RedisEventLog(redis_target(settings), pool_size=settings.redis_pool_size)
     closing.push_async_callback(event_log.close)
     indexer = Indexer(embedder, index)
     projector = Projector(
@@ -225,7 +225,7 @@ def _open_index_side(
         projector=projector,
         replays=ReplayJobs(
             lambda: index_side.replay(),
-            store=RedisReplayJobs(settings.redis_url, prefix=settings.stream_prefix),
+            store=RedisReplayJobs(redis_target(settings), prefix=settings.stream_prefix),
         ),
         replay_config=ReplayConfig(batch=settings.replay_batch),
         closing=closing,

@@ -15,7 +15,7 @@ from app.adapters.redis.rate_limit import RedisRateLimiter
 from app.adapters.redis.streams import RedisEventLog
 from app.api.access import Access
 from app.api.keys import KeyRing
-from app.bootstrap.event_log import check_redis_url
+from app.bootstrap.event_log import check_redis_url, redis_target
 from app.bootstrap.index_side import IndexSide, build_index_side, index_id
 from app.domain.events import Streams
 from app.domain.records import DEFAULT_TENANT, ChunkingParams
@@ -92,7 +92,9 @@ def build_access(settings: Settings) -> Access:
     return Access(
         keys,
         RedisRateLimiter(
-            settings.redis_url, prefix=settings.stream_prefix, pool_size=settings.redis_pool_size
+            redis_target(settings),
+            prefix=settings.stream_prefix,
+            pool_size=settings.redis_pool_size,
         ),
         rate_per_second=settings.rate_limit_per_second,
         burst=settings.rate_limit_burst,
@@ -161,7 +163,7 @@ def _dead_letters(
     return DeadLetters(
         event_log,
         RedisDeadLetters(
-            settings.redis_url,
+            redis_target(settings),
             prefix=settings.stream_prefix,
             pool_size=min(4, settings.redis_pool_size),
         ),
@@ -176,9 +178,9 @@ async def open_dead_letters(settings: Settings) -> AsyncIterator[DeadLetters]:
     """Dead letters on their own, for `rag-pipeline dead-letters`: no model loaded, no index
     opened; `settings.redis_url` resolved (`resolve_event_log`)."""
     async with contextlib.AsyncExitStack() as closing:
-        event_log = RedisEventLog(settings.redis_url, pool_size=2)
+        event_log = RedisEventLog(redis_target(settings), pool_size=2)
         closing.push_async_callback(event_log.close)
-        status = RedisDocStatus(settings.redis_url, prefix=settings.stream_prefix, pool_size=2)
+        status = RedisDocStatus(redis_target(settings), prefix=settings.stream_prefix, pool_size=2)
         closing.push_async_callback(status.close)
         service = _dead_letters(settings, event_log, status, index_id(settings))
         closing.push_async_callback(service.store.close)

@@ -116,7 +116,10 @@ class RetrievalRecorder:
         while self._buffer:
             batch = self._buffer[: self.batch]
             try:
-                ids = await self.event_log.append_many(self.stream, batch)
+                # Not replicated: a shortfall would have this batch, already on the
+                # primary, appended again on retry; a retrieval record lost in a failover
+                # costs a quality report one sample, a duplicate skews it.
+                ids = await self.event_log.append_many(self.stream, batch, replicated=False)
             except RagError as exc:
                 log.warning(
                     "retrieval events not recorded yet (%d buffered): %s", len(self._buffer), exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.errors import SettingsError
-from app.settings import ENV_NAMES, Settings, settings_table
+from app.settings import ENV_NAMES, Settings, hash_tag, parse_sentinels, settings_table
 from tests.conftest import ROOT
 
 
@@ -148,6 +148,23 @@ def test_empty_values_mean_unset() -> None:
         ({"QDRANT_TIMEOUT_SECONDS": "0.5"}, "QDRANT_TIMEOUT_SECONDS"),
         ({"QDRANT_PREFER_GRPC": "perhaps"}, "QDRANT_PREFER_GRPC"),
         ({"QDRANT_COLLECTION_PREFIX": "rag/"}, "QDRANT_COLLECTION_PREFIX"),
+        ({"REDIS_SENTINELS": "sentinel-0", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
+        ({"REDIS_SENTINELS": "s:70000", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
+        ({"REDIS_SENTINELS": "s:26379"}, "REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
+        ({"REDIS_CLUSTER": "true"}, "REDIS_URL"),
+        ({"REDIS_CLUSTER": "true", "REDIS_URL": "redis://h:7000"}, "RAG_STREAM_PREFIX"),
+        (
+            {"REDIS_CLUSTER": "true", "REDIS_URL": "redis://h", "RAG_STREAM_PREFIX": "{}:"},
+            "RAG_STREAM_PREFIX",
+        ),
+        (
+            {"REDIS_CLUSTER": "true", "REDIS_SENTINELS": "s:1", "REDIS_SENTINEL_MASTER": "m"},
+            "REDIS_CLUSTER",
+        ),
+        ({"RAG_REDIS_MIN_REPLICAS": "1"}, "RAG_REDIS_MIN_REPLICAS"),
+        ({"RAG_REDIS_MIN_REPLICAS": "-1", "REDIS_URL": "redis://h"}, "RAG_REDIS_MIN_REPLICAS"),
+        ({"RAG_REDIS_REPLICA_TIMEOUT_MS": "0"}, "RAG_REDIS_REPLICA_TIMEOUT_MS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
@@ -244,3 +261,27 @@ def test_repr_hides_secrets_and_url_passwords() -> None:
     assert "hunter2" not in shown and "redis://user:***@redis:6379/0" in shown
     assert "http://qdrant:6333" in shown and "openai_api_key='***'" in shown
     assert "openai_api_key=''" in repr(Settings.from_env({}))
+
+
+def test_redis_topologies_that_are_accepted() -> None:
+    sentinel = Settings.from_env(
+        {
+            "REDIS_SENTINELS": "sentinel-0:26379, [::1]:26380",
+            "REDIS_SENTINEL_MASTER": "rag-primary",
+            "RAG_REDIS_MIN_REPLICAS": "1",
+        }
+    )
+    assert parse_sentinels(sentinel.redis_sentinels) == [("sentinel-0", 26379), ("::1", 26380)]
+    cluster = Settings.from_env(
+        {"REDIS_CLUSTER": "true", "REDIS_URL": "redis://h:7000", "RAG_STREAM_PREFIX": "{rag}:"}
+    )
+    assert hash_tag(cluster.stream_prefix) == "rag"
+    # Redis hashes the text between the first { and the next }: these have no usable tag.
+    assert [hash_tag(p) for p in ("rag:", "{}rag:", "rag{:", "a}{b}:")] == [None, None, None, "b"]
+
+
+def test_the_sentinel_password_is_never_shown() -> None:
+    settings = Settings.from_env(
+        {"REDIS_SENTINELS": "s:1", "REDIS_SENTINEL_MASTER": "m", "REDIS_SENTINEL_PASSWORD": "pw"}
+    )
+    assert "pw" not in repr(settings)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import msgspec
 from redis.exceptions import RedisError
 
-from app.adapters.redis.client import fast_client
+from app.adapters.redis.client import RedisTarget, close_client, fast_client
 from app.ports import CachedEmbedding, CacheStats
 from app.telemetry import metrics
 from app.telemetry.schema import (
@@ -38,7 +38,7 @@ class RedisEmbeddingCache:
 
     def __init__(
         self,
-        url: str,
+        target: RedisTarget | str,
         *,
         prefix: str = "rag:",
         ttl_seconds: int = 7 * 86400,
@@ -49,7 +49,7 @@ class RedisEmbeddingCache:
         self._prefix = prefix
         self._ttl = ttl_seconds
         self._backoff = backoff_seconds
-        self._redis = fast_client(url, pool_size=pool_size, timeout=timeout)
+        self._redis = fast_client(target, pool_size=pool_size, timeout=timeout)
         self._skip_until = 0.0
         self._hits = self._misses = self._writes = self._errors = 0
 
@@ -111,7 +111,7 @@ class RedisEmbeddingCache:
         )
 
     async def close(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)
+        await close_client(self._redis)
 
     def _decode(self, value: bytes | str | None) -> CachedEmbedding | None:
         if value is None or isinstance(value, str):

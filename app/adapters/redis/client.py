@@ -1,12 +1,23 @@
-"""How this service talks to Redis: one client factory, one translation of redis-py errors."""
+"""How this service talks to Redis: which topology, one client factory, one translation of errors.
+
+A `RedisTarget` names one server (`REDIS_URL`), the primary a set of Sentinels currently names,
+or a Redis Cluster; every adapter gets its clients from `redis_client`, so each finds a new
+primary after a failover by itself.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
 
+import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ConstantBackoff, NoBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -21,7 +32,7 @@ from app.errors import DependencyUnavailable, EventLogError, NotFound
 RETRY_AFTER_SECONDS = 1.0
 
 # Server errors that mean "not now" rather than "never": loading the AOF after a restart,
-# out of memory, a replica that cannot take writes, a failover in progress.
+# out of memory, a replica that cannot take writes, a failover in progress, a slot moving.
 TRANSIENT = {
     "LOADING",
     "BUSY",
@@ -32,7 +43,43 @@ TRANSIENT = {
     "TRYAGAIN",
     "CLUSTERDOWN",
     "NOREPLICAS",
+    "MOVED",
+    "ASK",
 }
+
+# Either client speaks every command this service sends; a cluster routes each by its key.
+RedisClient = Redis | RedisCluster
+
+
+class RedisTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """Which Redis the service talks to, and how many replicas must confirm a write.
+
+    `url` alone: one server. With `sentinels` and `sentinel_master`: whichever server the
+    Sentinels name primary now; `url` then carries only the database, user and password.
+    With `cluster`: `url` is one node of a Redis Cluster and the rest are discovered.
+    """
+
+    url: str = ""
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str = ""
+    sentinel_password: str = ""
+    cluster: bool = False
+    min_replicas: int = 0
+    replica_timeout_ms: int = 1000
+
+    @classmethod
+    def of(cls, target: RedisTarget | str) -> RedisTarget:
+        """A target as given, or a URL meaning one server."""
+        return target if isinstance(target, RedisTarget) else cls(url=target)
+
+    def describe(self) -> str:
+        """Where this points, for logs and errors; never a password."""
+        if self.sentinels:
+            nodes = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"Sentinel service {self.sentinel_master!r} via {nodes}"
+        parts = urlsplit(self.url)
+        where = f"{parts.hostname or parts.path}:{parts.port or 6379}"
+        return f"Redis Cluster via {where}" if self.cluster else f"Redis at {where}"
 
 
 def as_text(value: bytes | str) -> str:
@@ -40,43 +87,108 @@ def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def durable_client(
-    url: str, *, pool_size: int, socket_timeout: float, connect_timeout: float
-) -> Redis:
-    """For the event log and the document status: writes that must land or fail loudly.
-
-    RESP2 is pinned because reply shapes differ between protocols and redis-py versions pick
-    different defaults; every Redis >= 2 and every Valkey speaks it. One quick retry covers a
-    pooled connection the server closed (e.g. after a restart); more would only delay the 503.
-    A blocking pool makes a burst wait for a free connection instead of failing.
-    """
+def redis_client(
+    target: RedisTarget,
+    *,
+    pool_size: int,
+    socket_timeout: float,
+    connect_timeout: float,
+    retry: Retry,
+    blocking: bool = True,
+) -> RedisClient:
+    """A client of `target` with these limits. RESP2 is pinned because reply shapes differ
+    between protocols and redis-py versions pick different defaults; every Redis >= 2 and
+    every Valkey speaks it. A blocking pool makes a burst wait for a free connection instead
+    of failing (a cluster's per-node pools cannot block: they fail fast instead)."""
+    common: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "protocol": 2,
+        "retry": retry,
+    }
+    if target.cluster:
+        return RedisCluster.from_url(target.url, max_connections=pool_size, **common)
+    if target.sentinels:
+        return _sentinel_primary(target, pool_size=pool_size, common=common)
+    if not blocking:
+        return Redis.from_url(target.url, single_connection_client=True, **common)
     return Redis(
         connection_pool=BlockingConnectionPool.from_url(
-            url,
+            target.url,
             max_connections=pool_size,
             timeout=connect_timeout + socket_timeout,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            protocol=2,
-            retry=Retry(ConstantBackoff(0.05), retries=1),
+            **common,
         )
     )
 
 
-def fast_client(url: str, *, pool_size: int, timeout: float) -> Redis:
+def _sentinel_primary(target: RedisTarget, *, pool_size: int, common: dict[str, Any]) -> Redis:
+    """A client whose every new connection asks the Sentinels for the primary first, and that
+    drops its connections when the primary it reached turns out demoted (READONLY)."""
+    data: dict[str, Any] = {}
+    if target.url:
+        parsed = parse_url(target.url)
+        data = {key: parsed[key] for key in ("db", "username", "password") if key in parsed}
+        if urlsplit(target.url).scheme == "rediss":
+            data["ssl"] = True
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": common["socket_connect_timeout"],
+        "socket_connect_timeout": common["socket_connect_timeout"],
+        "protocol": 2,
+    }
+    if target.sentinel_password:
+        sentinel_kwargs["password"] = target.sentinel_password
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs, **common, **data)
+    client: Redis = sentinel.master_for(
+        target.sentinel_master,
+        connection_pool_class=BlockingSentinelPool,
+        max_connections=pool_size,
+        timeout=common["socket_connect_timeout"] + common["socket_timeout"],
+    )
+    return client
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's pool (connections to whichever server is primary now) with the blocking
+    pool's waiting: a burst waits for a free connection, as on one server, instead of
+    failing with "Too many connections"."""
+
+
+def durable_client(
+    target: RedisTarget | str, *, pool_size: int, socket_timeout: float, connect_timeout: float
+) -> RedisClient:
+    """For the event log and the document status: writes that must land or fail loudly.
+
+    One quick retry covers a pooled connection the server closed (e.g. after a restart or a
+    failover); more would only delay the 503.
+    """
+    return redis_client(
+        RedisTarget.of(target),
+        pool_size=pool_size,
+        socket_timeout=socket_timeout,
+        connect_timeout=connect_timeout,
+        retry=Retry(ConstantBackoff(0.05), retries=1),
+    )
+
+
+def fast_client(target: RedisTarget | str, *, pool_size: int, timeout: float) -> RedisClient:
     """For best-effort helpers (embedding cache, rate limiter): short timeouts and no retries,
     so a slow Redis costs a request less than doing without it."""
-    return Redis(
-        connection_pool=BlockingConnectionPool.from_url(
-            url,
-            max_connections=pool_size,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            protocol=2,
-            retry=Retry(NoBackoff(), retries=0),
-        )
+    return redis_client(
+        RedisTarget.of(target),
+        pool_size=pool_size,
+        socket_timeout=timeout,
+        connect_timeout=timeout,
+        retry=Retry(NoBackoff(), retries=0),
     )
+
+
+async def close_client(client: RedisClient) -> None:
+    """Close a client made here and every connection of its pool."""
+    if isinstance(client, RedisCluster):
+        await client.aclose()
+    else:
+        await client.aclose(close_connection_pool=True)
 
 
 class DurableStore:
@@ -85,7 +197,7 @@ class DurableStore:
 
     def __init__(
         self,
-        url: str,
+        target: RedisTarget | str,
         *,
         prefix: str = "rag:",
         pool_size: int = 16,
@@ -93,15 +205,16 @@ class DurableStore:
         connect_timeout: float = 2.0,
     ) -> None:
         self._prefix = prefix
+        self._target = RedisTarget.of(target)
         self._redis = durable_client(
-            url,
+            self._target,
             pool_size=pool_size,
             socket_timeout=socket_timeout,
             connect_timeout=connect_timeout,
         )
 
     async def close(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)
+        await close_client(self._redis)
 
 
 @contextmanager

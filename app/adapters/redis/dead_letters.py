@@ -17,14 +17,13 @@ The status hashes' names come from app/adapters/redis/doc_status.py, not repeate
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from typing import Any
 
 import msgspec
-from redis.commands.core import AsyncScript
 
 from app.adapters.redis.client import DurableStore, as_text, translated
 from app.adapters.redis.doc_status import applied_key, written_key
+from app.adapters.redis.replication import run_replicated
 from app.adapters.redis.streams import EVENT_FIELD, EVENT_LOG, entries_of
 from app.domain.events import Entry
 from app.errors import EventLogError
@@ -128,10 +127,6 @@ return {'requeued', id}
 class RedisDeadLetters(DurableStore):
     """The dead-letter operations on one Redis, whose status hashes are under `prefix`."""
 
-    @cached_property
-    def _requeue(self) -> AsyncScript:
-        return self._redis.register_script(_REQUEUE)
-
     @client_span(REDIS_READ, "redis", "XREVRANGE")
     async def newest_first(self, stream: str, *, end: str = "+", count: int) -> list[Entry]:
         with translated(EVENT_LOG, f"XREVRANGE {stream}"):
@@ -167,7 +162,8 @@ class RedisDeadLetters(DurableStore):
             EVENT_FIELD,
         ]
         with translated(EVENT_LOG, f"requeue {command.letter_id} to {command.stream}"):
-            reply = await self._requeue(keys=keys, args=args)
+            # The requeued event is a document event like any other: replicas confirm it.
+            reply = await run_replicated(self._redis, self._target, _REQUEUE, keys, args)
         outcome = as_text(reply[0])
         if outcome == "requeued":
             metrics.events_appended(command.stream, 1)

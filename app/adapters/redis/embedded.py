@@ -363,9 +363,10 @@ async def supervise(server: EmbeddedRedis, *, every: float = 0.5) -> None:
 
 
 def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
-    """`REDIS_URL` if set; else the embedded server on `RAG_DATA_DIR` (found or started),
-    which the caller stops on exit (a no-op unless this process owns it). Blocking."""
-    if settings.redis_url:
+    """`REDIS_URL` if set (or Sentinels are: the URL then only carries credentials); else
+    the embedded server on `RAG_DATA_DIR` (found or started), which the caller stops on exit
+    (a no-op unless this process owns it). Blocking."""
+    if settings.redis_url or settings.redis_sentinels:
         return settings.redis_url, None
     embedded = EmbeddedRedis(settings.data_path)
     return embedded.start(), embedded

@@ -19,7 +19,7 @@ import time
 
 from redis.exceptions import RedisError
 
-from app.adapters.redis.client import fast_client
+from app.adapters.redis.client import RedisTarget, close_client, fast_client
 from app.ports import RateDecision
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class RedisRateLimiter:
 
     def __init__(
         self,
-        url: str,
+        target: RedisTarget | str,
         *,
         prefix: str = "rag:",
         pool_size: int = 16,
@@ -69,7 +69,7 @@ class RedisRateLimiter:
     ) -> None:
         self._prefix = prefix
         # Short timeouts and no retries: the limiter must never be what makes a request slow.
-        self._redis = fast_client(url, pool_size=pool_size, timeout=timeout)
+        self._redis = fast_client(target, pool_size=pool_size, timeout=timeout)
         self._script = self._redis.register_script(_TOKEN_BUCKET)
         self._warn_every = warn_every_seconds
         self._warned = -math.inf
@@ -109,4 +109,4 @@ class RedisRateLimiter:
         )
 
     async def close(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)
+        await close_client(self._redis)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
-from app.adapters.redis.client import durable_client, translated
+from app.adapters.redis.client import RedisTarget, durable_client, translated
 from app.services.replay_jobs import StoredReplayJob
 
 JOB_STORE = "replay job store"  # how errors name this store
@@ -15,10 +15,12 @@ _TTL_SECONDS = 7 * 24 * 3600
 class RedisReplayJobs:
     """Replay job records; see app/services/replay_jobs.py ReplayJobs for when they are written."""
 
-    def __init__(self, url: str, *, prefix: str = "rag:", pool_size: int = 2) -> None:
+    def __init__(
+        self, target: RedisTarget | str, *, prefix: str = "rag:", pool_size: int = 2
+    ) -> None:
         self._prefix = prefix
         self._redis = durable_client(
-            url, pool_size=pool_size, socket_timeout=5.0, connect_timeout=2.0
+            target, pool_size=pool_size, socket_timeout=5.0, connect_timeout=2.0
         )
 
     def key(self, job_id: str) -> str:

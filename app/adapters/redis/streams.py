@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
 from redis.exceptions import (
@@ -16,7 +15,16 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from app.adapters.redis.client import as_text, durable_client, translated
+from app.adapters.redis.client import (
+    RedisClient,
+    RedisTarget,
+    as_text,
+    close_client,
+    durable_client,
+    redis_client,
+    translated,
+)
+from app.adapters.redis.replication import run_replicated
 from app.domain.events import ConsumerInfo, Entry, Event, GroupInfo, decode_event, encode_event
 from app.errors import DependencyUnavailable, EventDecodeError, EventLogError
 from app.telemetry import metrics
@@ -90,49 +98,65 @@ return 0
 """
 
 
+# A request's events, appended as one atomic script so that a WAIT can follow on the same
+# connection (app/adapters/redis/replication.py). ARGV: the field name, then the events.
+_APPEND = """
+local ids = {}
+for i = 2, #ARGV do
+  ids[i - 1] = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[i])
+end
+return ids
+"""
+
+
 class RedisEventLog:
-    """EventLog over one Redis: a bounded pool for ordinary commands, and one dedicated
-    connection per consumer for blocking reads."""
+    """EventLog over one Redis topology: a bounded pool for ordinary commands, and one
+    dedicated connection per consumer for blocking reads."""
 
     def __init__(
         self,
-        url: str,
+        target: RedisTarget | str,
         *,
         pool_size: int = 16,
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
     ) -> None:
-        self._url = url
+        self._target = RedisTarget.of(target)
         self._socket_timeout = socket_timeout
         self._connect_timeout = connect_timeout
-        # A retried XADD whose first attempt did reach the server is appended twice:
+        # A retried append whose first attempt did reach the server is appended twice:
         # harmless, since every consumer is idempotent.
         self._redis = durable_client(
-            url,
+            self._target,
             pool_size=pool_size,
             socket_timeout=socket_timeout,
             connect_timeout=connect_timeout,
         )
         # consumer -> (client, the socket timeout it was made with)
-        self._readers: dict[str, tuple[Redis, float]] = {}
+        self._readers: dict[str, tuple[RedisClient, float]] = {}
 
     @client_span(REDIS_APPEND, "redis", "XADD")
-    async def append(self, stream: str, event: Event) -> str:
-        with translated(EVENT_LOG, f"XADD {stream}"):
-            entry_id = await self._redis.xadd(stream, {EVENT_FIELD: encode_event(event)})
-        metrics.events_appended(stream, 1)
-        return as_text(entry_id)
+    async def append(self, stream: str, event: Event, *, replicated: bool = True) -> str:
+        (entry_id,) = await self.append_many(stream, [event], replicated=replicated)
+        return entry_id
 
-    @client_span(REDIS_APPEND, "redis", "MULTI XADD")
-    async def append_many(self, stream: str, events: Sequence[Event]) -> list[str]:
+    @client_span(REDIS_APPEND, "redis", "EVAL XADD")
+    async def append_many(
+        self, stream: str, events: Sequence[Event], *, replicated: bool = True
+    ) -> list[str]:
         if not events:
             return []
-        # MULTI/EXEC: a request's events are all acknowledged or none are, in one round trip.
+        # One script: a request's events are all appended or none, in one round trip (and a
+        # WAIT on the same connection when replicas must confirm them).
         with translated(EVENT_LOG, f"XADD {stream} x{len(events)}"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for event in events:
-                    pipe.xadd(stream, {EVENT_FIELD: encode_event(event)})
-                ids = await pipe.execute()
+            ids = await run_replicated(
+                self._redis,
+                self._target,
+                _APPEND,
+                [stream],
+                [EVENT_FIELD, *(encode_event(event) for event in events)],
+                replicated=replicated,
+            )
         metrics.events_appended(stream, len(ids))
         return [as_text(entry_id) for entry_id in ids]
 
@@ -159,7 +183,7 @@ class RedisEventLog:
             )
         return _read_reply(reply)
 
-    async def _reader(self, consumer: str, block_ms: int) -> Redis:
+    async def _reader(self, consumer: str, block_ms: int) -> RedisClient:
         """The consumer's own connection, with a socket timeout longer than the BLOCK.
 
         A blocking read parks its connection on the server for up to block_ms: taken from
@@ -172,15 +196,15 @@ class RedisEventLog:
             return current[0]
         if current is not None:
             await current[0].aclose()
-        client = Redis.from_url(
-            self._url,
-            single_connection_client=True,
+        client = redis_client(
+            self._target,
+            pool_size=1,
             socket_timeout=timeout,
-            socket_connect_timeout=self._connect_timeout,
-            protocol=2,
+            connect_timeout=self._connect_timeout,
             # Never re-issue a read that timed out: the server may have delivered entries
             # to the lost connection (they stay pending and come back via read_pending).
             retry=Retry(ConstantBackoff(0.05), retries=1, supported_errors=(ConnectionError,)),
+            blocking=False,
         )
         self._readers[consumer] = (client, timeout)
         return client
@@ -347,4 +371,4 @@ class RedisEventLog:
         readers = [client for client, _ in self._readers.values()]
         self._readers.clear()
         await asyncio.gather(*(client.aclose() for client in readers), return_exceptions=True)
-        await self._redis.aclose(close_connection_pool=True)
+        await close_client(self._redis)
