@@ -1,0 +1,1 @@
+"""Real Redis topologies for tests: a primary with replicas under Sentinels, and a Cluster."""
