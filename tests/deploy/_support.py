@@ -26,12 +26,21 @@ TARGETS: dict[str, Path] = {
     "argocd": KUSTOMIZE / "argocd",
 }
 OVERLAYS = ("dev", "prod")
+# Kustomize Components: not buildable alone, so rendered on the base and in prod's place by
+# tests/deploy/test_components.py.
+COMPONENTS: dict[str, Path] = {
+    "redis-sentinel": KUSTOMIZE / "components" / "redis-sentinel",
+    "redis-cluster": KUSTOMIZE / "components" / "redis-cluster",
+}
 NAMESPACES = {"dev": "rag-dev", "prod": "rag-prod"}
 
 API = "rag-pipeline"
 WORKER = "rag-pipeline-worker"
 SETTINGS_CONFIGMAP = "rag-pipeline-settings"
 SECRET = "rag-pipeline-secrets"
+# What the Secret would give the pods, to validate rendered settings as the pods will see them
+# (Settings.from_env wants REDIS_URL with REDIS_CLUSTER=true). Never connected to.
+FAKE_SECRET = {"REDIS_URL": "redis://:fixture-password@redis.example.internal:6379/0"}
 
 Doc = dict[str, Any]
 
@@ -87,6 +96,59 @@ def render(kubectl: str, target: Path) -> tuple[list[Doc], str]:
     if proc.returncode != 0:
         raise AssertionError(f"kubectl kustomize {target} failed:\n{proc.stderr}")
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc], proc.stderr
+
+
+def render_overlay(kubectl: str, directory: Path, kustomization: Doc) -> tuple[list[Doc], str]:
+    """Write `kustomization` (a Kustomization's fields) into `directory`, a temporary one
+    outside the repository, and render it. Entries of `resources` and `components` given as
+    absolute paths are written relative to `directory`: kustomize refuses absolute ones, but
+    a directory it loads may lie anywhere (only files must be under the kustomization's root)."""
+    fields = dict(kustomization)
+    for key in ("resources", "components"):
+        if key in fields:
+            fields[key] = [
+                os.path.relpath(entry, directory) if Path(entry).is_absolute() else str(entry)
+                for entry in fields[key]
+            ]
+    header = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(header | fields))
+    return render(kubectl, directory)
+
+
+def settings_env_files(kustomization_dir: Path) -> list[Path]:
+    """The env files the kustomization (or component) in `kustomization_dir` feeds into the
+    settings ConfigMap's generator, in order."""
+    kustomization = load_yaml(kustomization_dir / "kustomization.yaml")
+    return [
+        kustomization_dir / env
+        for generator in kustomization.get("configMapGenerator", [])
+        if generator["name"] == SETTINGS_CONFIGMAP
+        for env in generator.get("envs", [])
+    ]
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """An env file as kustomize reads it: KEY=value lines, comments and blank lines skipped."""
+    pairs = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value
+    return pairs
+
+
+def settings_of(kustomization_dir: Path) -> dict[str, str]:
+    """Every setting the files of `kustomization_dir` give the settings ConfigMap."""
+    merged: dict[str, str] = {}
+    for path in settings_env_files(kustomization_dir):
+        merged |= env_file(path)
+    return merged
+
+
+def components_of(kustomization_dir: Path) -> list[Path]:
+    """The components a kustomization lists, as resolved directories, in order."""
+    kustomization = load_yaml(kustomization_dir / "kustomization.yaml")
+    return [(kustomization_dir / c).resolve() for c in kustomization.get("components", [])]
 
 
 def find(docs: list[Doc], kind: str, name: str | None = None) -> list[Doc]:
@@ -158,6 +220,43 @@ def label_match(selector: Doc, labels: dict[str, str]) -> bool:
 
 def pod_labels(doc: Doc) -> dict[str, str]:
     return doc["spec"]["template"]["metadata"].get("labels", {})  # type: ignore[no-any-return]
+
+
+def allows(
+    rules: list[Doc], port: int, protocol: str = "TCP", named: dict[str, int] | None = None
+) -> bool:
+    """Whether NetworkPolicy rules (ingress or egress) admit `port`/`protocol`."""
+    for rule in rules:
+        for entry in rule.get("ports") or [{}]:  # no ports: every port
+            if entry.get("protocol", "TCP") != protocol:
+                continue
+            value = entry.get("port")
+            if isinstance(value, str):
+                value = (named or {}).get(value)
+            end = entry.get("endPort", value)
+            if value is None or value <= port <= end:
+                return True
+    return False
+
+
+def policies_for(docs: list[Doc], labels: dict[str, str]) -> list[Doc]:
+    """The NetworkPolicies selecting pods with these labels."""
+    return [
+        p
+        for p in find(docs, "NetworkPolicy")
+        if label_match(p["spec"]["podSelector"] or {"matchLabels": {}}, labels)
+    ]
+
+
+def egress_of(docs: list[Doc], deployment: str) -> list[Doc]:
+    """Every egress rule that applies to the pods of `deployment`."""
+    labels = pod_labels(one(docs, "Deployment", deployment))
+    return [
+        rule
+        for policy in policies_for(docs, labels)
+        if "Egress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"].get("egress", [])
+    ]
 
 
 def sync_wave(doc: Doc) -> int:

@@ -1,8 +1,12 @@
 """Every Deployment of each overlay starts: its rendered command, environment and volumes,
-run here as a local process, answer its probes within 60 s and stop cleanly on SIGTERM."""
+run here as a local process, answer its probes within 60 s and stop cleanly on SIGTERM.
+
+dev runs on one Redis (the machine's); prod, whose settings name Sentinels, on a real primary,
+replica and three Sentinels (tests/topology)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -23,7 +27,19 @@ from app.adapters.redis.embedded import EmbeddedRedis
 from app.api.keys import KeyEntry, KeysFile, digest, new_key
 from app.settings import Settings
 from tests.deploy import _pods
-from tests.deploy._support import API, NAMESPACES, OVERLAYS, SECRET, WORKER, Doc, find
+from tests.deploy._support import (
+    API,
+    NAMESPACES,
+    OVERLAYS,
+    SECRET,
+    SETTINGS_CONFIGMAP,
+    WORKER,
+    Doc,
+    configmap,
+    find,
+    require_tool,
+)
+from tests.topology.redis_servers import SentinelSetup, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +49,9 @@ READY_WITHIN_SECONDS = 60.0
 API_KEYS_SECRET = "rag-pipeline-api-keys"
 # The fixture's admin key, made the way `rag-pipeline keys new` makes one.
 ADMIN_KEY = new_key()
+# The Secret's REDIS_URL with Sentinels: only the data nodes' database (and user and password,
+# which the test's nodes do not have) counts; its host is ignored.
+SENTINEL_REDIS_URL = "redis://127.0.0.1/0"
 
 
 def _free_port() -> int:
@@ -53,6 +72,26 @@ def event_log_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def sentinel_redis(
+    rendered: dict[str, list[Doc]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SentinelSetup]:
+    """A primary, one replica in sync and three Sentinels monitoring it under the service name
+    the overlays' settings give (REDIS_SENTINEL_MASTER, kept as rendered)."""
+    for tool in ("redis-server", "redis-cli"):
+        require_tool(tool, "Redis >= 7 (Debian's redis-server): prod runs against Sentinels")
+    names = {
+        configmap(rendered[overlay], SETTINGS_CONFIGMAP)["data"]["REDIS_SENTINEL_MASTER"]
+        for overlay in OVERLAYS
+    } - {""}
+    assert len(names) == 1, f"one Sentinel setup serves one service name, not {names}"
+    (name,) = names
+    with SentinelSetup(
+        tmp_path_factory.mktemp("redis-sentinel"), replicas=1, sentinels=3, master_name=name
+    ) as setup:
+        yield setup
 
 
 @pytest.fixture()
@@ -110,6 +149,7 @@ def _launch(
     secrets: dict[str, dict[str, str]],
     root: Path,
     prefix: str,
+    redis_env: dict[str, str],
 ) -> list[Started]:
     spec = deployment["spec"]["template"]["spec"]
     name = deployment["metadata"]["name"]
@@ -142,6 +182,7 @@ def _launch(
         assert env.get("REDIS_URL") == secrets[SECRET]["REDIS_URL"], (
             f"{where}: REDIS_URL not from the Secret"
         )
+        assert bool(settings.redis_sentinels) is ("REDIS_SENTINELS" in redis_env), where
         port = _free_port()
         env |= {
             # Here, not the pod's IP; a free port, so overlays and runs never collide.
@@ -151,6 +192,8 @@ def _launch(
             "QDRANT_URL": ":memory:",
             # The overlay's Deployments share it, as they share a namespace's Redis.
             "RAG_STREAM_PREFIX": prefix,
+            # With Sentinels, the test's (the rendered value was validated above).
+            **redis_env,
         }
         if settings.otel_exporter_otlp_endpoint:
             # The overlay's exporter, pointed at a port where no collector listens.
@@ -253,14 +296,38 @@ def _kill(run: Started) -> None:
             run.proc.wait()
 
 
-def _drop_keys(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
+def _keys(client: redis.Redis, prefix: str) -> set[str]:
+    return {k.decode() if isinstance(k, bytes) else k for k in client.scan_iter(f"{prefix}*")}
+
+
+def _drop_keys(client: redis.Redis, prefix: str) -> None:
+    """Delete the run's keys (on a Sentinel setup, its primary: replicas follow)."""
     try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        keys = list(_keys(client, prefix))
         if keys:
             client.delete(*keys)
     finally:
         client.close()
+
+
+def _check_on_sentinel_primary(setup: SentinelSetup, prefix: str) -> None:
+    """The processes wrote to the primary the Sentinels name, and its replica has the keys;
+    not to the host in the Secret's REDIS_URL."""
+    primary = setup.primary()
+    with primary.client() as conn:
+        written = _keys(conn, prefix)
+    assert written, f"nothing under {prefix} on the Sentinels' primary {primary.address}"
+    for port in setup.replica_ports():
+        with setup.node(port).client() as conn:
+            wait_until(
+                f"replica {port} to have the keys", lambda: _keys(conn, prefix) >= written, 5
+            )
+    # Nothing listening there (a ConnectionError) means nothing can have gone there either.
+    with (
+        redis.Redis.from_url(SENTINEL_REDIS_URL, socket_connect_timeout=1) as conn,
+        contextlib.suppress(redis.ConnectionError),
+    ):
+        assert not _keys(conn, prefix), f"keys on {SENTINEL_REDIS_URL}, whose host is ignored"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -270,12 +337,25 @@ def test_every_deployment_starts_and_stops_cleanly(
     secrets: dict[str, dict[str, str]],
     event_log_url: str,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Each Deployment running the rag-pipeline image, all at once as in the namespace: the
     container's command and args, the image's ENV overridden by `envFrom` and `env` (rendered
     ConfigMaps, fixture Secrets), volumes as directories here; REDIS_URL (the Secret) is the
-    test's Redis, QDRANT_URL is `:memory:`, the OTLP endpoint a closed local port."""
+    test's Redis, or with Sentinels the test's Sentinels name the primary; QDRANT_URL is
+    `:memory:`, the OTLP endpoint a closed local port."""
     docs = rendered[overlay]
+    setup: SentinelSetup | None = None
+    redis_env: dict[str, str] = {}
+    if configmap(docs, SETTINGS_CONFIGMAP)["data"]["REDIS_SENTINELS"]:
+        # The overlay's Sentinels are placeholder hosts (example.internal): the setting's form
+        # is what is tested (Settings.from_env parses the rendered value in _launch), and its
+        # value is pointed at real Sentinels here, as QDRANT_URL is pointed at :memory:. The
+        # service name and RAG_REDIS_MIN_REPLICAS (1: a replica confirms every write) stay as
+        # rendered, so the pods run against a replicated, Sentinel-managed Redis.
+        setup = request.getfixturevalue("sentinel_redis")
+        secrets[SECRET]["REDIS_URL"] = SENTINEL_REDIS_URL
+        redis_env = {"REDIS_SENTINELS": setup.sentinel_addresses}
     deployments = find(docs, "Deployment")
     ours = [d for d in deployments if _runs_our_image(d)]
     others = {d["metadata"]["name"] for d in deployments} - {d["metadata"]["name"] for d in ours}
@@ -285,14 +365,19 @@ def test_every_deployment_starts_and_stops_cleanly(
     runs: list[Started] = []
     try:
         for deployment in ours:
-            runs += _launch(overlay, deployment, docs, secrets, tmp_path, prefix)
+            runs += _launch(overlay, deployment, docs, secrets, tmp_path, prefix, redis_env)
         for run in runs:
             _wait_ready(run)
         for run in runs:
             _check_running(run)
+        if setup is not None:
+            _check_on_sentinel_primary(setup, prefix)
         took = _stop(runs)
         print(", ".join(f"{where} stopped in {seconds:.1f} s" for where, seconds in took.items()))
     finally:
         for run in runs:
             _kill(run)
-        _drop_keys(event_log_url, prefix)
+        if setup is not None:
+            _drop_keys(setup.primary().client(), prefix)
+        else:
+            _drop_keys(redis.Redis.from_url(event_log_url), prefix)

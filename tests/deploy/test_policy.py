@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.settings import ENV_NAMES, Settings
+from app.settings import ENV_NAMES, SECRET_NAMES, Settings, parse_sentinels
 from tests.deploy._support import (
     API,
+    COMPONENTS,
+    FAKE_SECRET,
     NAMESPACES,
     OVERLAYS,
     SECRET,
@@ -18,19 +19,26 @@ from tests.deploy._support import (
     TARGETS,
     WORKER,
     Doc,
+    allows,
+    components_of,
     configmap,
     containers,
+    egress_of,
     find,
     label_match,
     load_yaml,
     one,
     pod_labels,
+    policies_for,
+    settings_of,
     sync_wave,
     workloads,
 )
 
-# Never in a ConfigMap: referenced from the Secret rag-pipeline-secrets.
-SECRET_SETTINGS = {"REDIS_URL", "QDRANT_API_KEY", "OPENAI_API_KEY"}
+# Never in a ConfigMap: referenced from the Secret rag-pipeline-secrets. The app's own list
+# (a new secret setting fails these tests until it is wired), and REDIS_URL, which carries the
+# data nodes' password.
+SECRET_SETTINGS = {"REDIS_URL"} | SECRET_NAMES
 REQUIRED_SECRETS = {"REDIS_URL"}  # the others are optional (only some setups need them)
 
 # "As in the guide".
@@ -270,7 +278,7 @@ def test_configmap_values_pass_the_apps_own_validation(
 ) -> None:
     """What the pods will see, parsed by Settings.from_env: a bad value would stop start-up."""
     data = configmap(rendered[overlay], SETTINGS_CONFIGMAP)["data"]
-    settings = Settings.from_env({k: v for k, v in data.items() if k in ENV_NAMES})
+    settings = Settings.from_env({k: v for k, v in data.items() if k in ENV_NAMES} | FAKE_SECRET)
     assert (settings.host, settings.port, settings.data_dir) == ("0.0.0.0", 8080, "/data")
 
 
@@ -288,19 +296,45 @@ def test_variables_read_by_libraries_are_never_blank(
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_settings_hold_only_differences(overlay: str) -> None:
-    base = _env_file(TARGETS["base"] / "settings.env")
-    for key, value in _env_file(TARGETS[overlay] / "settings.env").items():
+    """Nor a setting one of its components sets: kustomize applies components after the
+    overlay's own configMapGenerator, so the component's value would silently win."""
+    base = settings_of(TARGETS["base"])
+    by_components = {
+        key: component.name
+        for component in components_of(TARGETS[overlay])
+        for key in settings_of(component)
+    }
+    for key, value in settings_of(TARGETS[overlay]).items():
         assert key in base, f"{overlay} sets {key}, which the base does not have"
         assert base[key] != value, f"{overlay} repeats the base value of {key}"
+        assert key not in by_components, (
+            f"{overlay} sets {key}, which its component {by_components.get(key)} sets after it "
+            "(components apply after the overlay's configMapGenerator): the overlay's value is "
+            "ignored; patch the ConfigMap in the overlay instead"
+        )
 
 
-def _env_file(path: Path) -> dict[str, str]:
-    pairs = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            pairs[key.strip()] = value
-    return pairs
+@pytest.mark.parametrize("component", sorted(COMPONENTS))
+def test_component_settings_hold_only_differences(component: str) -> None:
+    base = settings_of(TARGETS["base"])
+    settings = settings_of(COMPONENTS[component])
+    assert settings, f"{component} sets no setting"
+    for key, value in settings.items():
+        assert key in base, f"{component} sets {key}, which the base does not have"
+        assert base[key] != value, f"{component} repeats the base value of {key}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rendered_settings_are_base_then_overlay_then_components(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    """The order kustomize (v5, as kubectl and Argo CD run it) merges the settings in:
+    resources, then the overlay's own generator, then its components, in their order. The
+    checks above and the comments in the kustomizations rely on it."""
+    expected = settings_of(TARGETS["base"]) | settings_of(TARGETS[overlay])
+    for component in components_of(TARGETS[overlay]):
+        expected |= settings_of(component)
+    assert configmap(rendered[overlay], SETTINGS_CONFIGMAP)["data"] == expected
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -385,6 +419,14 @@ def test_dev_is_self_contained(rendered: dict[str, list[Doc]]) -> None:
     assert {p["port"] for p in one(docs, "Service", "jaeger")["spec"]["ports"]} >= {4317, 4318}
     assert settings["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
     assert {p["port"] for p in one(docs, "Service", "redis")["spec"]["ports"]} == {6379}
+    # One Redis server: REDIS_URL alone (docs/deploy.md, section 4), nothing to wait for.
+    topology = (
+        "REDIS_SENTINELS",
+        "REDIS_SENTINEL_MASTER",
+        "REDIS_CLUSTER",
+        "RAG_REDIS_MIN_REPLICAS",
+    )
+    assert not any(settings[key] for key in topology)
 
 
 def test_prod_uses_external_backends(rendered: dict[str, list[Doc]]) -> None:
@@ -394,6 +436,9 @@ def test_prod_uses_external_backends(rendered: dict[str, list[Doc]]) -> None:
     assert not settings["QDRANT_URL"].startswith("http://qdrant:")
     assert "jaeger" not in settings["OTEL_EXPORTER_OTLP_ENDPOINT"]
     assert settings["RAG_EVENT_REDACT_QUERIES"] == "true"
+    # Redis behind Sentinels, and no request acknowledged before a replica has its events.
+    assert parse_sentinels(settings["REDIS_SENTINELS"]) and settings["REDIS_SENTINEL_MASTER"]
+    assert settings["RAG_REDIS_MIN_REPLICAS"] == "1"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -446,30 +491,6 @@ def test_servicemonitor_scrapes_api_and_workers(
 # --- Network policy ----------------------------------------------------------------------
 
 
-def _allows(
-    rules: list[Doc], port: int, protocol: str = "TCP", named: dict[str, int] | None = None
-) -> bool:
-    for rule in rules:
-        for entry in rule.get("ports") or [{}]:  # no ports: every port
-            if entry.get("protocol", "TCP") != protocol:
-                continue
-            value = entry.get("port")
-            if isinstance(value, str):
-                value = (named or {}).get(value)
-            end = entry.get("endPort", value)
-            if value is None or value <= port <= end:
-                return True
-    return False
-
-
-def _policies_for(docs: list[Doc], labels: dict[str, str]) -> list[Doc]:
-    return [
-        p
-        for p in find(docs, "NetworkPolicy")
-        if label_match(p["spec"]["podSelector"] or {"matchLabels": {}}, labels)
-    ]
-
-
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_is_default_deny(rendered: dict[str, list[Doc]], overlay: str) -> None:
     deny = one(rendered[overlay], "NetworkPolicy", "default-deny")["spec"]
@@ -485,6 +506,7 @@ def test_network_is_default_deny(rendered: dict[str, list[Doc]], overlay: str) -
         (53, "UDP", "DNS"),
         (53, "TCP", "DNS"),
         (6379, "TCP", "Redis"),
+        (26379, "TCP", "Redis Sentinel"),
         (6333, "TCP", "Qdrant REST"),
         (6334, "TCP", "Qdrant gRPC"),
         (4317, "TCP", "OTLP gRPC"),
@@ -497,24 +519,47 @@ def test_app_egress_is_allowed_where_it_must_go(
 ) -> None:
     docs = rendered[overlay]
     for name in (API, WORKER):
-        labels = pod_labels(one(docs, "Deployment", name))
-        egress = [
-            r
-            for p in _policies_for(docs, labels)
-            if "Egress" in p["spec"]["policyTypes"]
-            for r in p["spec"].get("egress", [])
-        ]
-        assert _allows(egress, port, protocol), f"{overlay}: {name} cannot reach {what}"
+        assert allows(egress_of(docs, name), port, protocol), (
+            f"{overlay}: {name} cannot reach {what}"
+        )
+
+
+def sentinel_ports_blocked(docs: list[Doc]) -> tuple[set[int], list[str]]:
+    """The ports the rendered REDIS_SENTINELS names, and which API or worker pods the
+    NetworkPolicies keep from them."""
+    data = configmap(docs, SETTINGS_CONFIGMAP)["data"]
+    ports = {port for _, port in parse_sentinels(data.get("REDIS_SENTINELS", ""))}
+    blocked = [
+        f"{name} -> {port}"
+        for name in (API, WORKER)
+        for port in sorted(ports)
+        if not allows(egress_of(docs, name), port)
+    ]
+    return ports, blocked
+
+
+def test_app_egress_reaches_every_sentinel_the_settings_name(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    """The Sentinels' ports come from the rendered REDIS_SENTINELS, not from this test: a
+    Sentinel moved to another port must be admitted too (test_components.py checks the
+    components on their own)."""
+    checked = set()
+    for overlay in OVERLAYS:
+        ports, blocked = sentinel_ports_blocked(rendered[overlay])
+        assert not blocked, f"{overlay}: egress blocked {blocked}"
+        checked |= ports
+    assert checked, "no overlay names Sentinels: prod runs on the redis-sentinel component"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_app_egress_allows_nothing_else(rendered: dict[str, list[Doc]], overlay: str) -> None:
     docs = rendered[overlay]
     labels = pod_labels(one(docs, "Deployment", API))
-    egress = [r for p in _policies_for(docs, labels) for r in p["spec"].get("egress", [])]
+    egress = [r for p in policies_for(docs, labels) for r in p["spec"].get("egress", [])]
     for port in (22, 25, 80, 5432, 8080, 9090):
-        assert not _allows(egress, port), f"egress to {port} is open"
-    assert not _allows(egress, 6379, "UDP")
+        assert not allows(egress, port), f"egress to {port} is open"
+    assert not allows(egress, 6379, "UDP")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -523,16 +568,16 @@ def test_app_ingress_from_the_namespace_and_monitoring(
 ) -> None:
     docs = rendered[overlay]
     labels = pod_labels(one(docs, "Deployment", API))
-    ingress = [r for p in _policies_for(docs, labels) for r in p["spec"].get("ingress", [])]
+    ingress = [r for p in policies_for(docs, labels) for r in p["spec"].get("ingress", [])]
     named = {"http": 8080}
     peers: list[dict[str, Any]] = [
-        peer for r in ingress if _allows([r], 8080, named=named) for peer in r.get("from", [])
+        peer for r in ingress if allows([r], 8080, named=named) for peer in r.get("from", [])
     ]
     assert {"podSelector": {}} in peers
     assert {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
     } in peers
-    assert not _allows(ingress, 22, named=named)
+    assert not allows(ingress, 22, named=named)
 
 
 def test_dev_backing_services_accept_the_app_and_nothing_else(
@@ -544,18 +589,18 @@ def test_dev_backing_services_accept_the_app_and_nothing_else(
         workload = (find(docs, "StatefulSet", name) + find(docs, "Deployment", name))[0]
         ingress = [
             r
-            for p in _policies_for(docs, pod_labels(workload))
+            for p in policies_for(docs, pod_labels(workload))
             for r in p["spec"].get("ingress", [])
         ]
         for port in ports:
-            rules = [r for r in ingress if _allows([r], port)]
+            rules = [r for r in ingress if allows([r], port)]
             assert any(
                 label_match(peer["podSelector"], app_labels)
                 for r in rules
                 for peer in r.get("from", [])
                 if "podSelector" in peer
             ), f"rag-pipeline cannot reach {name}:{port}"
-        assert not _allows(ingress, 22)
+        assert not allows(ingress, 22)
 
 
 # --- Argo CD -----------------------------------------------------------------------------

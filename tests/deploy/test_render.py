@@ -11,6 +11,7 @@ import yaml
 
 from tests.deploy._support import (
     CLUSTER_SCOPED_KINDS,
+    COMPONENTS,
     KUSTOMIZE,
     NAMESPACES,
     OVERLAYS,
@@ -381,6 +382,10 @@ def test_rendered_yaml_has_no_unresolved_placeholders(rendered: dict[str, list[D
 
 
 def test_every_kustomization_under_kustomize_is_a_rendered_target() -> None:
-    """So the session's renders cover everything kustomize could be pointed at."""
+    """So the session's renders cover everything kustomize could be pointed at; components,
+    which cannot be built alone, are rendered by test_components.py."""
     found = {path.parent for path in KUSTOMIZE.rglob("kustomization.yaml")}
-    assert found == set(TARGETS.values())
+    assert found == set(TARGETS.values()) | set(COMPONENTS.values())
+    for path in found:
+        kind = yaml.safe_load((path / "kustomization.yaml").read_text())["kind"]
+        assert (kind == "Component") is (path in COMPONENTS.values()), path
