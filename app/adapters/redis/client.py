@@ -7,14 +7,17 @@ primary after a failover by itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -99,7 +102,7 @@ def redis_client(
     """A client of `target` with these limits. RESP2 is pinned because reply shapes differ
     between protocols and redis-py versions pick different defaults; every Redis >= 2 and
     every Valkey speaks it. A blocking pool makes a burst wait for a free connection instead
-    of failing (a cluster's per-node pools cannot block: they fail fast instead)."""
+    of failing (on a cluster, `BoundedCluster` makes it wait the same way)."""
     common: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": connect_timeout,
@@ -107,7 +110,10 @@ def redis_client(
         "retry": retry,
     }
     if target.cluster:
-        return RedisCluster.from_url(target.url, max_connections=pool_size, **common)
+        client: RedisCluster = BoundedCluster.from_url(
+            target.url, max_connections=pool_size, pool_size=pool_size, **common
+        )
+        return client
     if target.sentinels:
         return _sentinel_primary(target, pool_size=pool_size, common=common)
     if not blocking:
@@ -152,6 +158,63 @@ class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's pool (connections to whichever server is primary now) with the blocking
     pool's waiting: a burst waits for a free connection, as on one server, instead of
     failing with "Too many connections"."""
+
+
+# Set while a task holds one of a BoundedCluster's slots: what it calls from inside (a pipeline
+# retrying a redirected command one by one) must not queue for a second slot.
+_HOLDING: ContextVar[bool] = ContextVar("holding_a_cluster_slot", default=False)
+
+
+class BoundedCluster(RedisCluster):
+    """A cluster client whose commands and pipelines wait for one of `pool_size` slots.
+
+    redis-py's cluster pools fail fast: past `max_connections` on a node, a command raises
+    MaxConnectionsError (a ConnectionError with no message) instead of waiting, so a burst
+    larger than the pool would get 503s and the rate limiter would fail open exactly when it
+    matters. With at most `pool_size` commands in flight, no node ever needs more than
+    `pool_size` connections, and a burst waits as it does on one server.
+    """
+
+    def __init__(self, *args: Any, pool_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = asyncio.Semaphore(pool_size)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot (or nothing more, if this task holds one already)."""
+        if _HOLDING.get():
+            yield
+            return
+        async with self.slots:
+            token = _HOLDING.set(True)
+            try:
+                yield
+            finally:
+                _HOLDING.reset(token)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.slot():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # raises, as redis-py does
+        # redis-py itself makes ClusterPipelines so; its stubs call the class abstract.
+        return _BoundedPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _BoundedPipeline(ClusterPipeline):
+    """A pipeline of a BoundedCluster: executed within one of its slots."""
+
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        client = self.cluster_client
+        assert isinstance(client, BoundedCluster)
+        async with client.slot():
+            return await super().execute(raise_on_error, allow_redirections)
 
 
 def durable_client(

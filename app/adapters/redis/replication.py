@@ -25,7 +25,7 @@ from redis.exceptions import (
     TimeoutError,
 )
 
-from app.adapters.redis.client import RedisClient, RedisTarget
+from app.adapters.redis.client import BoundedCluster, RedisClient, RedisTarget
 from app.errors import NotReplicated
 
 
@@ -101,6 +101,17 @@ async def _on_slot_owner(
     # The cluster client would send WAIT to every primary and add up the answers; it must go
     # to the primary owning the keys' slot, on the connection that ran the script.
     await client.initialize()
+    async with client.slot() if isinstance(client, BoundedCluster) else contextlib.nullcontext():
+        return await _on_node(client, target, script, keys, args)
+
+
+async def _on_node(
+    client: RedisCluster,
+    target: RedisTarget,
+    script: str,
+    keys: Sequence[str],
+    args: Sequence[Any],
+) -> tuple[Any, int]:
     node = client.get_node_from_key(keys[0])
     if node is None:
         raise ConnectionError(f"no Redis Cluster node owns the slot of {keys[0]!r}")
