@@ -1,7 +1,11 @@
-"""Fixtures for tests against a real Redis: the machine's (REDIS_URL) and an embedded Valkey.
+"""Fixtures for tests against a real Redis: the machine's (REDIS_URL), an embedded Valkey and,
+for the modules that ask, a Redis Cluster.
 
-Test modules load this with `pytest_plugins`. Every test gets its own key prefix and its
-keys are deleted afterwards, so runs never see each other's streams.
+Test modules load this with `pytest_plugins`. Every Redis fixture derives from one `backend`
+argument, parametrized by `pytest_generate_tests` below with the module's `REDIS_BACKENDS`
+(`BACKENDS` unless the module sets it, e.g. to `ALL_BACKENDS`). Every test gets its own key
+prefix, with a hash tag so that all of its keys share one cluster slot, and its keys are
+deleted afterwards, so runs never see each other's streams.
 """
 
 from __future__ import annotations
@@ -14,16 +18,48 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio
+import redis.cluster
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.connection import AbstractConnection
 
+from app.adapters.redis.client import RedisTarget
 from app.adapters.redis.embedded import EmbeddedRedis
 from app.adapters.redis.streams import RedisEventLog
 from app.settings import Settings
+from tests.topology.redis_servers import ClusterSetup, have_redis
+
+pytest_plugins = ("tests.topology.fixtures",)
 
 MACHINE_REDIS_URL = Settings.from_env().redis_url
 # The machine's Redis when REDIS_URL is set (CI), and the embedded Valkey always, so the
 # default deployment's server is exercised by the same tests.
 BACKENDS = ["redis", "valkey"] if MACHINE_REDIS_URL else ["valkey"]
+# Plus a Redis Cluster (tests/topology) where redis-server is installed: for modules whose
+# tests hold on every topology (`REDIS_BACKENDS = ALL_BACKENDS`).
+ALL_BACKENDS = [*BACKENDS, "cluster"] if have_redis() else list(BACKENDS)
+
+# What `raw_redis` is: a plain client, or a cluster client on the cluster backend.
+RawRedis = redis.asyncio.Redis | AsyncRedisCluster
+
+
+def _names_backend(mark: pytest.Mark) -> bool:
+    argnames = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+    if isinstance(argnames, str):
+        argnames = [name.strip() for name in argnames.split(",")]
+    return "backend" in argnames
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses a Redis fixture once per backend of its module.
+
+    Once loaded, this hook sees every test of the session: a test that parametrizes its own
+    `backend` (tests/e2e/test_projector_kills.py) is left alone."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    if any(_names_backend(mark) for mark in metafunc.definition.iter_markers("parametrize")):
+        return
+    backends = list(getattr(metafunc.module, "REDIS_BACKENDS", BACKENDS))
+    metafunc.parametrize("backend", backends, ids=backends)
 
 
 @pytest.fixture(scope="session")
@@ -39,42 +75,75 @@ def embedded_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedd
     server.stop()
 
 
-@pytest.fixture(params=BACKENDS)
-def redis_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "redis":
-        return MACHINE_REDIS_URL
-    server: EmbeddedRedis = request.getfixturevalue("embedded_valkey")
-    return server.url
+@pytest.fixture()
+def redis_target(backend: str, request: pytest.FixtureRequest) -> RedisTarget:
+    """The Redis of this backend, as the adapters take it. The embedded Valkey and the
+    cluster are started on first use only."""
+    if backend == "redis":
+        return RedisTarget(url=MACHINE_REDIS_URL)
+    if backend == "valkey":
+        server: EmbeddedRedis = request.getfixturevalue("embedded_valkey")
+        return RedisTarget(url=server.url)
+    if backend == "cluster":
+        cluster: ClusterSetup = request.getfixturevalue("redis_cluster")
+        return RedisTarget(url=cluster.url, cluster=True)
+    raise ValueError(f"unknown Redis backend {backend!r}")
 
 
 @pytest.fixture()
-def prefix(redis_url: str) -> Iterator[str]:
-    value = f"test:{uuid.uuid4().hex}:"
+def redis_url(redis_target: RedisTarget) -> str:
+    """The backend's URL, for what needs a plain URL (on the cluster: one node's)."""
+    return redis_target.url
+
+
+@pytest.fixture()
+def prefix(redis_target: RedisTarget) -> Iterator[str]:
+    # The hash tag keeps every key of the test in one slot, as RAG_STREAM_PREFIX must on a
+    # cluster; each test's tag differs, so the tests spread over the cluster's nodes.
+    value = f"test:{{{uuid.uuid4().hex}}}:"
     yield value
-    delete_prefixed(redis_url, value)
+    delete_prefixed(redis_target, value)
 
 
-def delete_prefixed(url: str, key_prefix: str) -> None:
-    client = redis.Redis.from_url(url)
+def sync_client(target: RedisTarget | str) -> redis.Redis | redis.cluster.RedisCluster:
+    """A sync client of the target's topology (RESP2, bytes)."""
+    target = RedisTarget.of(target)
+    if target.cluster:
+        return redis.cluster.RedisCluster.from_url(target.url, protocol=2)
+    return redis.Redis.from_url(target.url, protocol=2)
+
+
+def async_client(target: RedisTarget | str) -> RawRedis:
+    """An async client of the target's topology (RESP2, bytes)."""
+    target = RedisTarget.of(target)
+    if target.cluster:
+        return AsyncRedisCluster.from_url(target.url, protocol=2)
+    return redis.asyncio.Redis.from_url(target.url, protocol=2)
+
+
+def delete_prefixed(target: RedisTarget | str, key_prefix: str) -> None:
+    """Delete every key under `key_prefix` (on a cluster: SCAN covers every primary)."""
+    client = sync_client(target)
     try:
         keys = list(client.scan_iter(match=f"{key_prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
+        for key in keys:  # one by one: a cluster refuses a DEL across slots
+            client.delete(key)
     finally:
         client.close()
 
 
 @pytest.fixture()
-async def event_log(redis_url: str) -> AsyncIterator[RedisEventLog]:
-    log = RedisEventLog(redis_url, pool_size=4)
+async def event_log(redis_target: RedisTarget) -> AsyncIterator[RedisEventLog]:
+    log = RedisEventLog(redis_target, pool_size=4)
     yield log
     await log.close()
 
 
 @pytest.fixture()
-async def raw_redis(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
-    """A plain client, for what the adapters must cope with but never write themselves."""
-    client = redis.asyncio.Redis.from_url(redis_url, protocol=2)
+async def raw_redis(redis_target: RedisTarget) -> AsyncIterator[RawRedis]:
+    """A plain client, for what the adapters must cope with but never write themselves; on
+    the cluster backend a cluster client, routing each command by its key."""
+    client = async_client(redis_target)
     yield client
     await client.aclose()
 
@@ -113,17 +182,21 @@ def data_dir_of(server: EmbeddedRedis) -> Path:
     return server.dir.parent
 
 
-async def delivery_counts(url: str, stream: str, group: str, ids: list[str]) -> dict[str, int]:
+async def delivery_counts(
+    target: RedisTarget | str, stream: str, group: str, ids: list[str]
+) -> dict[str, int]:
     """How often the group has delivered each still-pending entry (XPENDING), read beside the
     adapter: the service never needs it, since strikes rather than deliveries count."""
-    client = redis.asyncio.Redis.from_url(url, protocol=2)
+    client = async_client(target)
     try:
         counts: dict[str, int] = {}
         for entry_id in ids:
             for row in await client.xpending_range(
                 stream, group, min=entry_id, max=entry_id, count=1
             ):
-                counts[row["message_id"].decode()] = int(row["times_delivered"])
+                message_id = row["message_id"]
+                key = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
+                counts[key] = int(row["times_delivered"])
         return counts
     finally:
         await client.aclose()

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from pathlib import Path
 
 import pytest
-import redis.asyncio
 from prometheus_client import REGISTRY
 
 from app.adapters.embedders.local import LocalEmbedder
 from app.adapters.qdrant.edge_index import EdgeIndex
 from app.adapters.redis.cache import RedisEmbeddingCache
+from app.adapters.redis.client import RedisTarget
 from app.adapters.redis.dead_letters import RedisDeadLetters
 from app.adapters.redis.doc_status import RedisDocStatus
 from app.adapters.redis.streams import EVENT_FIELD, RedisEventLog
@@ -34,9 +34,12 @@ from app.services.ingest import LoggedIngest
 from app.services.projector import GROUP, Projector, ProjectorConfig
 from app.telemetry import schema
 from tests.integration.projector_driver import start as start_projector
+from tests.integration.redis_fixtures import ALL_BACKENDS, RawRedis
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio
+# Dead letters (and the requeue script) hold on every topology, a Redis Cluster included.
+REDIS_BACKENDS = ALL_BACKENDS
 
 TENANT = "acme"
 OTHER = "globex"
@@ -89,15 +92,15 @@ def refusing(index: EdgeIndex) -> Refusing:
 
 
 @pytest.fixture()
-async def cache(redis_url: str, prefix: str) -> AsyncIterator[RedisEmbeddingCache]:
-    made = RedisEmbeddingCache(redis_url, prefix=prefix, pool_size=2)
+async def cache(redis_target: RedisTarget, prefix: str) -> AsyncIterator[RedisEmbeddingCache]:
+    made = RedisEmbeddingCache(redis_target, prefix=prefix, pool_size=2)
     yield made
     await made.close()
 
 
 @pytest.fixture()
-async def status(redis_url: str, prefix: str) -> AsyncIterator[RedisDocStatus]:
-    made = RedisDocStatus(redis_url, prefix=prefix, pool_size=2)
+async def status(redis_target: RedisTarget, prefix: str) -> AsyncIterator[RedisDocStatus]:
+    made = RedisDocStatus(redis_target, prefix=prefix, pool_size=2)
     yield made
     await made.close()
 
@@ -108,8 +111,8 @@ def streams(prefix: str) -> Streams:
 
 
 @pytest.fixture()
-async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisDeadLetters]:
-    made = RedisDeadLetters(redis_url, prefix=prefix)
+async def store(redis_target: RedisTarget, prefix: str) -> AsyncIterator[RedisDeadLetters]:
+    made = RedisDeadLetters(redis_target, prefix=prefix)
     yield made
     await made.close()
 
@@ -373,7 +376,7 @@ async def test_listing_pages_both_ways_and_keeps_tenants_apart(
     service: DeadLetters,
     event_log: RedisEventLog,
     streams: Streams,
-    raw_redis: redis.asyncio.Redis,
+    raw_redis: RawRedis,
 ) -> None:
     def letter_of(tenant: str, doc_id: str) -> EventDeadLettered:
         event = DocumentUpserted(
@@ -449,7 +452,7 @@ async def test_what_cannot_be_requeued_is_refused_and_can_be_dropped(
     service: DeadLetters,
     event_log: RedisEventLog,
     streams: Streams,
-    raw_redis: redis.asyncio.Redis,
+    raw_redis: RawRedis,
 ) -> None:
     stream = streams.documents
     await raw_redis.xadd(stream, {EVENT_FIELD: b"\xff not json"})

@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-import redis.asyncio
 
 from app.adapters.embedders.circuit_breaker import CircuitBreaker
 from app.adapters.embedders.local import LocalEmbedder
 from app.adapters.embedders.openai_api import OpenAIEmbedder
 from app.adapters.qdrant.edge_index import EdgeIndex
 from app.adapters.redis.cache import RedisEmbeddingCache
+from app.adapters.redis.client import RedisTarget
 from app.adapters.redis.doc_status import RedisDocStatus
 from app.adapters.redis.streams import EVENT_FIELD, RedisEventLog
 from app.domain.doc_status import Applied, Written
@@ -27,11 +27,13 @@ from app.services.indexing import Indexer, document_version
 from app.services.ingest import LoggedIngest
 from app.services.projector import GROUP, Projector, ProjectorConfig
 from tests.integration.projector_driver import start as start_projector
-from tests.integration.redis_fixtures import delivery_counts
+from tests.integration.redis_fixtures import ALL_BACKENDS, RawRedis, delivery_counts
 from tests.openai_wire import FakeEmbeddings, Reply
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio
+# The projector's guarantees hold on every topology, a Redis Cluster included.
+REDIS_BACKENDS = ALL_BACKENDS
 
 TENANT = "acme"
 SMALL = ChunkingParams(size=24, overlap=0)  # a few sentences make several chunks
@@ -52,15 +54,15 @@ def index(tmp_path: Path, embedder: LocalEmbedder) -> Iterator[EdgeIndex]:
 
 
 @pytest.fixture()
-async def cache(redis_url: str, prefix: str) -> AsyncIterator[RedisEmbeddingCache]:
-    made = RedisEmbeddingCache(redis_url, prefix=prefix, pool_size=2)
+async def cache(redis_target: RedisTarget, prefix: str) -> AsyncIterator[RedisEmbeddingCache]:
+    made = RedisEmbeddingCache(redis_target, prefix=prefix, pool_size=2)
     yield made
     await made.close()
 
 
 @pytest.fixture()
-async def status(redis_url: str, prefix: str) -> AsyncIterator[RedisDocStatus]:
-    made = RedisDocStatus(redis_url, prefix=prefix, pool_size=2)
+async def status(redis_target: RedisTarget, prefix: str) -> AsyncIterator[RedisDocStatus]:
+    made = RedisDocStatus(redis_target, prefix=prefix, pool_size=2)
     yield made
     await made.close()
 
@@ -235,7 +237,7 @@ async def test_redelivery_is_idempotent(
     make_projector: MakeProjector,
     index: EdgeIndex,
     embedder: LocalEmbedder,
-    raw_redis: redis.asyncio.Redis,
+    raw_redis: RawRedis,
     status: RedisDocStatus,
     streams: Streams,
 ) -> None:
@@ -302,7 +304,7 @@ async def test_a_deleted_document_stays_deleted_when_an_older_upsert_arrives(
     index: EdgeIndex,
     event_log: RedisEventLog,
     streams: Streams,
-    raw_redis: redis.asyncio.Redis,
+    raw_redis: RawRedis,
 ) -> None:
     await ingest.ingest(TENANT, [doc("keep", "Oceans cover most of the planet.")], SMALL)
     (upsert,) = await ingest.ingest(TENANT, [doc("gone", SAVANNA)], SMALL)
@@ -330,7 +332,7 @@ async def test_poison_is_dead_lettered_and_does_not_block_the_others(
     index: EdgeIndex,
     event_log: RedisEventLog,
     streams: Streams,
-    raw_redis: redis.asyncio.Redis,
+    raw_redis: RawRedis,
 ) -> None:
     stream = streams.documents
     await ingest.ingest(TENANT, [doc("before", "Comets have icy cores.")], SMALL)
@@ -533,7 +535,7 @@ async def test_only_deaths_while_an_entry_is_applied_alone_strike_it(
 
 
 async def test_an_index_outage_dead_letters_nothing(
-    redis_url: str,
+    redis_target: RedisTarget,
     ingest: LoggedIngest,
     make_projector: MakeProjector,
     embedder: LocalEmbedder,
@@ -553,7 +555,7 @@ async def test_an_index_outage_dead_letters_nothing(
     assert await event_log.length(streams.dead_letter) == 0
     assert (await settled(event_log, streams))[0] == 3
     counts = await delivery_counts(
-        redis_url,
+        redis_target,
         streams.documents,
         GROUP,
         [e.id for e in await event_log.range(streams.documents)],
@@ -720,7 +722,7 @@ def api_projector(
 
 
 async def test_an_embeddings_api_outage_dead_letters_nothing(
-    redis_url: str,
+    redis_target: RedisTarget,
     fake_api: FakeEmbeddings,
     tmp_path: Path,
     event_log: RedisEventLog,
@@ -742,7 +744,7 @@ async def test_an_embeddings_api_outage_dead_letters_nothing(
                 await (projector.retry_pending() if projector.counts.failures else drain(projector))
         assert await event_log.length(streams.dead_letter) == 0
         ids = [e.id for e in await event_log.range(streams.documents)]
-        counts = await delivery_counts(redis_url, streams.documents, GROUP, ids)
+        counts = await delivery_counts(redis_target, streams.documents, GROUP, ids)
         assert set(counts.values()) == {1}  # max_deliveries is 2: none is near it
 
         fake_api.outage = None
@@ -801,7 +803,7 @@ async def test_dead_consumers_leave_the_group_once_idle_and_drained(
     ingest: LoggedIngest,
     make_projector: MakeProjector,
     event_log: RedisEventLog,
-    raw_redis: redis.asyncio.Redis,
+    raw_redis: RawRedis,
     streams: Streams,
 ) -> None:
     """Every process joins as its own consumer; those of dead processes must not pile up."""

@@ -29,6 +29,7 @@ from app.adapters.embedders.local import LocalEmbedder
 from app.adapters.qdrant.edge_index import EdgeIndex
 from app.adapters.qdrant.remote_index import QdrantIndex
 from app.adapters.redis.cache import RedisEmbeddingCache
+from app.adapters.redis.client import RedisTarget
 from app.adapters.redis.doc_status import RedisDocStatus
 from app.adapters.redis.streams import RedisEventLog
 from app.domain.events import DocumentDeleted, DocumentUpserted, Streams
@@ -37,9 +38,12 @@ from app.errors import NotFound
 from app.services.indexing import Indexer
 from app.services.ingest import LoggedIngest
 from app.services.projector import GROUP, Projector, ProjectorConfig
+from tests.integration.redis_fixtures import ALL_BACKENDS
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio
+# The race holds on every topology, a Redis Cluster included.
+REDIS_BACKENDS = ALL_BACKENDS
 
 TENANT = "race"
 CHUNKING = ChunkingParams(size=24, overlap=0)
@@ -102,12 +106,16 @@ async def index(
 
 
 async def test_projectors_racing_with_kills_leave_each_documents_last_version(
-    redis_url: str, prefix: str, event_log: RedisEventLog, embedder: LocalEmbedder, index: Any
+    redis_target: RedisTarget,
+    prefix: str,
+    event_log: RedisEventLog,
+    embedder: LocalEmbedder,
+    index: Any,
 ) -> None:
     rng = random.Random(SEED)
     streams = Streams(prefix)
-    status = RedisDocStatus(redis_url, prefix=prefix, pool_size=4)
-    cache = RedisEmbeddingCache(redis_url, prefix=prefix, pool_size=4)
+    status = RedisDocStatus(redis_target, prefix=prefix, pool_size=4)
+    cache = RedisEmbeddingCache(redis_target, prefix=prefix, pool_size=4)
     ingest = LoggedIngest(
         event_log,
         status,
@@ -119,6 +127,7 @@ async def test_projectors_racing_with_kills_leave_each_documents_last_version(
     shared = Jitter(index, rng)
     stop = asyncio.Event()
     names = iter(f"worker{i}" for i in range(10_000))
+    every_task: list[asyncio.Task[None]] = []
 
     def start() -> tuple[Projector, asyncio.Task[None]]:
         projector = Projector(
@@ -131,7 +140,9 @@ async def test_projectors_racing_with_kills_leave_each_documents_last_version(
             # Small batches and quick takeovers: more entries in flight on more workers.
             config=ProjectorConfig(batch=4, claim_idle_ms=300, block_ms=50, max_deliveries=5),
         )
-        return projector, asyncio.create_task(projector.run(stop))
+        task = asyncio.create_task(projector.run(stop))
+        every_task.append(task)
+        return projector, task
 
     running = [start() for _ in range(PROJECTORS)]
     kills = 0
@@ -165,8 +176,13 @@ async def test_projectors_racing_with_kills_leave_each_documents_last_version(
         stop.set()
         await asyncio.gather(*(task for _, task in running))
     finally:
+        # Also when the test failed: `stop` ends every projector, a "killed" one included
+        # whose cancel was lost (on Python 3.11 asyncio.wait_for can lose one, CPython
+        # gh-86296), which would otherwise run on and hang the event loop's shutdown.
+        stop.set()
         for _, task in running:
             task.cancel()
+        await asyncio.wait(every_task, timeout=30)
         await status.close()
         await cache.close()
 
@@ -195,9 +211,11 @@ async def test_projectors_racing_with_kills_leave_each_documents_last_version(
             or indexes != list(range(len(want)))
         ):
             wrong[doc_id] = f"want {len(want)} of {event.version}, hold {versions} by {writers}"
-    applied_records = await RedisDocStatus(redis_url, prefix=prefix).applied(
-        embedder.model_id, TENANT, list(last)
-    )
+    reader = RedisDocStatus(redis_target, prefix=prefix)
+    try:
+        applied_records = await reader.applied(embedder.model_id, TENANT, list(last))
+    finally:
+        await reader.close()
     print(f"\n{EVENTS} changes, {kills} kills, {len(last)} documents; wrong: {wrong}")
     assert kills >= 5
     assert wrong == {}

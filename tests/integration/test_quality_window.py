@@ -7,9 +7,11 @@ import pytest
 from app.adapters.redis.streams import RedisEventLog
 from app.domain.events import FeedbackGiven, RetrievalRecorded
 from app.services.quality_window import read_window
+from tests.integration.redis_fixtures import ALL_BACKENDS
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio
+REDIS_BACKENDS = ALL_BACKENDS
 
 
 def feedback(i: int) -> FeedbackGiven:

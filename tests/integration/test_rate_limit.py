@@ -7,18 +7,20 @@ import logging
 from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio
 
+from app.adapters.redis.client import RedisTarget
 from app.adapters.redis.rate_limit import RedisRateLimiter
 from tests.e2e.server import free_port
+from tests.integration.redis_fixtures import ALL_BACKENDS, RawRedis
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio
+REDIS_BACKENDS = ALL_BACKENDS
 
 
 @pytest.fixture()
-async def limiter(redis_url: str, prefix: str) -> AsyncIterator[RedisRateLimiter]:
-    made = RedisRateLimiter(redis_url, prefix=prefix, pool_size=8)
+async def limiter(redis_target: RedisTarget, prefix: str) -> AsyncIterator[RedisRateLimiter]:
+    made = RedisRateLimiter(redis_target, prefix=prefix, pool_size=8)
     yield made
     await made.close()
 
@@ -51,16 +53,12 @@ async def test_concurrent_takes_never_overspend(limiter: RedisRateLimiter) -> No
     assert sum(d.allowed for d in decisions) == 50
 
 
-async def test_keys_have_their_own_buckets(limiter: RedisRateLimiter, redis_url: str) -> None:
+async def test_keys_have_their_own_buckets(limiter: RedisRateLimiter, raw_redis: RawRedis) -> None:
     for _ in range(2):
         assert (await limiter.take("a", rate=0.01, burst=2)).allowed
     assert not (await limiter.take("a", rate=0.01, burst=2)).allowed
     assert (await limiter.take("b", rate=0.01, burst=2)).allowed
-    client = redis.asyncio.Redis.from_url(redis_url)
-    try:
-        ttl = await client.pttl(limiter.key("a"))
-    finally:
-        await client.aclose()
+    ttl = await raw_redis.pttl(limiter.key("a"))
     # An idle bucket expires once it would be full again (here ~200 s), so it costs nothing.
     assert 0 < ttl <= 201_000
 

@@ -8,12 +8,15 @@ import time
 
 import pytest
 
+from app.adapters.redis.client import RedisTarget
 from app.adapters.redis.streams import RedisEventLog
 from app.domain.events import RetrievalRecorded
 from app.services.recorder import RetrievalRecorder, new_retrieval_id
+from tests.integration.redis_fixtures import ALL_BACKENDS
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio
+REDIS_BACKENDS = ALL_BACKENDS
 
 
 def event() -> RetrievalRecorded:
@@ -45,8 +48,10 @@ async def test_events_past_the_buffer_are_counted_as_lost(closed_port_url: str) 
         await log.close()
 
 
-async def test_buffered_events_are_written_when_redis_answers(redis_url: str, prefix: str) -> None:
-    log = RedisEventLog(redis_url, pool_size=2)
+async def test_buffered_events_are_written_when_redis_answers(
+    redis_target: RedisTarget, prefix: str
+) -> None:
+    log = RedisEventLog(redis_target, pool_size=2)
     recorder = RetrievalRecorder(log, f"{prefix}retrievals", retention_seconds=60, capacity=3)
     try:
         for _ in range(2):

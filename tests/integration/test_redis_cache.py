@@ -11,17 +11,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import redis.asyncio
 
 from app.adapters.redis.cache import RedisEmbeddingCache
+from app.adapters.redis.client import RedisTarget
 from app.adapters.redis.embedded import EmbeddedRedis
 from app.ports import CachedEmbedding, CacheStats
+from tests.integration.redis_fixtures import ALL_BACKENDS, RawRedis
 
 if TYPE_CHECKING:
     from tests.integration.redis_fixtures import RoundTrips
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio
+REDIS_BACKENDS = ALL_BACKENDS
 
 MODEL = "minilm-l6-int8"
 
@@ -35,8 +37,8 @@ def embedding(seed: int, signature: bool = True) -> CachedEmbedding:
 
 
 @pytest.fixture()
-async def cache(redis_url: str, prefix: str) -> AsyncIterator[RedisEmbeddingCache]:
-    made = RedisEmbeddingCache(redis_url, prefix=prefix, ttl_seconds=3600, pool_size=2)
+async def cache(redis_target: RedisTarget, prefix: str) -> AsyncIterator[RedisEmbeddingCache]:
+    made = RedisEmbeddingCache(redis_target, prefix=prefix, ttl_seconds=3600, pool_size=2)
     yield made
     await made.close()
 
@@ -56,9 +58,9 @@ async def test_misses_then_hits(cache: RedisEmbeddingCache) -> None:
 
 
 async def test_keys_hold_tenant_model_and_hash_and_expire(
-    redis_url: str, prefix: str, raw_redis: redis.asyncio.Redis
+    redis_target: RedisTarget, prefix: str, raw_redis: RawRedis
 ) -> None:
-    cache = RedisEmbeddingCache(redis_url, prefix=prefix, ttl_seconds=1)
+    cache = RedisEmbeddingCache(redis_target, prefix=prefix, ttl_seconds=1)
     try:
         key = cache.key("acme", MODEL, "hello")
         digest = hashlib.sha256(f"acme\x1f{MODEL}\x1fhello".encode()).hexdigest()
@@ -72,9 +74,7 @@ async def test_keys_hold_tenant_model_and_hash_and_expire(
         await cache.close()
 
 
-async def test_the_default_ttl_is_applied(
-    cache: RedisEmbeddingCache, raw_redis: redis.asyncio.Redis
-) -> None:
+async def test_the_default_ttl_is_applied(cache: RedisEmbeddingCache, raw_redis: RawRedis) -> None:
     await cache.put_many("t", MODEL, ["x"], [embedding(3)])
     assert 3590 < await raw_redis.ttl(cache.key("t", MODEL, "x")) <= 3600
 
@@ -104,7 +104,7 @@ async def test_tenants_and_models_do_not_share_entries(cache: RedisEmbeddingCach
 
 
 async def test_an_unreadable_value_is_a_miss(
-    cache: RedisEmbeddingCache, raw_redis: redis.asyncio.Redis
+    cache: RedisEmbeddingCache, raw_redis: RawRedis
 ) -> None:
     await raw_redis.set(cache.key("t", MODEL, "x"), b"\xc1 not msgpack")
     assert await cache.get_many("t", MODEL, ["x"]) == [None]

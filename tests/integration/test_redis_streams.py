@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
-import redis.asyncio
 
 from app.adapters.redis.embedded import EmbeddedRedis
 from app.adapters.redis.streams import EVENT_FIELD, RedisEventLog
@@ -28,10 +27,13 @@ from app.errors import DependencyUnavailable, EventLogError, NotFound
 if TYPE_CHECKING:
     from tests.integration.redis_fixtures import RoundTrips
 
-from tests.integration.redis_fixtures import delivery_counts
+from app.adapters.redis.client import RedisTarget
+from tests.integration.redis_fixtures import ALL_BACKENDS, RawRedis, delivery_counts
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
 pytestmark = pytest.mark.anyio
+# The event-log contract holds on every topology, a Redis Cluster included.
+REDIS_BACKENDS = ALL_BACKENDS
 
 GROUP = "indexer"
 
@@ -120,7 +122,9 @@ async def test_append_many_keeps_order_in_one_round_trip(
     event_log: RedisEventLog, prefix: str, round_trips: RoundTrips
 ) -> None:
     stream = Streams(prefix).documents
-    await event_log.ping()  # open the connection before counting
+    # Open the connection before counting: one to the node that holds the stream (on a
+    # cluster, PING would go to any node).
+    assert await event_log.length(stream) == 0
     events = [upserted(f"d{i}") for i in range(50)]
     before = round_trips.count
     ids = await event_log.append_many(stream, events)
@@ -171,7 +175,7 @@ async def test_ensure_group_creates_the_stream(event_log: RedisEventLog, prefix:
 
 
 async def test_pending_entries_come_back_to_a_restarted_consumer(
-    redis_url: str, event_log: RedisEventLog, prefix: str
+    redis_target: RedisTarget, event_log: RedisEventLog, prefix: str
 ) -> None:
     stream = Streams(prefix).documents
     await event_log.ensure_group(stream, GROUP)
@@ -179,12 +183,12 @@ async def test_pending_entries_come_back_to_a_restarted_consumer(
     got = await event_log.read_group(stream, GROUP, "worker-1", count=3, block_ms=0)
     assert [e.id for e in got] == ids[:3]
     # The consumer "dies" without acknowledging; a new process with the same name restarts.
-    restarted = RedisEventLog(redis_url, pool_size=2)
+    restarted = RedisEventLog(redis_target, pool_size=2)
     try:
         again = await restarted.read_pending(stream, GROUP, "worker-1", count=10)
         assert [e.id for e in again] == ids[:3]
         assert [e.event for e in again] == [e.event for e in got]
-        assert await delivery_counts(redis_url, stream, GROUP, ids) == dict.fromkeys(ids[:3], 2)
+        assert await delivery_counts(redis_target, stream, GROUP, ids) == dict.fromkeys(ids[:3], 2)
         # Paging through the pending list with `after`.
         assert [
             e.id
@@ -201,7 +205,7 @@ async def test_pending_entries_come_back_to_a_restarted_consumer(
 
 
 async def test_idle_entries_are_claimed_by_another_consumer(
-    redis_url: str, event_log: RedisEventLog, prefix: str
+    redis_target: RedisTarget, event_log: RedisEventLog, prefix: str
 ) -> None:
     stream = Streams(prefix).documents
     await event_log.ensure_group(stream, GROUP)
@@ -213,7 +217,7 @@ async def test_idle_entries_are_claimed_by_another_consumer(
     claimed = await event_log.claim_idle(stream, GROUP, "alive", min_idle_ms=100, count=10)
     assert [e.id for e in claimed] == ids
     assert all(e.event is not None for e in claimed)
-    assert await delivery_counts(redis_url, stream, GROUP, ids) == dict.fromkeys(ids, 2)
+    assert await delivery_counts(redis_target, stream, GROUP, ids) == dict.fromkeys(ids, 2)
     assert [e.id for e in await event_log.read_pending(stream, GROUP, "alive", count=10)] == ids
     assert await event_log.read_pending(stream, GROUP, "dead", count=10) == []
 
@@ -236,27 +240,27 @@ async def test_claim_idle_takes_at_most_count_and_pages_on(
 
 
 async def test_reads_of_pending_entries_and_claims_are_deliveries_and_ack_clears_them(
-    redis_url: str, event_log: RedisEventLog, prefix: str
+    redis_target: RedisTarget, event_log: RedisEventLog, prefix: str
 ) -> None:
     stream = Streams(prefix).documents
     await event_log.ensure_group(stream, GROUP)
     [entry_id] = await event_log.append_many(stream, [upserted("d")])
     await event_log.read_group(stream, GROUP, "a", count=1, block_ms=0)
-    assert await delivery_counts(redis_url, stream, GROUP, [entry_id]) == {entry_id: 1}
+    assert await delivery_counts(redis_target, stream, GROUP, [entry_id]) == {entry_id: 1}
     await event_log.read_pending(stream, GROUP, "a", count=1)
-    assert await delivery_counts(redis_url, stream, GROUP, [entry_id]) == {entry_id: 2}
+    assert await delivery_counts(redis_target, stream, GROUP, [entry_id]) == {entry_id: 2}
     await event_log.claim_idle(stream, GROUP, "b", min_idle_ms=0, count=1)
-    assert await delivery_counts(redis_url, stream, GROUP, [entry_id]) == {entry_id: 3}
+    assert await delivery_counts(redis_target, stream, GROUP, [entry_id]) == {entry_id: 3}
     assert await event_log.ack(stream, GROUP, [entry_id]) == 1
     assert await event_log.ack(stream, GROUP, [entry_id]) == 0
-    assert await delivery_counts(redis_url, stream, GROUP, [entry_id]) == {}
+    assert await delivery_counts(redis_target, stream, GROUP, [entry_id]) == {}
     assert await event_log.ack(stream, GROUP, []) == 0
     info = await event_log.group_info(stream, GROUP)
     assert info is not None and info.pending == 0
 
 
 async def test_poison_entries_arrive_with_the_error_and_their_bytes(
-    event_log: RedisEventLog, raw_redis: redis.asyncio.Redis, prefix: str
+    event_log: RedisEventLog, raw_redis: RawRedis, prefix: str
 ) -> None:
     stream = Streams(prefix).documents
     await event_log.ensure_group(stream, GROUP)
@@ -292,7 +296,7 @@ async def test_poison_entries_arrive_with_the_error_and_their_bytes(
 
 
 async def test_a_pending_entry_deleted_from_the_stream_still_comes_back(
-    event_log: RedisEventLog, raw_redis: redis.asyncio.Redis, prefix: str
+    event_log: RedisEventLog, raw_redis: RawRedis, prefix: str
 ) -> None:
     stream = Streams(prefix).documents
     await event_log.ensure_group(stream, GROUP)
@@ -331,7 +335,7 @@ async def test_get_and_length(event_log: RedisEventLog, prefix: str) -> None:
 
 
 async def test_trim_older_than_removes_only_old_entries(
-    event_log: RedisEventLog, raw_redis: redis.asyncio.Redis, prefix: str
+    event_log: RedisEventLog, raw_redis: RawRedis, prefix: str
 ) -> None:
     stream = Streams(prefix).retrievals
     now_s, now_us = await raw_redis.time()
@@ -348,12 +352,12 @@ async def test_trim_older_than_removes_only_old_entries(
 
 
 async def test_a_blocking_read_outlasts_the_socket_timeout_and_frees_the_pool(
-    redis_url: str, prefix: str
+    redis_target: RedisTarget, prefix: str
 ) -> None:
     stream = Streams(prefix).documents
     # A pool of one with a 0.3 s socket timeout: a blocking read on it would both time out
     # and keep the append below waiting.
-    log = RedisEventLog(redis_url, pool_size=1, socket_timeout=0.3)
+    log = RedisEventLog(redis_target, pool_size=1, socket_timeout=0.3)
     try:
         await log.ensure_group(stream, GROUP)
         started = time.monotonic()
@@ -377,6 +381,14 @@ async def test_a_cancelled_blocking_read_leaves_the_log_usable(
 ) -> None:
     stream = Streams(prefix).documents
     await event_log.ensure_group(stream, GROUP)
+    # The consumer's reader is made (and, on a cluster, has found the nodes) by a first
+    # blocking read that an entry answers at once, so the read below is sent at once and
+    # the cancel lands while it waits on the server. (Cancelled as its command is written,
+    # a read could run its whole BLOCK: on Python 3.11 redis-py's asyncio.wait_for can lose
+    # a cancel, CPython gh-86296.)
+    first = await event_log.append(stream, upserted("first"))
+    [entry] = await event_log.read_group(stream, GROUP, "c", count=1, block_ms=5000)
+    assert entry.id == first and await event_log.ack(stream, GROUP, [first]) == 1
     reader = asyncio.create_task(event_log.read_group(stream, GROUP, "c", count=1, block_ms=5000))
     await asyncio.sleep(0.1)
     reader.cancel()
@@ -417,7 +429,7 @@ async def test_an_unreachable_server_is_reported_quickly(closed_port_url: str) -
 
 
 async def test_server_refusals_are_translated(
-    event_log: RedisEventLog, raw_redis: redis.asyncio.Redis, prefix: str
+    event_log: RedisEventLog, raw_redis: RawRedis, prefix: str
 ) -> None:
     stream = Streams(prefix).documents
     await event_log.append(stream, upserted("d"))
@@ -449,3 +461,18 @@ async def test_the_log_recovers_when_its_server_comes_back(tmp_path: Path) -> No
     finally:
         await log.close()
         server.stop()
+
+
+@pytest.mark.anyio
+async def test_a_burst_larger_than_the_pool_waits_instead_of_failing(
+    redis_target: RedisTarget, prefix: str
+) -> None:
+    # On a cluster, redis-py's node pools raise at max_connections instead of waiting.
+    log = RedisEventLog(redis_target, pool_size=4)
+    try:
+        stream = f"{prefix}documents"
+        ids = await asyncio.gather(*(log.append(stream, upserted(f"d{i}")) for i in range(200)))
+        assert len(set(ids)) == 200
+        assert await log.length(stream) == 200
+    finally:
+        await log.close()

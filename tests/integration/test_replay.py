@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis.asyncio
 
 from app.adapters.embedders.local import LocalEmbedder
 from app.adapters.qdrant.edge_catalog import EdgeCatalog
 from app.adapters.qdrant.remote_catalog import QdrantCatalog
 from app.adapters.qdrant.remote_index import QdrantIndex
 from app.adapters.redis.cache import RedisEmbeddingCache
+from app.adapters.redis.client import RedisTarget
 from app.adapters.redis.doc_status import RedisDocStatus
 from app.adapters.redis.replay_jobs import RedisReplayJobs
 from app.adapters.redis.streams import EVENT_FIELD, RedisEventLog
@@ -35,8 +35,11 @@ from app.services.projector.apply import Applier
 from app.services.replay import Replay, ReplayConfig, ReplayProgress
 from app.services.replay_jobs import ReplayJobs, StoredReplayJob
 from tests.integration.projector_driver import start as start_projector
+from tests.integration.redis_fixtures import ALL_BACKENDS, RawRedis
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
+# Replays hold on every Redis topology, a Redis Cluster included.
+REDIS_BACKENDS = ALL_BACKENDS
 
 DIM = 8
 
@@ -158,12 +161,12 @@ def embedder() -> Iterator[LocalEmbedder]:
 
 
 def wire(
-    catalog: IndexCatalog, redis_url: str, prefix: str, embedder: LocalEmbedder
+    catalog: IndexCatalog, target: RedisTarget, prefix: str, embedder: LocalEmbedder
 ) -> dict[str, Any]:
     """A live projector over `catalog`, with the Redis parts a replay needs beside it."""
-    cache = RedisEmbeddingCache(redis_url, prefix=prefix, pool_size=2)
-    status = RedisDocStatus(redis_url, prefix=prefix, pool_size=2)
-    event_log = RedisEventLog(redis_url, pool_size=4)
+    cache = RedisEmbeddingCache(target, prefix=prefix, pool_size=2)
+    status = RedisDocStatus(target, prefix=prefix, pool_size=2)
+    event_log = RedisEventLog(target, pool_size=4)
     streams = Streams(prefix)
     live = Projector(
         event_log,
@@ -192,10 +195,10 @@ async def unwire(parts: dict[str, Any]) -> None:
 
 @pytest.fixture()
 async def parts(
-    tmp_path: Path, redis_url: str, prefix: str, embedder: LocalEmbedder
+    tmp_path: Path, redis_target: RedisTarget, prefix: str, embedder: LocalEmbedder
 ) -> AsyncIterator[dict[str, Any]]:
     catalog = EdgeCatalog(tmp_path, model_id=embedder.model_id, dim=embedder.dim)
-    wired = wire(catalog, redis_url, prefix, embedder)
+    wired = wire(catalog, redis_target, prefix, embedder)
     yield wired
     await unwire(wired)
     catalog.close()
@@ -234,7 +237,7 @@ async def everything(catalog: EdgeCatalog) -> dict[str, tuple[dict[str, Any], li
     return {pid: (p, v) for pid, p, v in await catalog.current().all_points()}
 
 
-async def fill(parts: dict[str, Any], raw_redis: redis.asyncio.Redis) -> None:
+async def fill(parts: dict[str, Any], raw_redis: RawRedis) -> None:
     log: RedisEventLog = parts["event_log"]
     stream = parts["streams"].documents
     long = "Sentence number one is here. " * 12
@@ -256,7 +259,7 @@ async def fill(parts: dict[str, Any], raw_redis: redis.asyncio.Redis) -> None:
 
 @pytest.mark.anyio
 async def test_replay_equals_the_live_index_across_tenants_and_skips_poison(
-    parts: dict[str, Any], embedder: LocalEmbedder, raw_redis: redis.asyncio.Redis
+    parts: dict[str, Any], embedder: LocalEmbedder, raw_redis: RawRedis
 ) -> None:
     await fill(parts, raw_redis)
     live = await everything(parts["catalog"])
@@ -315,7 +318,7 @@ async def test_a_fresh_generation_still_sweeps_documents_it_has_written(
 async def test_a_failed_replay_leaves_everything_as_it_was(
     parts: dict[str, Any],
     embedder: LocalEmbedder,
-    raw_redis: redis.asyncio.Redis,
+    raw_redis: RawRedis,
     prefix: str,
 ) -> None:
     await fill(parts, raw_redis)
@@ -344,14 +347,14 @@ async def test_a_failed_replay_leaves_everything_as_it_was(
 
 @pytest.mark.anyio
 async def test_replay_on_a_qdrant_cluster_swaps_the_alias_and_equals_the_live_index(
-    redis_url: str,
+    redis_target: RedisTarget,
     prefix: str,
     embedder: LocalEmbedder,
-    raw_redis: redis.asyncio.Redis,
+    raw_redis: RawRedis,
 ) -> None:
     cluster = QdrantIndex.connect(":memory:", model_id=embedder.model_id, dim=embedder.dim)
     catalog = QdrantCatalog(cluster)
-    parts = wire(catalog, redis_url, prefix, embedder)
+    parts = wire(catalog, redis_target, prefix, embedder)
     live: Projector = parts["live"]
     event_log: RedisEventLog = parts["event_log"]
     streams: Streams = parts["streams"]
@@ -386,13 +389,13 @@ async def test_replay_on_a_qdrant_cluster_swaps_the_alias_and_equals_the_live_in
 async def test_a_finished_job_is_readable_after_a_restart(
     parts: dict[str, Any],
     embedder: LocalEmbedder,
-    raw_redis: redis.asyncio.Redis,
-    redis_url: str,
+    raw_redis: RawRedis,
+    redis_target: RedisTarget,
     prefix: str,
 ) -> None:
     await fill(parts, raw_redis)
     jobs = ReplayJobs(
-        lambda: replay_of(parts, embedder), store=RedisReplayJobs(redis_url, prefix=prefix)
+        lambda: replay_of(parts, embedder), store=RedisReplayJobs(redis_target, prefix=prefix)
     )
     job = jobs.start()
     while (await jobs.get(job.job_id)).progress.phase not in ("done", "failed"):  # type: ignore[union-attr]
@@ -400,7 +403,7 @@ async def test_a_finished_job_is_readable_after_a_restart(
     await jobs.aclose()
 
     restarted = ReplayJobs(
-        lambda: replay_of(parts, embedder), store=RedisReplayJobs(redis_url, prefix=prefix)
+        lambda: replay_of(parts, embedder), store=RedisReplayJobs(redis_target, prefix=prefix)
     )
     try:
         again = await restarted.get(job.job_id)
@@ -413,8 +416,10 @@ async def test_a_finished_job_is_readable_after_a_restart(
 
 
 @pytest.mark.anyio
-async def test_a_job_no_longer_saved_reads_as_interrupted(redis_url: str, prefix: str) -> None:
-    store = RedisReplayJobs(redis_url, prefix=prefix)
+async def test_a_job_no_longer_saved_reads_as_interrupted(
+    redis_target: RedisTarget, prefix: str
+) -> None:
+    store = RedisReplayJobs(redis_target, prefix=prefix)
     jobs = ReplayJobs(lambda: pytest.fail("not started here"), store=store, save_every=1.0)
     try:
         now = time.time()
@@ -432,7 +437,7 @@ async def test_a_job_no_longer_saved_reads_as_interrupted(redis_url: str, prefix
 
 @pytest.mark.anyio
 async def test_a_job_store_that_is_down_does_not_fail_the_replay(
-    parts: dict[str, Any], embedder: LocalEmbedder, raw_redis: redis.asyncio.Redis
+    parts: dict[str, Any], embedder: LocalEmbedder, raw_redis: RawRedis
 ) -> None:
     await fill(parts, raw_redis)
     nowhere = RedisReplayJobs("redis://127.0.0.1:1/0", prefix="x:")

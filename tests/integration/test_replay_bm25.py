@@ -20,15 +20,18 @@ from app.adapters.qdrant.remote_catalog import QdrantCatalog
 from app.adapters.qdrant.remote_collection import SPARSE
 from app.adapters.qdrant.remote_index import QdrantIndex
 from app.adapters.qdrant.sparse_bm25 import DEFAULT_AVG_LEN, SparseBm25
+from app.adapters.redis.client import RedisTarget
 from app.domain.events import DocumentDeleted, DocumentUpserted, Streams
 from app.domain.records import Chunk, Hit, IndexQuery
 from app.ports import VectorIndex
 from app.services.projector import Projector
 from tests.integration.projector_driver import start as start_projector
+from tests.integration.redis_fixtures import ALL_BACKENDS
 from tests.integration.test_index_contract import make_chunk
 from tests.integration.test_replay import embedder, replay_of, unwire, wire
 
 pytest_plugins = ("tests.integration.redis_fixtures",)
+REDIS_BACKENDS = ALL_BACKENDS
 
 __all__ = ["embedder"]  # the module-scoped fixture, shared with test_replay
 
@@ -130,13 +133,13 @@ def worst_relative_gap(a: dict[tuple[str, str], float], b: dict[tuple[str, str],
 
 @pytest.mark.anyio
 async def test_a_cluster_replay_builds_with_the_measured_mean_length(
-    redis_url: str, prefix: str, embedder: LocalEmbedder, tmp_path: Path
+    redis_target: RedisTarget, prefix: str, embedder: LocalEmbedder, tmp_path: Path
 ) -> None:
     cluster = QdrantIndex.connect(":memory:", model_id=embedder.model_id, dim=embedder.dim)
     catalog = QdrantCatalog(cluster)
-    parts = wire(catalog, redis_url, prefix, embedder)
+    parts = wire(catalog, redis_target, prefix, embedder)
     edge_catalog = EdgeCatalog(tmp_path, model_id=embedder.model_id, dim=embedder.dim)
-    edge_parts = wire(edge_catalog, redis_url, prefix, embedder)
+    edge_parts = wire(edge_catalog, redis_target, prefix, embedder)
     live: Projector = parts["live"]
     streams: Streams = parts["streams"]
     try:
