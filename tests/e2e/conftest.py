@@ -10,6 +10,45 @@ import pytest
 
 from tests.e2e.server import PREFIXES, Server, drop_keys
 
+# Words the kill and failover tests make documents of: short texts, each document its own.
+WORDS = [
+    "river",
+    "mountain",
+    "glacier",
+    "desert",
+    "forest",
+    "ocean",
+    "volcano",
+    "canyon",
+    "meadow",
+    "island",
+    "valley",
+    "storm",
+    "thunder",
+    "comet",
+    "planet",
+    "orbit",
+    "crystal",
+    "mineral",
+    "fossil",
+    "coral",
+    "tide",
+    "harbor",
+    "lantern",
+    "compass",
+    "quartz",
+    "basalt",
+    "granite",
+    "marble",
+    "willow",
+    "cedar",
+    "falcon",
+    "heron",
+    "otter",
+    "badger",
+    "lynx",
+]
+
 DOCS = [
     {
         "id": "volcano",

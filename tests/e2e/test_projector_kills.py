@@ -45,6 +45,7 @@ from app.errors import NotFound
 from app.services.indexing import Indexer, document_version
 from app.services.ingest import LoggedIngest
 from app.services.projector import GROUP
+from tests.e2e.conftest import WORDS
 from tests.e2e.server import REDIS_URL, Server, drop_keys, free_port
 
 KILLS = int(os.environ.get("RAG_KILL_TEST_KILLS", "8"))
@@ -53,43 +54,6 @@ SEED = int(os.environ.get("RAG_KILL_TEST_SEED", "20261205"))
 GAP_SECONDS = (0.5, 5.0)
 REQUEST = 20  # documents per ingest request
 CHUNKING = ChunkingParams(size=32, overlap=0)  # small chunks: one to several per document
-WORDS = [
-    "river",
-    "mountain",
-    "glacier",
-    "desert",
-    "forest",
-    "ocean",
-    "volcano",
-    "canyon",
-    "meadow",
-    "island",
-    "valley",
-    "storm",
-    "thunder",
-    "comet",
-    "planet",
-    "orbit",
-    "crystal",
-    "mineral",
-    "fossil",
-    "coral",
-    "tide",
-    "harbor",
-    "lantern",
-    "compass",
-    "quartz",
-    "basalt",
-    "granite",
-    "marble",
-    "willow",
-    "cedar",
-    "falcon",
-    "heron",
-    "otter",
-    "badger",
-    "lynx",
-]
 
 pytestmark = pytest.mark.slow
 

@@ -56,6 +56,7 @@ from app.adapters.redis.streams import EVENT_FIELD
 from app.domain.events import DocumentUpserted, Streams, decode_event
 from app.domain.records import DEFAULT_TENANT
 from app.errors import EventDecodeError
+from tests.e2e.conftest import WORDS
 from tests.e2e.server import Server
 from tests.topology.redis_servers import SentinelSetup, paused
 
@@ -74,32 +75,6 @@ CUT_SECONDS = (0.1, 0.6)  # the replica cut off before the primary dies
 PAUSE_SECONDS = (0.05, 0.15)  # each client between requests: the projector keeps up
 REPLICA_TIMEOUT_MS = 500
 NO_ERROR_BODY = "(no JSON error body)"
-WORDS = [
-    "river",
-    "mountain",
-    "glacier",
-    "desert",
-    "forest",
-    "ocean",
-    "volcano",
-    "canyon",
-    "meadow",
-    "island",
-    "valley",
-    "storm",
-    "thunder",
-    "comet",
-    "planet",
-    "orbit",
-    "crystal",
-    "mineral",
-    "fossil",
-    "coral",
-    "tide",
-    "harbor",
-    "lantern",
-    "compass",
-]
 
 
 class Answer(msgspec.Struct, kw_only=True):
