@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
-from app.domain.events import ConsumerInfo, Entry, Event, GroupInfo
+from app.domain.events import ConsumerInfo, Entry, Event, GroupInfo, StoreMemory
 from app.domain.records import (
     Chunk,
     DocumentState,
@@ -193,6 +193,31 @@ class EventLog(Protocol):
 
     async def length(self, stream: str) -> int:
         """Entries in the stream (0 if it does not exist)."""
+        ...
+
+    async def trim_to_length(self, stream: str, max_entries: int) -> int:
+        """Delete the oldest entries until at most `max_entries` remain (exactly, not
+        approximately); returns how many were deleted."""
+        ...
+
+    async def trim_before(self, stream: str, entry_id: str) -> int:
+        """Delete every entry whose id is below `entry_id`; returns how many."""
+        ...
+
+    async def clock_ms(self) -> int:
+        """The log's own clock, epoch ms: it stamps entry ids, and the app host's clock may
+        be skewed against it."""
+        ...
+
+    async def memory_usage(self, stream: str) -> int:
+        """Bytes the stream takes in the log's memory, counted over all of it (0 if it does
+        not exist). Costs the server time in proportion to the stream's size (bench/
+        stream_memory_cost.py): the caller decides how often to ask."""
+        ...
+
+    async def memory(self, stream: str) -> StoreMemory:
+        """Memory in use and the limit of the server holding `stream` (every key of it
+        counted, not only the log's)."""
         ...
 
     async def group_info(self, stream: str, group: str) -> GroupInfo | None:
@@ -380,6 +405,19 @@ class ReplayJobStore(Protocol):
     async def save(self, job: StoredReplayJob) -> None: ...
 
     async def load(self, job_id: str) -> StoredReplayJob | None: ...
+
+    async def close(self) -> None: ...
+
+
+class Lease(Protocol):
+    """Named claims that expire, shared by every process of a deployment, so that a periodic
+    job on shared state (retention trimming) runs in one process at a time rather than in
+    each. Unreachable storage raises DependencyUnavailable."""
+
+    async def take(self, name: str, *, holder: str, ttl_ms: int) -> bool:
+        """Claim `name` for `ttl_ms` as `holder` if nobody holds it now; whether it was
+        claimed. A claim is never released early: it ends when it expires."""
+        ...
 
     async def close(self) -> None: ...
 

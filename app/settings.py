@@ -88,6 +88,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     event_redact_queries: bool = msgspec.field(default=False, name="RAG_EVENT_REDACT_QUERIES")
     retrieval_retention: str = msgspec.field(default="7d", name="RAG_RETRIEVAL_RETENTION")
     record_retrievals: bool = msgspec.field(default=True, name="RAG_RECORD_RETRIEVALS")
+    feedback_retention: str = msgspec.field(default="90d", name="RAG_FEEDBACK_RETENTION")
+    feedback_max_entries: Annotated[int, Meta(ge=0, le=1_000_000_000)] = msgspec.field(
+        default=1_000_000, name="RAG_FEEDBACK_MAX_ENTRIES"
+    )
+    dead_letter_retention: str = msgspec.field(default="30d", name="RAG_DEAD_LETTER_RETENTION")
+    dead_letter_max_entries: Annotated[int, Meta(ge=0, le=1_000_000_000)] = msgspec.field(
+        default=100_000, name="RAG_DEAD_LETTER_MAX_ENTRIES"
+    )
     projector_max_deliveries: Annotated[int, Meta(ge=1, le=1000)] = msgspec.field(
         default=5, name="RAG_PROJECTOR_MAX_DELIVERIES"
     )
@@ -200,6 +208,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         """`RAG_RETRIEVAL_RETENTION` in seconds."""
         return _parse_duration("RAG_RETRIEVAL_RETENTION", self.retrieval_retention)
 
+    @property
+    def feedback_retention_seconds(self) -> int:
+        """`RAG_FEEDBACK_RETENTION` in seconds."""
+        return _parse_duration("RAG_FEEDBACK_RETENTION", self.feedback_retention)
+
+    @property
+    def dead_letter_retention_seconds(self) -> int:
+        """`RAG_DEAD_LETTER_RETENTION` in seconds."""
+        return _parse_duration("RAG_DEAD_LETTER_RETENTION", self.dead_letter_retention)
+
     def resource_attributes(self) -> dict[str, str]:
         """`OTEL_RESOURCE_ATTRIBUTES` parsed: `key=value` pairs, percent-encoded values."""
         return _parse_resource_attributes(self.otel_resource_attributes)
@@ -234,6 +252,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
             raise SettingsError(_name_the_variable(str(exc))) from exc
         _parse_metadata_indexes(settings.metadata_indexes)
         _parse_duration("RAG_RETRIEVAL_RETENTION", settings.retrieval_retention)
+        _parse_duration("RAG_FEEDBACK_RETENTION", settings.feedback_retention)
+        _parse_duration("RAG_DEAD_LETTER_RETENTION", settings.dead_letter_retention)
         _check_redis_url(settings.redis_url)
         _check_redis_topology(settings)
         _check_qdrant_url(settings.qdrant_url)
@@ -500,6 +520,18 @@ SETTINGS_DOC: dict[str, str] = {
     "`false` stops recording: `GET /api/v1/retrievals/{id}` and feedback then answer 404 for "
     "new searches, and `/api/v1/quality` has nothing new to count (for benchmarks, or where "
     "no query may be kept even hashed).",
+    "RAG_FEEDBACK_RETENTION": "Age after which feedback events are trimmed (as "
+    "`RAG_RETRIEVAL_RETENTION`). Longer than the retrievals' by default: judgements outlive "
+    "the quality window as evaluation data.",
+    "RAG_FEEDBACK_MAX_ENTRIES": "Most feedback events kept; the oldest beyond it are trimmed "
+    "(exactly). 0: no bound but age.",
+    "RAG_DEAD_LETTER_RETENTION": "Age after which dead letters are trimmed, looked at or not "
+    "(each one trimmed is logged with its tenant and document, and counted in "
+    "`rag_stream_trimmed_total`); its document stays `failed` until sent again or replayed. "
+    "Keep it longer than anyone takes to answer the `RAGDeadLetters` alert.",
+    "RAG_DEAD_LETTER_MAX_ENTRIES": "Most dead letters kept (a backstop against a storm of "
+    "failures filling Redis: each holds its event whole); the oldest beyond it are trimmed "
+    "and logged as by age. 0: no bound but age.",
     "RAG_PROJECTOR_MAX_DELIVERIES": "Strikes against a document event before it is moved to "
     "the dead-letter stream: a strike is an attempt to apply the event on its own that failed, "
     "or during which the process died. A batch's death, a restart or a takeover is never one.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,11 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.api import metrics, reindex, system
+from app.api import metrics, system
 from app.api.codec import error_response, response_for
-from app.api.guard import guard
 from app.api.memory_budget import MemoryBudget, MemoryBudgetMiddleware
-from app.api.routes import routes
+from app.api.routes import routes, worker_routes
 from app.bootstrap import IndexSide, Services, build_access, build_services
 from app.errors import RagError
 from app.services.projector import Projector
@@ -46,7 +46,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         stop_recording = asyncio.Event()
         recording = asyncio.create_task(built.recorder.run(stop_recording), name="recorder")
         try:
-            async with _projecting(app, built.projector, settings):
+            async with _projecting(app, built.projector, settings), _retaining(built.index_side):
                 yield
         finally:
             # Buffered retrieval events are flushed before the event log closes.
@@ -104,10 +104,10 @@ def create_worker_app(settings: Settings, index_side: IndexSide) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.index_side = index_side
-        # Replays are admin work: the worker checks keys as the API does.
+        # Replays are operator work: the worker checks keys as the API does.
         app.state.access = access = build_access(settings)
         try:
-            async with _projecting(app, index_side.projector, settings):
+            async with _projecting(app, index_side.projector, settings), _retaining(index_side):
                 yield
         finally:
             await access.limiter.close()
@@ -118,8 +118,7 @@ def create_worker_app(settings: Settings, index_side: IndexSide) -> Starlette:
             Route("/ready", system.ready, methods=["GET"]),
             Route("/metrics", metrics.scrape, methods=["GET"]),
             # The worker holds the index, so replays run here (`rag-pipeline replay` asks).
-            Route("/api/v1/reindex", guard(reindex.start, "admin"), methods=["POST"]),
-            Route("/api/v1/reindex/{job_id}", guard(reindex.status, "admin"), methods=["GET"]),
+            *worker_routes(),
         ],
         lifespan=lifespan,
         exception_handlers=_handlers(),
@@ -141,6 +140,22 @@ async def _projecting(
     finally:
         if task is not None:
             await _stop_projector(task, stop, settings.graceful_timeout_seconds)
+
+
+@asynccontextmanager
+async def _retaining(side: IndexSide) -> AsyncIterator[None]:
+    """Trim the feedback and dead-letter streams for as long as the app runs (in whichever
+    process holds the retention lease at the time: app/services/retention.py)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(side.retention.run(stop), name="retention")
+    try:
+        yield
+    finally:
+        # A trim cut short is harmless: what it removed is logged already, the rest waits.
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:

@@ -152,7 +152,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET /api/v1/stats",
         system.stats,
-        "Index, event log and embedding cache figures",
+        "Index, event log and embedding cache figures; with the `operator` scope too, each "
+        "stream's entries and memory and the Redis memory in use and its limit",
         scope="admin",
         returns={200: Stats},
         errors=(503,),
@@ -161,8 +162,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "POST /api/v1/reindex",
         reindex.start,
         "Replay: rebuild the index from the document stream into a new generation, then switch "
-        "to it; 202 with the job, 409 while one runs",
-        scope="admin",
+        "to it; 202 with the job, 409 while one runs (deployment-wide: every tenant's index)",
+        scope="operator",
         returns={202: ReindexJob},
         errors=(409, 503),
     ),
@@ -170,7 +171,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "GET /api/v1/reindex/{job_id}",
         reindex.status,
         "A replay's phase and progress (records kept a week)",
-        scope="admin",
+        scope="operator",
         returns={200: ReindexJob},
         errors=(404,),
     ),
@@ -263,6 +264,19 @@ def _by_method(handlers: dict[str, Handler]) -> Handler:
         return await handlers[method](request)
 
     return dispatch
+
+
+# What the worker serves besides probes and metrics: it holds the index, so replays run there.
+WORKER_HANDLERS: tuple[Handler, ...] = (reindex.start, reindex.status)
+
+
+def worker_routes() -> list[Route]:
+    """The worker's API routes, guarded by the scopes ENDPOINTS declares for them."""
+    return [
+        Route(e.path, _handler(e), methods=[e.method])
+        for e in ENDPOINTS
+        if e.handler in WORKER_HANDLERS
+    ]
 
 
 def routes() -> list[Route]:

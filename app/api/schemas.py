@@ -254,11 +254,29 @@ class RecorderInfo(msgspec.Struct, kw_only=True):
     dropped: int  # lost because the buffer was full (the log slow or away)
 
 
+class StreamStorage(msgspec.Struct, kw_only=True):
+    entries: int
+    memory_bytes: int | None  # MEMORY USAGE; null until this process first sampled it
+    memory_sampled_at: float | None  # epoch seconds of that sample (taken at most once a minute)
+
+
+class StorageInfo(msgspec.Struct, kw_only=True):
+    """Deployment-wide, so only for keys with the `operator` scope: each stream's size and
+    the memory of the Redis holding them (every key counted, the embedding cache too)."""
+
+    streams: dict[str, StreamStorage]  # by stream key, e.g. "rag:documents"
+    redis_used_bytes: int
+    redis_max_bytes: int  # maxmemory; 0: no limit
+    redis_used_ratio: float | None  # used / max; null without a limit
+    redis_maxmemory_policy: str
+
+
 class Stats(msgspec.Struct, kw_only=True):
     index: IndexInfo
     events: EventsInfo
     cache: CacheInfo
     recorder: RecorderInfo
+    storage: StorageInfo | None = None  # null unless the key has the `operator` scope
 
 
 class QualityQuery(_Strict):

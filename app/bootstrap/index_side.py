@@ -22,6 +22,7 @@ from app.adapters.qdrant.remote_catalog import QdrantCatalog
 from app.adapters.qdrant.remote_index import QdrantIndex
 from app.adapters.redis.cache import RedisEmbeddingCache
 from app.adapters.redis.doc_status import RedisDocStatus
+from app.adapters.redis.lease import RedisLease
 from app.adapters.redis.replay_jobs import RedisReplayJobs
 from app.adapters.redis.streams import RedisEventLog
 from app.bootstrap.event_log import check_data_dir, check_redis_url, redis_target
@@ -40,6 +41,8 @@ from app.services.indexing import Indexer
 from app.services.projector import Projector, ProjectorConfig
 from app.services.replay import Replay, ReplayConfig, ReplayProgress
 from app.services.replay_jobs import ReplayJobs
+from app.services.retention import Bound, Retention
+from app.services.stream_usage import StreamUsage
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -68,6 +71,8 @@ class IndexSide(msgspec.Struct, kw_only=True):
     projector: Projector
     replays: ReplayJobs  # POST /api/v1/reindex: replays run where the index is held
     replay_config: ReplayConfig
+    retention: Retention  # trims feedback and dead letters (serve and worker run it)
+    usage: StreamUsage  # stream sizes and Redis memory, for /metrics and /api/v1/stats
     closing: contextlib.AsyncExitStack
 
     @property
@@ -193,6 +198,8 @@ def _open_index_side(
     event_log = RedisEventLog(redis_target(settings), pool_size=settings.redis_pool_size)
     closing.push_async_callback(event_log.close)
     indexer = Indexer(embedder, index)
+    lease = RedisLease(redis_target(settings), prefix=settings.stream_prefix)
+    closing.push_async_callback(lease.close)
     projector = Projector(
         event_log,
         indexer,
@@ -228,11 +235,32 @@ def _open_index_side(
             store=RedisReplayJobs(redis_target(settings), prefix=settings.stream_prefix),
         ),
         replay_config=ReplayConfig(batch=settings.replay_batch),
+        retention=_retention(settings, event_log, lease),
+        usage=StreamUsage(event_log, Streams(settings.stream_prefix)),
         closing=closing,
     )
     # First to close: a running replay is cancelled before what it writes to goes.
     closing.push_async_callback(index_side.replays.aclose)
     return index_side
+
+
+def _retention(settings: Settings, event_log: EventLog, lease: RedisLease) -> Retention:
+    streams = Streams(settings.stream_prefix)
+    return Retention(
+        event_log,
+        lease,
+        feedback=Bound(
+            stream=streams.feedback,
+            max_age_seconds=settings.feedback_retention_seconds,
+            max_entries=settings.feedback_max_entries,
+        ),
+        dead_letter=Bound(
+            stream=streams.dead_letter,
+            max_age_seconds=settings.dead_letter_retention_seconds,
+            max_entries=settings.dead_letter_max_entries,
+        ),
+        holder=consumer_name(),
+    )
 
 
 def _open_embedder(

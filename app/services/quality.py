@@ -64,6 +64,14 @@ class QualityReport(msgspec.Struct, kw_only=True):
     # window only up to `read_until` (epoch seconds) and `truncated` is true.
     truncated: bool
     read_until: float
+    # What retention left (epoch seconds, null when the stream holds none): the oldest
+    # retrieval and the oldest feedback still in their streams. Nothing older is there to
+    # count, trimmed (RAG_RETRIEVAL_RETENTION, RAG_FEEDBACK_RETENTION and _MAX_ENTRIES) or
+    # never recorded. `hours_exceed_window`: the requested window starts before
+    # `window_start`, so the figures cover less than the hours asked for.
+    window_start: float | None = None
+    feedback_start: float | None = None
+    hours_exceed_window: bool = False
 
 
 def quality_report(
@@ -76,6 +84,8 @@ def quality_report(
     k: int,
     truncated: bool = False,
     read_until: float | None = None,
+    window_start: float | None = None,
+    feedback_start: float | None = None,
 ) -> QualityReport:
     """The report over `tenant`'s retrievals with since <= at <= until.
 
@@ -117,6 +127,9 @@ def quality_report(
         feedback=_feedback_quality(by_id, feedback, tenant=tenant, k=k),
         truncated=truncated,
         read_until=until if read_until is None else read_until,
+        window_start=window_start,
+        feedback_start=feedback_start,
+        hours_exceed_window=window_start is None or since < window_start,
     )
 
 
