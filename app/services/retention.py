@@ -80,6 +80,8 @@ class Retention:
         self.dead_letter = dead_letter
         self.holder = holder
         self.every_seconds = every_seconds
+        for bound in (feedback, dead_letter):
+            metrics.declare_trimmed(bound.stream)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`: every `every_seconds` (with jitter, so replicas started together do

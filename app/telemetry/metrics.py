@@ -146,6 +146,13 @@ def stream_trimmed(stream: str, reason: str, count: int) -> None:
         _child(_stream_trimmed, stream, reason).inc(count)
 
 
+def declare_trimmed(stream: str) -> None:
+    """Export `stream`'s trim counters at 0 before anything is trimmed (an increase() over
+    them then has a series from the start)."""
+    for reason in ("age", "length"):
+        _child(_stream_trimmed, stream, reason)
+
+
 def set_stream(stream: str, entries: int, memory_bytes: int | None) -> None:
     """A stream's length and, when sampled, its memory (None: no sample yet)."""
     _stream_entries.labels(stream).set(entries)

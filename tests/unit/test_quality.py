@@ -143,3 +143,25 @@ def test_truncation_is_reported() -> None:
         [], [], tenant=TENANT, since=T0, until=T0 + 50, k=1, truncated=True, read_until=T0 + 9
     )
     assert report.truncated and report.read_until == T0 + 9
+
+
+def test_the_window_retention_left_is_reported() -> None:
+    """Retrievals before `window_start` are no longer in the stream: asking for more hours
+    than that says so; the oldest feedback is reported beside it."""
+    within = quality_report(
+        [], [], tenant=TENANT, since=T0, until=T0 + 50, k=1, window_start=T0 - 10
+    )
+    assert within.window_start == T0 - 10 and not within.hours_exceed_window
+    beyond = quality_report(
+        [],
+        [],
+        tenant=TENANT,
+        since=T0,
+        until=T0 + 50,
+        k=1,
+        window_start=T0 + 20,
+        feedback_start=T0 + 30,
+    )
+    assert beyond.hours_exceed_window and beyond.feedback_start == T0 + 30
+    # Nothing held at all: nothing of the window can be seen.
+    assert quality_report([], [], tenant=TENANT, since=T0, until=T0 + 1, k=1).hours_exceed_window
