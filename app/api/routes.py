@@ -63,7 +63,8 @@ class Endpoint:
         self.handler = handler
         self.summary = summary
         # The API-key scope a caller needs (app/api/guard.py enforces it, and adds 401/403/429
-        # to the OpenAPI responses); None: open to anyone, and no tenant to act for.
+        # to the OpenAPI responses); None: open to anyone, and no tenant to act for. "admin"
+        # acts on the caller's tenant only; "operator" on every tenant at once (replay).
         self.scope = scope
         self.responses = returns | dict.fromkeys(errors, ErrorBody)
         self.request = request

@@ -115,11 +115,12 @@ class Retention:
 
     async def _trim_dead_letters(self) -> Trimmed:
         bound = self.dead_letter
-        now_ms = await self.event_log.clock_ms()
-        # Ids carry the log's clock: an id below this one is older than the bound.
-        too_old = f"{max(0, now_ms - bound.max_age_seconds * 1000)}-0"
+        cut_ms = await self.event_log.clock_ms() - bound.max_age_seconds * 1000
+        # Ids carry the log's clock: an id below this one is older than the bound (none is
+        # when the bound reaches back before 1970).
+        too_old = f"{cut_ms}-0"
         by_age = by_length = 0
-        for _ in range(_MAX_STEPS):
+        for _ in range(_MAX_STEPS if cut_ms > 0 else 0):
             going = await self.event_log.range(bound.stream, end=f"({too_old}", count=_PAGE)
             if not going:
                 break

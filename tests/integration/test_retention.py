@@ -302,3 +302,18 @@ async def test_stream_memory_is_sampled_once_a_period_and_lengths_every_time(
     third = {s.stream: s for s in (await usage.read()).streams}
     assert usage.samples == 2
     assert (third[streams.feedback].memory_bytes or 0) > sampled
+
+
+async def test_an_age_bound_longer_than_the_epoch_trims_nothing(
+    event_log: RedisEventLog, lease: RedisLease, prefix: str
+) -> None:
+    """RAG_*_RETENTION may be up to 100 years, further back than any stream id."""
+    streams = Streams(prefix)
+    await event_log.append_many(streams.dead_letter, [dead_letter(streams, "x")] * 3)
+    await event_log.append_many(streams.feedback, [feedback(1)] * 3)
+    century = 100 * 365 * 86_400
+    trimmed = await retention(
+        event_log, lease, streams, feedback_age_s=century, dead_age_s=century
+    ).trim()
+    assert [(t.by_age, t.by_length) for t in trimmed] == [(0, 0), (0, 0)]
+    assert await event_log.length(streams.dead_letter) == 3
