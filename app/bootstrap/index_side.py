@@ -22,7 +22,7 @@ from app.adapters.qdrant.remote_catalog import QdrantCatalog
 from app.adapters.qdrant.remote_index import QdrantIndex
 from app.adapters.redis.cache import RedisEmbeddingCache
 from app.adapters.redis.doc_status import RedisDocStatus
-from app.adapters.redis.replay_jobs import RedisReplayJobs
+from app.adapters.redis.jobs import RedisReplayJobs
 from app.adapters.redis.streams import RedisEventLog
 from app.bootstrap.event_log import check_data_dir, check_redis_url, redis_target
 from app.domain.events import Streams
