@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     # Records owned by the domain and services that exchange them, which import this module.
     from app.domain.doc_status import Applied, Written
     from app.services.dead_letters import RequeueCommand, RequeueReply
+    from app.services.erasure import Erasure
 
 
 class Embedder(Protocol):
@@ -251,6 +252,11 @@ class EmbeddingCache(Protocol):
         self, tenant: str, model_id: str, texts: Sequence[str], items: Sequence[CachedEmbedding]
     ) -> None: ...
 
+    async def forget_many(self, tenant: str, model_id: str, texts: Sequence[str]) -> int:
+        """Remove these texts' embeddings (an erasure); returns how many were there. Unlike
+        the rest, this raises DependencyUnavailable when the store cannot be reached."""
+        ...
+
     def stats(self) -> CacheStats: ...
 
     async def close(self) -> None: ...
@@ -344,6 +350,14 @@ class DocStatusStore(Protocol):
         """Forget `index_id`'s applied records of these tenants (an aborted replay's)."""
         ...
 
+    async def forget(
+        self, index_ids: Sequence[str], tenant: str, records: Mapping[str, str]
+    ) -> int:
+        """Remove the written record, and the applied records of these indexes, of each
+        document (doc id -> entry id) that are for exactly that entry: the document is then
+        unknown, unless a later change was recorded meanwhile. Returns the records removed."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -367,6 +381,21 @@ class DeadLetterStore(Protocol):
         them); if there is one, delete the dead letter and answer superseded with its id;
         else append the event, record it as the document's newest write, delete the dead
         letter and answer requeued with the new entry's id."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class ErasureRecords(Protocol):
+    """Where erasure requests and their progress are kept (app/services/erasure.py), readable
+    by every process. Unreachable storage raises DependencyUnavailable."""
+
+    async def save(self, erasure: Erasure) -> None: ...
+
+    async def load(self, erasure_id: str) -> Erasure | None: ...
+
+    async def open_ones(self) -> list[Erasure]:
+        """Every request not yet complete, oldest first."""
         ...
 
     async def close(self) -> None: ...
@@ -407,6 +436,11 @@ class LogRewriter(Protocol):
     ) -> RewriteReport:
         """Apply `choose` to every entry with id <= `upto` (later ones are kept), then swap the
         rewritten stream in, atomically; `on_page` sees the report after each page copied."""
+        ...
+
+    async def rewrite_persistence(self) -> str:
+        """Have the server rewrite its append-only file, so that what rewrites removed leaves
+        its disk too (the old file still holds every command); says what happened."""
         ...
 
     async def settled_below(self, stream: str) -> str:

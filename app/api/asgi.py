@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.api import metrics, reindex, system
+from app.api import compaction, metrics, reindex, system
 from app.api.codec import error_response, response_for
 from app.api.guard import guard
 from app.api.memory_budget import MemoryBudget, MemoryBudgetMiddleware
@@ -46,7 +47,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         stop_recording = asyncio.Event()
         recording = asyncio.create_task(built.recorder.run(stop_recording), name="recorder")
         try:
-            async with _projecting(app, built.projector, settings):
+            # The process that projects also keeps the log: compaction, erasures.
+            keepers = _keepers(built.index_side) if built.projector is not None else []
+            async with _projecting(app, built.projector, settings, keepers):
                 yield
         finally:
             # Buffered retrieval events are flushed before the event log closes.
@@ -107,7 +110,7 @@ def create_worker_app(settings: Settings, index_side: IndexSide) -> Starlette:
         # Replays are admin work: the worker checks keys as the API does.
         app.state.access = access = build_access(settings)
         try:
-            async with _projecting(app, index_side.projector, settings):
+            async with _projecting(app, index_side.projector, settings, _keepers(index_side)):
                 yield
         finally:
             await access.limiter.close()
@@ -120,6 +123,8 @@ def create_worker_app(settings: Settings, index_side: IndexSide) -> Starlette:
             # The worker holds the index, so replays run here (`rag-pipeline replay` asks).
             Route("/api/v1/reindex", guard(reindex.start, "admin"), methods=["POST"]),
             Route("/api/v1/reindex/{job_id}", guard(reindex.status, "admin"), methods=["GET"]),
+            Route("/api/v1/compact", guard(compaction.start, "admin"), methods=["POST"]),
+            Route("/api/v1/compact/{job_id}", guard(compaction.status, "admin"), methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers=_handlers(),
@@ -128,19 +133,36 @@ def create_worker_app(settings: Settings, index_side: IndexSide) -> Starlette:
 
 @asynccontextmanager
 async def _projecting(
-    app: Starlette, projector: Projector | None, settings: Settings
+    app: Starlette,
+    projector: Projector | None,
+    settings: Settings,
+    keepers: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
 ) -> AsyncIterator[None]:
-    """Run the projector as a task for as long as the app runs."""
+    """Run the projector, and what keeps the log beside it, as tasks while the app runs."""
     stop = asyncio.Event()
     task = None
     if projector is not None:
         task = asyncio.create_task(projector.run(stop), name="projector")
     app.state.projector_task = task
+    keeping = [asyncio.create_task(keep(stop)) for keep in keepers]
     try:
         yield
     finally:
+        stop.set()
+        for keeper in keeping:
+            # Work under way (a compaction, an erasure's replay) is cancelled when the
+            # index side closes; a round of checks ends now, to be done again next start.
+            keeper.cancel()
+            with contextlib.suppress(BaseException):
+                await keeper
         if task is not None:
             await _stop_projector(task, stop, settings.graceful_timeout_seconds)
+
+
+def _keepers(side: IndexSide) -> list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]]:
+    """What keeps the log, run by the process that projects: automatic compaction, and the
+    erasures (whose deletes its projector applies and whose index purge it replays)."""
+    return [side.auto_compaction.run, side.eraser.run]
 
 
 def _handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:

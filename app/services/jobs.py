@@ -57,6 +57,10 @@ class JobStore(Protocol[P]):
 
     async def load(self, job_id: str) -> StoredJob[P] | None: ...
 
+    async def latest(self) -> StoredJob[P] | None:
+        """The job of this kind that most recently ended "done", if one did this week."""
+        ...
+
     async def close(self) -> None: ...
 
 

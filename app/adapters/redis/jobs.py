@@ -38,12 +38,21 @@ class RedisJobStore(Generic[P]):
         return f"{self._prefix}{self._kind}-job:{job_id}"
 
     async def save(self, job: StoredJob[P]) -> None:
+        raw = msgspec.json.encode(job)
         with translated(JOB_STORE, "SET"):
-            await self._redis.set(self.key(job.job_id), msgspec.json.encode(job), ex=_TTL_SECONDS)
+            await self._redis.set(self.key(job.job_id), raw, ex=_TTL_SECONDS)
+            if getattr(job.progress, "phase", None) == "done":
+                await self._redis.set(self.key("latest"), raw, ex=_TTL_SECONDS)
 
     async def load(self, job_id: str) -> StoredJob[P] | None:
+        return await self._get(self.key(job_id))
+
+    async def latest(self) -> StoredJob[P] | None:
+        return await self._get(self.key("latest"))
+
+    async def _get(self, key: str) -> StoredJob[P] | None:
         with translated(JOB_STORE, "GET"):
-            raw = await self._redis.get(self.key(job_id))
+            raw = await self._redis.get(key)
         if raw is None:
             return None
         try:

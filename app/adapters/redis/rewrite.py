@@ -24,10 +24,13 @@ and the next rewrite deletes it first.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
 
 from app.adapters.redis.client import (
     RedisTarget,
@@ -40,7 +43,7 @@ from app.adapters.redis.replication import run_replicated
 from app.adapters.redis.streams import EVENT_FIELD, EVENT_LOG, entries_of
 from app.domain.events import Entry
 from app.domain.records import id_key
-from app.errors import InvalidRequest
+from app.errors import EventLogError, InvalidRequest
 from app.ports import Decision, RewriteReport
 
 _PAGE = 1000
@@ -48,6 +51,7 @@ _PAGE = 1000
 _CATCH_UP_ROUNDS = 5
 _CATCH_UP_DONE = 200  # entries a round may leave for the switch
 _LOCK_MS = 120_000
+_AOF_REWRITE_SECONDS = 120
 
 _SWITCH = """
 local src, dst = KEYS[1], KEYS[2]
@@ -262,6 +266,28 @@ class RedisLogRewriter:
                         pipe.xadd(copy, {EVENT_FIELD: decision}, id=raw_id)
                 await pipe.execute()
         return dropped
+
+    async def rewrite_persistence(self) -> str:
+        if isinstance(self._redis, RedisCluster):
+            return "not done on a Redis Cluster: run BGREWRITEAOF on the node owning the slot"
+        try:
+            with translated(EVENT_LOG, "INFO persistence"):
+                info = await self._redis.info("persistence")
+                if not int(info.get("aof_enabled", 0)):
+                    return "no append-only file on the server"
+                await self._redis.bgrewriteaof()
+                deadline = time.monotonic() + _AOF_REWRITE_SECONDS
+                while time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                    info = await self._redis.info("persistence")
+                    if not int(info.get("aof_rewrite_in_progress", 0)) and not int(
+                        info.get("aof_rewrite_scheduled", 0)
+                    ):
+                        status = str(info.get("aof_last_bgrewrite_status", "ok"))
+                        return "append-only file rewritten" if status == "ok" else status
+                return f"append-only file rewrite still running after {_AOF_REWRITE_SECONDS} s"
+        except EventLogError as exc:  # BGREWRITEAOF renamed or refused (managed services)
+            return f"append-only file not rewritten: {exc}"
 
     async def settled_below(self, stream: str) -> str:
         with translated(EVENT_LOG, f"XINFO GROUPS {stream}"):
