@@ -194,6 +194,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     replay_batch: Annotated[int, Meta(ge=1, le=10_000)] = msgspec.field(
         default=512, name="RAG_REPLAY_BATCH"
     )
+    tombstone_retention_hours: Annotated[float, Meta(ge=0, le=87_600)] = msgspec.field(
+        default=24.0, name="RAG_TOMBSTONE_RETENTION_HOURS"
+    )
+    compact_min_entries: Annotated[int, Meta(ge=0, le=1_000_000_000)] = msgspec.field(
+        default=10_000, name="RAG_COMPACT_MIN_ENTRIES"
+    )
+    compact_growth: Annotated[float, Meta(ge=1.1, le=1000)] = msgspec.field(
+        default=2.0, name="RAG_COMPACT_GROWTH"
+    )
+    compact_check_seconds: Annotated[float, Meta(ge=1, le=86_400)] = msgspec.field(
+        default=60.0, name="RAG_COMPACT_CHECK_SECONDS"
+    )
 
     @property
     def data_path(self) -> Path:
@@ -616,6 +628,15 @@ SETTINGS_DOC: dict[str, str] = {
     "Empty: no CORS headers, so browsers refuse cross-origin calls.",
     "RAG_REPLAY_BATCH": "Documents a replay (`rag-pipeline replay`, `POST /api/v1/reindex`) "
     "applies at a time; their chunks are embedded (or read from the cache) and written together.",
+    "RAG_TOMBSTONE_RETENTION_HOURS": "How long compaction keeps a deleted document's delete "
+    "event (it holds no text): once every consumer group has acknowledged it and it is this "
+    "old, it goes too.",
+    "RAG_COMPACT_MIN_ENTRIES": "Automatic compaction of the document stream: not below this "
+    "many entries; 0 turns it off (`rag-pipeline compact` and `POST /api/v1/compact` still work).",
+    "RAG_COMPACT_GROWTH": "Automatic compaction runs once the document stream holds this many "
+    "times the entries the last compaction left.",
+    "RAG_COMPACT_CHECK_SECONDS": "How often the process that projects checks the document "
+    "stream's length for automatic compaction.",
 }
 
 if set(SETTINGS_DOC) != set(ENV_NAMES):  # pragma: no cover - caught at import in every test run

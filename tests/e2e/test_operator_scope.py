@@ -36,7 +36,13 @@ DOCS = [
     {"id": f"a{i}", "text": f"Tenant A's note {i} on tidal pools and their anemones."}
     for i in range(4)
 ]
-REPLAY_ROUTES = [("POST", "/api/v1/reindex"), ("GET", "/api/v1/reindex/0190d3a0-0000-7000-8000")]
+# Every `operator` endpoint: deployment-wide, each on every tenant's data at once.
+OPERATOR_ROUTES = [
+    ("POST", "/api/v1/reindex"),
+    ("GET", "/api/v1/reindex/0190d3a0-0000-7000-8000"),
+    ("POST", "/api/v1/compact"),
+    ("GET", "/api/v1/compact/0190d3a0-0000-7000-8000"),
+]
 # Every `admin` endpoint, each acting on the caller's tenant (and so open to its admin).
 TENANT_ADMIN_ROUTES = [
     ("GET", "/api/v1/stats"),
@@ -86,23 +92,24 @@ def client(server: Server, key: str) -> httpx.Client:
     return httpx.Client(base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {key}"})
 
 
-def replay_with(http: httpx.Client) -> dict:
-    started = http.post("/api/v1/reindex")
+def replay_with(http: httpx.Client, what: str = "reindex") -> dict:
+    """Start a replay (or a compaction: `what="compact"`) and follow it to its end."""
+    started = http.post(f"/api/v1/{what}")
     assert started.status_code == 202, started.text
     job: dict = started.json()
     deadline = time.monotonic() + 120
     while job["phase"] not in ("done", "failed"):
         assert time.monotonic() < deadline, job
         time.sleep(0.1)
-        polled = http.get(f"/api/v1/reindex/{job['job_id']}")
+        polled = http.get(f"/api/v1/{what}/{job['job_id']}")
         assert polled.status_code == 200, polled.text
         job = polled.json()
     return job
 
 
-@pytest.mark.parametrize(("method", "path"), REPLAY_ROUTES)
+@pytest.mark.parametrize(("method", "path"), OPERATOR_ROUTES)
 @pytest.mark.parametrize("key", [ADMIN_A, ADMIN_B], ids=["admin-a", "admin-b"])
-def test_a_tenants_admin_key_cannot_replay_the_deployment(
+def test_a_tenants_admin_key_cannot_act_on_the_deployment(
     server: Server, key: str, method: str, path: str
 ) -> None:
     with client(server, key) as http:
@@ -120,6 +127,11 @@ def test_an_operator_key_replays_every_tenants_documents(server: Server) -> None
         found = http.post("/api/v1/search", json={"query": "anemones in tidal pools"})
         assert found.status_code == 200
         assert {r["doc_id"] for r in found.json()["results"]} == {d["id"] for d in DOCS}
+
+
+def test_an_operator_key_compacts_the_deployments_log(server: Server) -> None:
+    with client(server, OPERATOR) as http:
+        assert replay_with(http, "compact")["phase"] == "done"
 
 
 @pytest.mark.parametrize(("method", "path"), TENANT_ADMIN_ROUTES)
@@ -200,7 +212,7 @@ def test_an_admin_acts_on_its_own_tenants_dead_letters_only(server: Server) -> N
         assert owner.delete(f"/api/v1/dead-letters/{letter_id}").status_code == 200
 
 
-def test_the_worker_replays_for_an_operator_only(
+def test_the_worker_replays_and_compacts_for_an_operator_only(
     tmp_path: Path, fake: FakeEmbeddings, keys_file: Path
 ) -> None:
     worker = Server(
@@ -211,8 +223,10 @@ def test_the_worker_replays_for_an_operator_only(
     try:
         with client(worker, ADMIN_A) as http:
             assert http.post("/api/v1/reindex").status_code == 403
+            assert http.post("/api/v1/compact").status_code == 403
         with client(worker, OPERATOR) as http:
             assert replay_with(http)["phase"] == "done"
+            assert replay_with(http, "compact")["phase"] == "done"
         assert httpx.post(f"{worker.url}/api/v1/reindex").status_code == 401
     finally:
         assert worker.stop() == 0

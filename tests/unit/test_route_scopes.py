@@ -43,7 +43,12 @@ def test_the_schema_publishes_the_auth_of_every_operation() -> None:
 
 # Operations on the whole deployment, every tenant's data at once: `operator`, never a
 # tenant's `admin`. (Every other `admin` endpoint acts on the caller's tenant only.)
-DEPLOYMENT_WIDE = {("POST", "/api/v1/reindex"), ("GET", "/api/v1/reindex/{job_id}")}
+DEPLOYMENT_WIDE = {
+    ("POST", "/api/v1/reindex"),
+    ("GET", "/api/v1/reindex/{job_id}"),
+    ("POST", "/api/v1/compact"),
+    ("GET", "/api/v1/compact/{job_id}"),
+}
 
 
 def test_deployment_wide_endpoints_need_the_operator_scope() -> None:
@@ -57,6 +62,6 @@ def test_deployment_wide_endpoints_need_the_operator_scope() -> None:
 def test_the_worker_serves_replay_behind_the_declared_scope() -> None:
     """The worker's routes are ENDPOINTS' own (the same guard), not a second declaration."""
     served = {(method, route.path) for route in worker_routes() for method in route.methods or ()}
-    assert {("POST", "/api/v1/reindex"), ("GET", "/api/v1/reindex/{job_id}")} <= served
+    assert served >= DEPLOYMENT_WIDE
     spec = openapi_spec(ENDPOINTS)
     assert "`operator`" in spec["paths"]["/api/v1/reindex"]["post"]["description"]
