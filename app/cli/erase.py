@@ -8,6 +8,7 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -97,12 +98,12 @@ async def _until_complete(
     records: ErasureRecords,
     requested: list[Erasure],
     deadline: float,
-    step: object,
+    step: Callable[[], Awaitable[object]] | None,
 ) -> list[Erasure]:
     from app.errors import RagError
 
     while True:
-        if callable(step):
+        if step is not None:
             try:
                 await step()
             except RagError as exc:

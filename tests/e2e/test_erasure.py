@@ -6,7 +6,11 @@ directory (index generations, write-ahead logs, the Valkey append-only file)."""
 from __future__ import annotations
 
 import base64
+import json
 import math
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -186,3 +190,46 @@ def _files_holding_marks(data_dir: Path) -> list[str]:
         for path in data_dir.rglob("*")
         if path.is_file() and any(mark in path.read_bytes() for mark in MARKS)
     ]
+
+
+def test_the_cli_erases_and_compacts_where_no_process_holds_the_index(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    srv = Server(data_dir, env={"REDIS_URL": "", "RAG_STREAM_PREFIX": "rag:"}).start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            for version in range(2):
+                http.post(
+                    "/api/v1/ingest?wait=true", json={"documents": [_canary(version)]}
+                ).raise_for_status()
+            http.post("/api/v1/ingest?wait=true", json={"documents": OTHERS}).raise_for_status()
+    finally:
+        srv.stop()
+    env = {**os.environ, "REDIS_URL": "", "RAG_STREAM_PREFIX": "rag:"}
+
+    def rag(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app", *args, "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+
+    erased = rag("erase", "--tenant", "default", "canary")
+    assert erased.returncode == 0, erased.stderr
+    (record,) = [json.loads(line) for line in erased.stdout.splitlines()]
+    assert record["phase"] == "complete" and record["events_removed"] == 2, record
+    compacted = rag("compact")
+    assert compacted.returncode == 0, compacted.stderr
+    result = json.loads(compacted.stdout)
+    assert result["phase"] == "done" and result["entries_after"] == len(OTHERS) + 1, result
+
+    srv = Server(data_dir, env={"REDIS_URL": "", "RAG_STREAM_PREFIX": "rag:"}).start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            assert http.get("/api/v1/documents/canary").json()["status"] == "deleted"
+            hits = http.post("/api/v1/search", json={"query": "pelicans nesting on cliffs"})
+            assert "canary" not in {h["doc_id"] for h in hits.json()["results"]}
+    finally:
+        srv.stop()
+    assert _files_holding_marks(data_dir) == []
