@@ -8,6 +8,8 @@ Embeddings come from a fake OpenAI-compatible server, so no model is loaded.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,3 +247,15 @@ def test_metrics_show_stream_sizes_and_redis_memory(server: Server) -> None:
     assert samples[("rag_stream_memory_bytes", documents)] > 0
     assert samples[("rag_redis_memory_used_bytes", "")] > 0
     assert ("rag_redis_maxmemory_bytes", "") in samples
+
+
+def test_the_cli_issues_operator_keys() -> None:
+    made = subprocess.run(
+        [sys.executable, "-m", "app", "keys", "new", "--tenant", "ops", "--scope", "operator"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    entry = json.loads(made.stderr.split("list: ", 1)[1])
+    assert entry == {"sha256": digest(made.stdout.strip()), "tenant": "ops", "scopes": ["operator"]}
