@@ -9,8 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.codec import decode, json_response, read_body
-from app.api.guard import tenant_of
-from app.api.keys import Principal
+from app.api.guard import has_scope, tenant_of
 from app.api.schemas import (
     MAX_METADATA_DEPTH,
     DeleteResponse,
@@ -130,8 +129,7 @@ async def delete_document(request: Request) -> Response:
 
 async def _erase(request: Request, services: Services, doc_id: str) -> Response:
     """Delete the document now, and record the erasure the projecting process carries out."""
-    principal: Principal = request.state.principal
-    if "admin" not in principal.scopes:
+    if not has_scope(request, "admin"):
         raise Forbidden("erasing a document needs the `admin` scope")
     tenant = tenant_of(request)
     try:
