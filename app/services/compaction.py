@@ -69,7 +69,9 @@ class Compaction:
         index_id: str,
         streams: Streams,
         tombstone_retention_seconds: float,
-        page: int = 1000,
+        # Small pages: compaction usually runs in a process that also serves searches, and
+        # each page is parsed and decoded on its event loop (measured: docs/benchmarks.md).
+        page: int = 250,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.event_log = event_log

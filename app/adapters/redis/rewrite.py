@@ -46,7 +46,9 @@ from app.domain.records import id_key
 from app.errors import EventLogError, InvalidRequest
 from app.ports import Decision, RewriteReport
 
-_PAGE = 1000
+# Entries a round trip reads and copies: small, because each page is parsed on the event
+# loop of a process that may be serving searches (docs/benchmarks.md, "Compaction").
+_PAGE = 250
 # Catch-up rounds before the switch; the switch script copies whatever is still left.
 _CATCH_UP_ROUNDS = 5
 _CATCH_UP_DONE = 200  # entries a round may leave for the switch
