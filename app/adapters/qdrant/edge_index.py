@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import qdrant_edge as qe
 
 from app.adapters.qdrant.edge_shard import OPTIMIZE_AFTER_UNINDEXED, open_shard
@@ -381,6 +382,10 @@ def edge_filter(conditions: Sequence[Condition]) -> qe.Filter:
 
 def _edge_condition(condition: Condition) -> qe.FieldCondition:
     match condition:
+        case Match(key, bool(value)):
+            # qdrant-edge-py 0.9 reads a Python bool as the integer it also is, which matches
+            # no boolean payload value; numpy's bool is no int, so it arrives as a boolean.
+            return qe.FieldCondition(key=key, match=qe.MatchValue(np.bool_(value)))
         case Match(key, value):
             return qe.FieldCondition(key=key, match=qe.MatchValue(value))
         case MatchAny(key, values):
