@@ -18,6 +18,7 @@ from app.domain.records import (
     IndexedChunk,
     IndexQuery,
     IndexStats,
+    StoredChunk,
     Vector,
 )
 
@@ -53,6 +54,11 @@ class Embedder(Protocol):
 
     async def embed_query(self, text: str) -> EncodedQuery: ...
 
+    async def embed_queries(self, texts: Sequence[str]) -> list[EncodedQuery]:
+        """Several queries in one batch (a batch search's), in input order; each result the
+        same as `embed_query` gives for that text alone."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -77,6 +83,11 @@ class VectorIndex(Protocol):
         ...
 
     async def document(self, tenant: str, doc_id: str) -> DocumentState | None: ...
+
+    async def chunks(self, tenant: str, doc_id: str) -> list[StoredChunk]:
+        """Every chunk the index holds for a document, by the event that wrote it (oldest
+        first) and then by position; [] for an unknown one."""
+        ...
 
     async def retrieve(self, query: IndexQuery) -> list[Hit]:
         """Union of the dense and BM25 candidates, each with its exact cosine and BM25 score."""

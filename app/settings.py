@@ -187,6 +187,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     max_query_chars: Annotated[int, Meta(ge=1, le=4096)] = msgspec.field(
         default=4096, name="RAG_MAX_QUERY_CHARS"
     )
+    max_batch_searches: Annotated[int, Meta(ge=1, le=100)] = msgspec.field(
+        default=16, name="RAG_MAX_BATCH_SEARCHES"
+    )
     max_text_chars: Annotated[int, Meta(ge=1, le=1_000_000)] = msgspec.field(
         default=1_000_000, name="RAG_MAX_TEXT_CHARS"
     )
@@ -623,6 +626,9 @@ SETTINGS_DOC: dict[str, str] = {
     "RAG_RATE_LIMIT_BURST": "Requests an API key may make at once, above its steady rate "
     "(the bucket's size).",
     "RAG_MAX_QUERY_CHARS": "Longest search query, in characters; longer ones get 422.",
+    "RAG_MAX_BATCH_SEARCHES": "Most searches in one `POST /api/v1/search/batch` (1..100); "
+    "more get 422. Their queries are embedded together, and each counts against the key's "
+    "rate limit.",
     "RAG_MAX_TEXT_CHARS": "Longest document text, in characters; longer ones get 422.",
     "RAG_CORS_ORIGINS": "Origins browsers may call the API from, separated by commas (or `*`). "
     "Empty: no CORS headers, so browsers refuse cross-origin calls.",

@@ -62,6 +62,24 @@ class Access:
         return Grant(principal=principal, rate=decision)
 
 
+    async def take_more(self, principal: Principal, cost: int) -> RateDecision:
+        """Take `cost` more tokens from an admitted caller's bucket, for a request doing the
+        work of several; at most a full bucket less the one admit took, since more could
+        never be granted. RateLimited (429) when the bucket has not got them."""
+        rate = principal.rate_per_second or self.rate_per_second
+        burst = principal.burst or self.burst
+        decision = await self.limiter.take(
+            principal.key_id, rate=rate, burst=burst, cost=max(0, min(cost, burst - 1))
+        )
+        if not decision.allowed:
+            raise RateLimited(
+                f"rate limit of {rate:g} requests a second exceeded by a request of "
+                f"{cost + 1}; retry later",
+                headers=rate_headers(decision),
+            )
+        return decision
+
+
 def rate_headers(decision: RateDecision) -> dict[str, str]:
     """RateLimit-Limit/-Remaining/-Reset (IETF httpapi-ratelimit-headers draft, delta
     seconds), and Retry-After when refused."""

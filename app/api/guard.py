@@ -10,6 +10,7 @@ from starlette.responses import Response
 from app.api.access import Access, rate_headers
 from app.api.codec import response_for
 from app.api.keys import Principal
+from app.errors import RateLimited
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -22,17 +23,32 @@ def guard(handler: Handler, scope: str) -> Handler:
         access: Access = request.app.state.access
         grant = await access.admit(request.headers.get("authorization"), scope)
         request.state.principal = grant.principal
+        request.state.rate = grant.rate
         try:
             response = await handler(request)
         except Exception as exc:
             response = response_for(exc)
-        if grant.rate is not None:
-            response.headers.update(rate_headers(grant.rate))
+        rate = request.state.rate  # the handler may have taken more (take_more)
+        if rate is not None:
+            response.headers.update(rate_headers(rate))
         return response
 
     guarded.__name__ = handler.__name__
     guarded.__doc__ = handler.__doc__
     return guarded
+
+
+async def take_more(request: Request, cost: int) -> None:
+    """Take `cost` more from the caller's rate (a request doing the work of several);
+    RateLimited (429) when its bucket has not got them."""
+    if cost <= 0 or getattr(request.state, "rate", None) is None:
+        return  # open mode, or no rate limit on this key
+    access: Access = request.app.state.access
+    try:
+        request.state.rate = await access.take_more(request.state.principal, cost)
+    except RateLimited:
+        request.state.rate = None  # the 429 carries the bucket's headers itself
+        raise
 
 
 def tenant_of(request: Request) -> str:

@@ -74,7 +74,8 @@ class DocumentInput(_Strict):
 
 
 class IngestRequest(_Strict):
-    """Documents to index, with optional chunking (sizes in embedder tokens)."""
+    """Documents to index, with optional chunking (sizes in embedder tokens). An id that
+    appears more than once: the last one wins, the earlier ones answer `superseded`."""
 
     documents: Annotated[list[DocumentInput], Meta(min_length=1)]
     chunk_size: Annotated[int, Meta(ge=16, le=256)] | None = None
@@ -85,7 +86,8 @@ class IngestedDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
     doc_id: str
     version: str
     # The document-stream entry carrying this version (for unchanged: the one that indexed
-    # it); absent only for documents indexed before the event log existed.
+    # it); absent for documents indexed before the event log existed, and for one a later
+    # document with the same id in the same request superseded (nothing was appended for it).
     event_id: str | None = None
     status: Outcome
     chunks: int | None = None  # known once indexed

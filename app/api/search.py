@@ -1,4 +1,5 @@
-"""POST /api/v1/search: decode, run the pipeline, encode results with their stage scores."""
+"""POST /api/v1/search and /search/batch: decode, run the pipeline, encode results with their
+stage scores."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from app.api.codec import (
     read_body,
     with_whole_numbers_as_int,
 )
-from app.api.guard import tenant_of
+from app.api.guard import take_more, tenant_of
 from app.api.schemas import (
+    BatchSearchRequest,
+    BatchSearchResponse,
     Condition,
     FilterValue,
     SearchRequest,
@@ -35,6 +38,52 @@ async def search(request: Request) -> Response:
     services: Services = request.app.state.services
     tenant = tenant_of(request)
     body = decode(await read_body(request, services.settings.max_body_bytes), SearchRequest)
+    outcome = await services.pipeline.search(_params(body, tenant, services))
+    trace_id = current_trace_id()
+    if services.settings.record_retrievals:
+        record(services, tenant, body, outcome, trace_id)
+    return json_response(_response(body, outcome, trace_id))
+
+
+async def search_batch(request: Request) -> Response:
+    """Up to RAG_MAX_BATCH_SEARCHES searches: their queries embedded in one batch, each
+    answered (and recorded, with its own retrieval id) as POST /api/v1/search would."""
+    services: Services = request.app.state.services
+    tenant = tenant_of(request)
+    body = decode(await read_body(request, services.settings.max_body_bytes), BatchSearchRequest)
+    most = services.settings.max_batch_searches
+    if len(body.searches) > most:
+        raise InvalidRequest(
+            f"at most {most} searches per request (RAG_MAX_BATCH_SEARCHES), "
+            f"got {len(body.searches)}",
+            field="searches",
+        )
+    params = []
+    for i, one in enumerate(body.searches):
+        try:
+            params.append(_params(one, tenant, services))
+        except InvalidRequest as exc:
+            exc.field = f"searches[{i}]" + (f".{exc.field}" if exc.field else "")
+            raise
+    # Each search counts against the key's rate, as it would sent on its own.
+    await take_more(request, len(params) - 1)
+    outcomes = await services.pipeline.search_many(params)
+    trace_id = current_trace_id()
+    if services.settings.record_retrievals:
+        for one, outcome in zip(body.searches, outcomes, strict=True):
+            record(services, tenant, one, outcome, trace_id)
+    return json_response(
+        BatchSearchResponse(
+            responses=[
+                _response(one, outcome, trace_id)
+                for one, outcome in zip(body.searches, outcomes, strict=True)
+            ]
+        )
+    )
+
+
+def _params(body: SearchRequest, tenant: str, services: Services) -> SearchParams:
+    """A search's parameters, checked beyond what its schema says."""
     if not body.query.strip():
         raise InvalidRequest("query is empty or only whitespace", field="query")
     if len(body.query) > services.settings.max_query_chars:
@@ -43,44 +92,40 @@ async def search(request: Request) -> Response:
             "(RAG_MAX_QUERY_CHARS)",
             field="query",
         )
-    outcome = await services.pipeline.search(
-        SearchParams(
-            query=body.query,
-            tenant=tenant,
-            top_k=body.top_k,
-            mode=body.mode,
-            filters=to_filters(body.filters or {}),
-            min_score=body.min_score,
-            diversity=body.diversity,
-            rerank=body.rerank,
-        )
+    return SearchParams(
+        query=body.query,
+        tenant=tenant,
+        top_k=body.top_k,
+        mode=body.mode,
+        filters=to_filters(body.filters or {}),
+        min_score=body.min_score,
+        diversity=body.diversity,
+        rerank=body.rerank,
     )
-    trace_id = current_trace_id()
-    if services.settings.record_retrievals:
-        record(services, tenant, body, outcome, trace_id)
-    return json_response(
-        SearchResponse(
-            results=[
-                SearchResult(
-                    doc_id=h.doc_id,
-                    chunk_id=h.chunk_id,
-                    chunk_index=h.chunk_index,
-                    score=round(h.score, 6),
-                    title=h.title,
-                    text=h.text,
-                    section=h.section,
-                    metadata=h.metadata,
-                    scores={k: round(v, 6) for k, v in h.scores.items()},
-                )
-                for h in outcome.hits
-            ],
-            retrieval_id=outcome.retrieval_id,
-            mode=body.mode,
-            reranked=outcome.reranked,
-            timings_ms=outcome.timings_ms,
-            rerank_skipped=outcome.rerank_skipped,
-            trace_id=trace_id,
-        )
+
+
+def _response(body: SearchRequest, outcome: SearchOutcome, trace_id: str | None) -> SearchResponse:
+    return SearchResponse(
+        results=[
+            SearchResult(
+                doc_id=h.doc_id,
+                chunk_id=h.chunk_id,
+                chunk_index=h.chunk_index,
+                score=round(h.score, 6),
+                title=h.title,
+                text=h.text,
+                section=h.section,
+                metadata=h.metadata,
+                scores={k: round(v, 6) for k, v in h.scores.items()},
+            )
+            for h in outcome.hits
+        ],
+        retrieval_id=outcome.retrieval_id,
+        mode=body.mode,
+        reranked=outcome.reranked,
+        timings_ms=outcome.timings_ms,
+        rerank_skipped=outcome.rerank_skipped,
+        trace_id=trace_id,
     )
 
 

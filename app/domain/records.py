@@ -133,6 +133,21 @@ class IndexStats(msgspec.Struct, frozen=True, kw_only=True):
     segments: int
 
 
+class StoredChunk(msgspec.Struct, frozen=True, kw_only=True):
+    """A chunk as read back from the index, for a person looking at a document: its
+    payload, without vectors or token signatures."""
+
+    chunk_id: str
+    version: str
+    event_id: str  # the document event that wrote it; "" for chunks from before events had ids
+    chunk_index: int
+    title: str
+    section: list[str]
+    text: str
+    embed_text: str  # what the embedder and BM25 read
+    metadata: Metadata
+
+
 class DocumentState(msgspec.Struct, frozen=True, kw_only=True):
     """What the index holds for one document."""
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.domain.records import DocumentState, Hit, IndexedChunk, IndexQuery, IndexStats, Vector
+from app.domain.records import (
+    DocumentState,
+    Hit,
+    IndexedChunk,
+    IndexQuery,
+    IndexStats,
+    StoredChunk,
+    Vector,
+)
 from app.ports import IndexCatalog
 
 
@@ -34,6 +42,9 @@ class ActiveIndex:
 
     async def document(self, tenant: str, doc_id: str) -> DocumentState | None:
         return await self.catalog.current().document(tenant, doc_id)
+
+    async def chunks(self, tenant: str, doc_id: str) -> list[StoredChunk]:
+        return await self.catalog.current().chunks(tenant, doc_id)
 
     async def retrieve(self, query: IndexQuery) -> list[Hit]:
         return await self.catalog.current().retrieve(query)

@@ -39,7 +39,8 @@ class Accepted(msgspec.Struct, frozen=True, kw_only=True):
     event_id: str | None
     # pending: in the stream, not yet applied; indexed / deleted: applied; unchanged: this
     # version was indexed already, nothing appended; failed: dead-lettered (see error);
-    # superseded: a later change to the same document was applied instead.
+    # superseded: a later change to the same document was applied instead, or came later in
+    # the same request (then nothing was appended for this one, and event_id is None).
     status: Outcome
     chunks: int = 0
     error: str | None = None
@@ -56,15 +57,7 @@ def check_batch(docs: Sequence[DocumentIn], chunking: ChunkingParams, max_docume
             f"chunk_overlap ({chunking.overlap}) must be smaller than chunk_size ({chunking.size})",
             field="chunk_overlap",
         )
-    seen: dict[str, int] = {}
     for i, doc in enumerate(docs):
-        if doc.id in seen:
-            raise InvalidRequest(
-                f"document id {doc.id!r} appears twice "
-                f"(documents[{seen[doc.id]}] and documents[{i}])",
-                field=f"documents[{i}].id",
-            )
-        seen[doc.id] = i
         if not doc.text.strip():
             raise InvalidRequest("text is empty or only whitespace", field=f"documents[{i}].text")
 
@@ -107,10 +100,20 @@ class LoggedIngest:
         check_batch(docs, chunking, self.max_documents)
         versions = [document_version(doc, chunking) for doc in docs]
         records = await self.status_store.both(self.index_id, tenant, [d.id for d in docs])
+        # The same id twice in one request: the last one wins, as if each had been sent in
+        # its own request in order, except that the ones it replaces cost nothing.
+        last = {doc.id: i for i, doc in enumerate(docs)}
         results: list[Accepted | None] = []
         events: list[DocumentUpserted] = []
         now = time.time()
-        for doc, version, (written, applied) in zip(docs, versions, records, strict=True):
+        for i, (doc, version, (written, applied)) in enumerate(
+            zip(docs, versions, records, strict=True)
+        ):
+            if last[doc.id] != i:
+                results.append(
+                    Accepted(doc_id=doc.id, version=version, event_id=None, status="superseded")
+                )
+                continue
             view = resolve(doc.id, written, applied)
             if (
                 view is not None
@@ -247,4 +250,4 @@ class LoggedIngest:
                 break
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 1.5, _MAX_POLL_SECONDS)
-        return [done.get(a.doc_id, a) for a in accepted]
+        return [done.get(a.doc_id, a) if a.status == "pending" else a for a in accepted]

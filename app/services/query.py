@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ import msgspec
 import numpy as np
 from opentelemetry.trace import Span
 
-from app.domain.records import FieldFilter, Hit, IndexQuery, SearchMode
+from app.domain.records import EncodedQuery, FieldFilter, Hit, IndexQuery, SearchMode
 from app.ports import Embedder, Reranker, VectorIndex
 from app.retrieval.fusion import minmax, stable_order, weighted_sum
 from app.retrieval.mmr import mmr_select
@@ -73,6 +74,40 @@ class Pipeline:
         self.config = config
 
     async def search(self, params: SearchParams) -> SearchOutcome:
+        clock = _Clock()
+        (query,) = await self._embed([params.query], clock)
+        return await self._search_embedded(params, query, clock)
+
+    async def search_many(self, batch: Sequence[SearchParams]) -> list[SearchOutcome]:
+        """Several searches, their queries embedded in one batch, then each run on its own,
+        concurrently; outcomes in input order. Each one's `embed` timing (and its total,
+        which counts from the batch's start) includes the whole batch's embedding."""
+        clock = _Clock()
+        queries = await self._embed([p.query for p in batch], clock)
+        running = [
+            asyncio.ensure_future(self._search_embedded(p, q, clock.copy()))
+            for p, q in zip(batch, queries, strict=True)
+        ]
+        try:
+            return list(await asyncio.gather(*running))
+        finally:
+            for task in running:  # one failed: the rest are of no use
+                task.cancel()
+
+    async def _embed(self, texts: list[str], clock: _Clock) -> list[EncodedQuery]:
+        with clock.stage("embed") as span:
+            if span.is_recording():
+                # Query embeddings are not cached (the embedder batches concurrent queries).
+                span.set_attributes(
+                    {t.MODEL: self.embedder.model_id, t.BATCH_SIZE: len(texts), t.CACHE: "off"}
+                )
+            if len(texts) == 1:
+                return [await self.embedder.embed_query(texts[0])]
+            return await self.embedder.embed_queries(texts)
+
+    async def _search_embedded(
+        self, params: SearchParams, query: EncodedQuery, clock: _Clock
+    ) -> SearchOutcome:
         cfg = self.config
         top_k = params.top_k or cfg.default_top_k
         min_score = cfg.default_min_score if params.min_score is None else params.min_score
@@ -84,15 +119,6 @@ class Pipeline:
                 f"the index's embedder ({self.embedder.model_id}) gives no token vectors, "
                 "which late-interaction rerank needs"
             )
-        clock = _Clock()
-
-        with clock.stage("embed") as span:
-            if span.is_recording():
-                # Query embeddings are not cached (the embedder batches concurrent queries).
-                span.set_attributes(
-                    {t.MODEL: self.embedder.model_id, t.BATCH_SIZE: 1, t.CACHE: "off"}
-                )
-            query = await self.embedder.embed_query(params.query)
 
         with clock.stage("search") as span:
             limit = candidate_pool(top_k, rerank, params.diversity, cfg)
@@ -238,6 +264,12 @@ class _Clock:
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.stages: dict[str, float] = {}
+
+    def copy(self) -> _Clock:
+        """A clock with the same start and the stages so far, to go on separately."""
+        twin = _Clock()
+        twin.started, twin.stages = self.started, dict(self.stages)
+        return twin
 
     @contextmanager
     def stage(self, name: str) -> Iterator[Span]:

@@ -1,5 +1,6 @@
-"""Schemathesis hooks (SCHEMATHESIS_HOOKS): make generated ingest bodies meet the two rules that
-span fields, which JSON Schema cannot state. Everything else a fuzzer draws is sent as drawn."""
+"""Schemathesis hooks (SCHEMATHESIS_HOOKS): make generated ingest bodies meet the rule that spans
+fields, which JSON Schema cannot state. Everything else a fuzzer draws is sent as drawn (an id
+twice in one request included: the last one wins)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,6 @@ def ingest_rules(context: Any, case: Any) -> Any:
 def _ingest_rules(body: Any) -> None:
     if not isinstance(body, dict):
         return
-    documents = body.get("documents")
-    if isinstance(documents, list):
-        # Document ids are unique within a request (a duplicate is 422, naming it).
-        seen: set[str] = set()
-        for i, doc in enumerate(documents):
-            if isinstance(doc, dict) and isinstance(doc.get("id"), str):
-                while doc["id"] in seen:
-                    doc["id"] = f"{doc['id']}~{i}"
-                seen.add(doc["id"])
     size, overlap = body.get("chunk_size"), body.get("chunk_overlap")
     # chunk_overlap < chunk_size (the default size is 256, the overlap's maximum is 128).
     in_range = _whole(size) and _whole(overlap) and 16 <= size <= 256 and 0 <= overlap <= 128

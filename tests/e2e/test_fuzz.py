@@ -2,7 +2,7 @@
 1,000 generated requests, no failures (no 500s; status codes, headers and bodies as the
 schema says; valid data accepted, invalid data rejected, auth not ignored).
 
-tests/e2e/schemathesis_hooks.py makes generated ingest bodies meet the two cross-field rules
+tests/e2e/schemathesis_hooks.py makes generated ingest bodies meet the cross-field rule
 JSON Schema cannot state; nothing else is filtered. tests/e2e/schemathesis.toml counts 413 as
 a rejection of schema-violating data. The OpenAPI links from search let the stateful phase
 read and judge real retrievals. The seed is fixed so a failure reproduces

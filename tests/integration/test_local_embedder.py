@@ -324,3 +324,31 @@ def test_a_failed_query_batch_fails_every_waiter(tmp_path: Path) -> None:
 
     results = asyncio.run(run())
     assert all(isinstance(r, DependencyUnavailable) for r in results)
+
+
+def test_a_batch_of_queries_is_one_forward_pass_with_each_query_as_alone(
+    embedder: LocalEmbedder,
+) -> None:
+    texts = [f"batched query {i} {'glucose ' * i}".strip() for i in range(16)]
+    alone = [_query(embedder, t) for t in texts]
+    passes = 0
+    original = embedder._infer
+
+    def counting(ids: Any, mask: Any) -> Any:
+        nonlocal passes
+        passes += 1
+        return original(ids, mask)
+
+    embedder._infer = counting  # type: ignore[method-assign]
+    try:
+        batched = asyncio.run(embedder.embed_queries(texts))
+        assert passes == 1
+        assert asyncio.run(embedder.embed_queries([])) == []
+        assert len(asyncio.run(embedder.embed_queries(texts + texts[:1]))) == 17
+        assert passes == 3  # 16 to a pass at most
+    finally:
+        del embedder._infer  # type: ignore[method-assign]
+    for one, many in zip(alone, batched, strict=True):
+        assert np.array_equal(one.vector, many.vector)
+        assert one.token_vectors is not None and many.token_vectors is not None
+        assert np.array_equal(one.token_vectors, many.token_vectors)

@@ -114,6 +114,14 @@ def test_query(fake: FakeEmbeddings) -> None:
     assert query.token_vectors is None
 
 
+def test_queries_of_a_batch_search_go_in_one_request(fake: FakeEmbeddings) -> None:
+    queries = run(make(fake, batch_size=2).embed_queries(TEXTS[:5]))
+    assert [len(r["input"]) for r in fake.received] == [5]
+    for text, query in zip(TEXTS, queries, strict=False):
+        np.testing.assert_allclose(query.vector, unit(text), atol=1e-5)
+        assert query.token_vectors is None
+
+
 def test_at_most_max_concurrent_batches_in_flight(fake: FakeEmbeddings) -> None:
     fake.outage = Reply(delay=0.2)
     embedder = make(fake, batch_size=1, concurrent=2)

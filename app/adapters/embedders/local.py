@@ -168,6 +168,16 @@ class LocalEmbedder:
             self._query_runner = loop.create_task(self._run_queries())
         return await future
 
+    async def embed_queries(self, texts: Sequence[str]) -> list[EncodedQuery]:
+        """One forward pass per `_MAX_QUERY_BATCH` queries, past the queue of single ones:
+        the caller already holds its batch, so there is nothing to wait for."""
+        out: list[EncodedQuery] = []
+        for start in range(0, len(texts), _MAX_QUERY_BATCH):
+            out += await self._submit(
+                self._encode_queries, list(texts[start : start + _MAX_QUERY_BATCH])
+            )
+        return out
+
     async def _run_queries(self) -> None:
         while self._queries:
             batch = self._queries[:_MAX_QUERY_BATCH]

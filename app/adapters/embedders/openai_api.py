@@ -177,6 +177,17 @@ class OpenAIEmbedder:
         )
         return EncodedQuery(vector=vectors[0], token_vectors=None)
 
+    async def embed_queries(self, texts: Sequence[str]) -> list[EncodedQuery]:
+        """One request for all of them, retried as a single query is."""
+        if not texts:
+            return []
+        vectors = await self._embed(
+            list(texts),
+            retries=min(_QUERY_RETRIES, self._max_retries),
+            max_wait=_QUERY_MAX_WAIT_SECONDS,
+        )
+        return [EncodedQuery(vector=vector, token_vectors=None) for vector in vectors]
+
     async def aclose(self) -> None:
         """Close the running loop's HTTP connections (before the loop ends)."""
         if self._client is not None and self._client[0] is asyncio.get_running_loop():

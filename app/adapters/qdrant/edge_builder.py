@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from app.adapters.qdrant.edge_index import EdgeIndex
-from app.domain.records import DocumentState, Hit, IndexedChunk, IndexQuery, IndexStats, Vector
+from app.domain.records import (
+    DocumentState,
+    Hit,
+    IndexedChunk,
+    IndexQuery,
+    IndexStats,
+    StoredChunk,
+    Vector,
+)
 from app.errors import DependencyUnavailable, RagError
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,7 @@ _FORWARDED = frozenset(
         "upsert",
         "delete_document",
         "document",
+        "chunks",
         "retrieve",
         "hydrate",
         "vectors",
@@ -119,6 +128,10 @@ class EdgeBuilder:
     async def document(self, tenant: str, doc_id: str) -> DocumentState | None:
         state: DocumentState | None = await self._call("document", tenant, doc_id)
         return state
+
+    async def chunks(self, tenant: str, doc_id: str) -> list[StoredChunk]:
+        found: list[StoredChunk] = await self._call("chunks", tenant, doc_id)
+        return found
 
     async def retrieve(self, query: IndexQuery) -> list[Hit]:
         hits: list[Hit] = await self._call("retrieve", query)

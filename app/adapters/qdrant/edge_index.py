@@ -31,11 +31,21 @@ from app.adapters.qdrant.payload import (
     dense_of,
     doomed_points,
     fill_hits,
+    in_write_order,
     payload_of,
     signatures_of,
+    stored_chunk,
 )
 from app.adapters.qdrant.sparse_bm25 import BM25_B, BM25_K
-from app.domain.records import DocumentState, Hit, IndexedChunk, IndexQuery, IndexStats, Vector
+from app.domain.records import (
+    DocumentState,
+    Hit,
+    IndexedChunk,
+    IndexQuery,
+    IndexStats,
+    StoredChunk,
+    Vector,
+)
 from app.errors import DependencyUnavailable, RagError
 from app.telemetry.schema import QDRANT_DELETE, QDRANT_FETCH, QDRANT_RETRIEVE, QDRANT_UPSERT
 from app.telemetry.tracing import client_span
@@ -203,6 +213,19 @@ class EdgeIndex:
         version = str((records[0].payload or {})["version"])
         chunks = self._shard.count(qe.CountRequest(filter=flt, exact=True))
         return DocumentState(doc_id=doc_id, version=version, chunks=int(chunks))
+
+    @client_span(QDRANT_FETCH, "qdrant", "scroll")
+    async def chunks(self, tenant: str, doc_id: str) -> list[StoredChunk]:
+        return await self._run(self._chunks, tenant, doc_id)
+
+    def _chunks(self, tenant: str, doc_id: str) -> list[StoredChunk]:
+        points = self._scroll(
+            edge_filter(document_conditions(tenant, doc_id)),
+            limit=256,
+            with_payload=qe.PayloadSelector.Exclude([SIGNATURE]),
+            with_vector=False,
+        )
+        return in_write_order(stored_chunk(r.id, r.payload) for r in points)
 
     @client_span(QDRANT_RETRIEVE, "qdrant", "query")
     async def retrieve(self, query: IndexQuery) -> list[Hit]:
@@ -385,7 +408,8 @@ def _edge_condition(condition: Condition) -> qe.FieldCondition:
         case Match(key, bool(value)):
             # qdrant-edge-py 0.9 reads a Python bool as the integer it also is, which matches
             # no boolean payload value; numpy's bool is no int, so it arrives as a boolean.
-            return qe.FieldCondition(key=key, match=qe.MatchValue(np.bool_(value)))
+            flag: Any = np.bool_(value)  # (the binding's stub knows only Python's bool)
+            return qe.FieldCondition(key=key, match=qe.MatchValue(flag))
         case Match(key, value):
             return qe.FieldCondition(key=key, match=qe.MatchValue(value))
         case MatchAny(key, values):

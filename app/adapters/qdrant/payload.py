@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from app.domain.records import Hit, IndexedChunk, Vector, id_key
+from app.domain.records import Hit, IndexedChunk, StoredChunk, Vector, id_key
 
 DENSE = "dense"
 # BM25 reads the same text the embedder reads (title, section path, chunk text).
@@ -49,6 +49,28 @@ def fill_hits(hits: Sequence[Hit], payloads: Mapping[str, Mapping[str, Any]]) ->
         h.text = str(payload.get("text", ""))
         h.section = list(payload.get("section") or [])
         h.metadata = dict(payload.get("metadata") or {})
+
+
+def stored_chunk(point_id: object, payload: Mapping[str, Any] | None) -> StoredChunk:
+    """A point read back as the chunk it holds (its payload without the signature)."""
+    payload = payload or {}
+    return StoredChunk(
+        chunk_id=str(point_id),
+        version=str(payload.get("version", "")),
+        event_id=str(payload.get("event_id") or ""),
+        chunk_index=int(payload.get("chunk_index", 0)),
+        title=str(payload.get("title", "")),
+        section=list(payload.get("section") or []),
+        text=str(payload.get("text", "")),
+        embed_text=str(payload.get(SEARCH_TEXT, "")),
+        metadata=dict(payload.get("metadata") or {}),
+    )
+
+
+def in_write_order(chunks: Iterable[StoredChunk]) -> list[StoredChunk]:
+    """A document's chunks by the event that wrote them (oldest first), then by position:
+    between a new version's write and the sweep of the old one both are there."""
+    return sorted(chunks, key=lambda c: (id_key(c.event_id), c.chunk_index, c.chunk_id))
 
 
 def dense_of(vectors: Any) -> Vector:

@@ -27,8 +27,10 @@ from app.adapters.qdrant.payload import (
     dense_of,
     doomed_points,
     fill_hits,
+    in_write_order,
     payload_of,
     signatures_of,
+    stored_chunk,
 )
 from app.adapters.qdrant.remote_collection import (
     SPARSE,
@@ -45,6 +47,7 @@ from app.domain.records import (
     IndexedChunk,
     IndexQuery,
     IndexStats,
+    StoredChunk,
     Vector,
 )
 from app.errors import DependencyUnavailable, RagError, SettingsError
@@ -261,6 +264,19 @@ class QdrantIndex:
             version = str((records[0].payload or {})["version"])
             chunks = (await self.client.count(self.target, count_filter=flt, exact=True)).count
             return DocumentState(doc_id=doc_id, version=version, chunks=int(chunks))
+
+        return await self.call(read)
+
+    @client_span(QDRANT_FETCH, "qdrant", "scroll")
+    async def chunks(self, tenant: str, doc_id: str) -> list[StoredChunk]:
+        flt = client_filter(document_conditions(tenant, doc_id))
+
+        async def read() -> list[StoredChunk]:
+            await self._ensure()
+            points = self._scroll(
+                flt, limit=256, with_payload=qm.PayloadSelectorExclude(exclude=[SIGNATURE])
+            )
+            return in_write_order([stored_chunk(r.id, r.payload) async for r in points])
 
         return await self.call(read)
 
