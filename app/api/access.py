@@ -61,7 +61,6 @@ class Access:
             )
         return Grant(principal=principal, rate=decision)
 
-
     async def take_more(self, principal: Principal, cost: int) -> RateDecision:
         """Take `cost` more tokens from an admitted caller's bucket, for a request doing the
         work of several; at most a full bucket less the one admit took, since more could
