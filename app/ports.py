@@ -359,6 +359,21 @@ class DocStatusStore(Protocol):
         """Both records of each document, read together in one round trip."""
         ...
 
+    async def scan_written(
+        self, tenant: str, *, cursor: int, count: int
+    ) -> tuple[int, dict[str, Written | None]]:
+        """One step of a scan over a tenant's written records (Redis HSCAN semantics): about
+        `count` of them from `cursor`, and the cursor to go on from (0: done). A record
+        present for the whole scan comes back at least once; one may come back twice. A
+        record that does not decode comes back as None."""
+        ...
+
+    async def scan_applied(
+        self, index_id: str, tenant: str, *, cursor: int, count: int
+    ) -> tuple[int, dict[str, Applied | None]]:
+        """The same over a tenant's applied records of one index."""
+        ...
+
     async def record_written(self, tenant: str, records: Mapping[str, Written]) -> None:
         """Store each record unless the document already has one for a later entry."""
         ...

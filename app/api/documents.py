@@ -1,5 +1,6 @@
-"""Document resources: POST /api/v1/ingest, GET and DELETE /api/v1/documents/{id}, and the
-erasures DELETE ...?erase=true starts (GET /api/v1/erasures/{id})."""
+"""Document resources: POST /api/v1/ingest, GET /api/v1/documents (a tenant's, by page), GET and
+DELETE /api/v1/documents/{id}, and the erasures DELETE ...?erase=true starts (GET
+/api/v1/erasures/{id})."""
 
 from __future__ import annotations
 
@@ -8,17 +9,22 @@ import re
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.codec import decode, json_response, read_body
+from app.api.codec import decode, json_response, parse_query, read_body
 from app.api.guard import has_scope, tenant_of
 from app.api.schemas import (
     MAX_METADATA_DEPTH,
     DeleteResponse,
+    DocumentChunk,
+    DocumentList,
+    DocumentListQuery,
+    DocumentQuery,
     DocumentStatus,
     IngestedDocument,
     IngestRequest,
     IngestResponse,
 )
 from app.bootstrap import Services
+from app.domain.doc_status import DocView
 from app.domain.records import ChunkingParams, DocumentIn
 from app.errors import Forbidden, InvalidRequest, NotFound
 from app.services.ingest import Accepted
@@ -93,18 +99,51 @@ def _ingested(accepted: Accepted) -> IngestedDocument:
 async def get_document(request: Request) -> Response:
     services: Services = request.app.state.services
     doc_id = request.path_params["doc_id"]
-    view = await services.ingest.status(tenant_of(request), doc_id)
-    if view is None:
+    params = parse_query(dict(request.query_params), DocumentQuery)
+    include = set((params.include or "").split(","))
+    read = await services.documents.read(
+        tenant_of(request), doc_id, text="text" in include, chunks="chunks" in include
+    )
+    if read is None:
         raise NotFound(f"document {doc_id!r} is not indexed")
+    document = _status(read.view)
+    document.title, document.metadata = read.title, read.metadata
+    document.accepted_at, document.text = read.accepted_at, read.text
+    if read.chunks is not None:
+        document.indexed_chunks = [
+            DocumentChunk(
+                chunk_id=c.chunk_id,
+                chunk_index=c.chunk_index,
+                version=c.version,
+                event_id=c.event_id,
+                section=c.section,
+                text=c.text,
+                embed_text=c.embed_text,
+            )
+            for c in read.chunks
+        ]
+    return json_response(document)
+
+
+async def list_documents(request: Request) -> Response:
+    services: Services = request.app.state.services
+    params = parse_query(dict(request.query_params), DocumentListQuery)
+    page = await services.documents.page(
+        tenant_of(request), status=params.status, limit=params.limit, cursor=params.cursor
+    )
     return json_response(
-        DocumentStatus(
-            doc_id=doc_id,
-            status=view.status,
-            version=view.version,
-            chunks=view.chunks if view.status == "indexed" else None,
-            event_id=view.event_id,
-            error=view.error,
-        )
+        DocumentList(documents=[_status(view) for view in page.documents], next=page.next)
+    )
+
+
+def _status(view: DocView) -> DocumentStatus:
+    return DocumentStatus(
+        doc_id=view.doc_id,
+        status=view.status,
+        version=view.version,
+        chunks=view.chunks if view.status == "indexed" else None,
+        event_id=view.event_id,
+        error=view.error,
     )
 
 

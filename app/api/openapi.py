@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -125,6 +126,15 @@ def openapi_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
             },
         },
     }
+
+
+def with_limits(spec: dict[str, Any], *, max_batch_searches: int) -> dict[str, Any]:
+    """The document as a server serves it: the limits its settings choose, below the
+    ceilings the wire structs state, spelled out so clients and fuzzers know them."""
+    out = copy.deepcopy(spec)
+    batch = out["components"]["schemas"]["BatchSearchRequest"]
+    batch["properties"]["searches"]["maxItems"] = max_batch_searches
+    return out
 
 
 _RATE_HEADERS = {

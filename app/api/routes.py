@@ -23,14 +23,19 @@ from app.api import (
 from app.api.codec import json_response
 from app.api.guard import guard
 from app.api.keys import Scope
-from app.api.openapi import openapi_spec
+from app.api.openapi import openapi_spec, with_limits
 from app.api.schemas import (
+    BatchSearchRequest,
+    BatchSearchResponse,
     CompactionJob,
     DeadLetterDetail,
     DeadLetterList,
     DeadLetterQuery,
     DeleteQuery,
     DeleteResponse,
+    DocumentList,
+    DocumentListQuery,
+    DocumentQuery,
     DocumentStatus,
     DroppedDeadLetter,
     ErrorBody,
@@ -129,12 +134,34 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         errors=_BODY_ERRORS,
     ),
     Endpoint(
+        "POST /api/v1/search/batch",
+        search.search_batch,
+        "Several searches at once (at most RAG_MAX_BATCH_SEARCHES), their queries embedded "
+        "in one batch; one response per search, in order, each recorded as its own retrieval",
+        scope="search",
+        request=BatchSearchRequest,
+        returns={200: BatchSearchResponse},
+        errors=_BODY_ERRORS,
+    ),
+    Endpoint(
+        "GET /api/v1/documents",
+        documents.list_documents,
+        "The caller's documents and their status, a page at a time (cursor), optionally only "
+        "those with one status",
+        scope="ingest",
+        query=DocumentListQuery,
+        returns={200: DocumentList},
+        errors=(422, 503),
+    ),
+    Endpoint(
         "GET /api/v1/documents/{doc_id:path}",
         documents.get_document,
-        "A document's status (pending, indexed, deleted, failed) and version",
+        "A document's status (pending, indexed, deleted, failed), version, title and "
+        "metadata; with ?include=text,chunks its text and the chunks the index holds",
         scope="ingest",
+        query=DocumentQuery,
         returns={200: DocumentStatus},
-        errors=(404, 503),
+        errors=(404, 422, 503),
     ),
     Endpoint(
         "DELETE /api/v1/documents/{doc_id:path}",
@@ -329,9 +356,13 @@ def worker_routes() -> list[Route]:
 
 def routes() -> list[Route]:
     spec = openapi_spec(ENDPOINTS)
+    served: dict[int, dict[str, Any]] = {}
 
     async def openapi(request: Request) -> Response:
-        return json_response(spec)
+        most = request.app.state.services.settings.max_batch_searches
+        if most not in served:
+            served[most] = with_limits(spec, max_batch_searches=most)
+        return json_response(served[most])
 
     by_path: dict[str, dict[str, Handler]] = {}
     for e in ENDPOINTS:

@@ -9,6 +9,7 @@ from msgspec import Meta
 
 from app.domain.doc_status import Outcome
 from app.domain.records import SearchMode
+from app.services.documents import CURSOR_PATTERN
 from app.services.erasure import Erasure
 
 DocId = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$")]
@@ -199,9 +200,49 @@ class SearchResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     trace_id: str | None = None
 
 
+# A search request body: up to RAG_MAX_BATCH_SEARCHES searches (this is that setting's
+# ceiling; the served /openapi.json states the setting's value).
+MAX_BATCH_SEARCHES = 100
+
+
+class BatchSearchRequest(_Strict):
+    """Several searches in one request: their queries are embedded together, and each is
+    answered, and recorded, as POST /api/v1/search would answer it alone."""
+
+    searches: Annotated[list[SearchRequest], Meta(min_length=1, max_length=MAX_BATCH_SEARCHES)]
+
+
+class BatchSearchResponse(msgspec.Struct, kw_only=True):
+    """One response per search, in the request's order, each with its own retrieval_id
+    (they share the request's trace_id). Each one's `timings_ms.embed` is the whole batch's."""
+
+    responses: list[SearchResponse]
+
+
+class DocumentChunk(msgspec.Struct, kw_only=True):
+    """A chunk as the index holds it (no vectors)."""
+
+    chunk_id: str
+    chunk_index: int
+    version: str  # the document version it belongs to
+    # The document event whose application wrote it ("" before events had ids): while a new
+    # version replaces an old one, both versions' chunks are there for a moment.
+    event_id: str
+    section: list[str]  # the Markdown heading path it sits under
+    text: str  # its own text, as search results show it
+    embed_text: str  # what the embedder and BM25 read: title, section path and text
+
+
 class DocumentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     """pending: a change is in the stream, not yet applied (`version` null when it is a
-    delete); indexed; deleted; failed: the newest change was dead-lettered (see `error`)."""
+    delete); indexed; deleted; failed: the newest change was dead-lettered (see `error`).
+
+    `title`, `metadata` and `accepted_at` are those of `version` (while pending, the version
+    waiting), absent for a deleted document. `text` (with ?include=text) is that version's
+    text as ingested, absent when its event is no longer in the stream (documents indexed
+    before the event log existed). `indexed_chunks` (with ?include=chunks) is what the
+    index holds for the document now, oldest event first, then by position: while a change
+    is pending, the previous version's chunks."""
 
     doc_id: str
     status: Literal["pending", "indexed", "deleted", "failed"]
@@ -209,6 +250,40 @@ class DocumentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     chunks: int | None = None  # points in the index, when indexed
     event_id: str | None = None  # the newest change's entry in the document stream
     error: str | None = None
+    title: str | None = None
+    metadata: dict[str, Any] | None = None
+    accepted_at: float | None = None  # epoch seconds
+    text: str | None = None
+    indexed_chunks: list[DocumentChunk] | None = None
+
+
+class DocumentQuery(_Strict):
+    """GET /api/v1/documents/{doc_id} query parameters."""
+
+    # What to add to the status, title and metadata: `text`, `chunks` or both, comma-separated.
+    include: Annotated[str, Meta(pattern=r"^(text|chunks)(,(text|chunks))*$")] | None = None
+
+
+class DocumentListQuery(_Strict):
+    """GET /api/v1/documents query parameters: up to `limit` documents, only those with
+    `status` if given, from where `cursor` (the previous page's `next`) left off."""
+
+    status: Literal["pending", "indexed", "deleted", "failed"] | None = None
+    limit: Annotated[int, Meta(ge=1, le=100)] = 20
+    cursor: Annotated[str, Meta(pattern=CURSOR_PATTERN)] | None = None
+
+
+class DocumentList(msgspec.Struct, kw_only=True):
+    """One page of a tenant's documents (their status, as GET /api/v1/documents/{id} without
+    title or metadata), in no meaningful order: the order of the tenant's status hash, by id
+    within each step of its scan. `next` null: the scan is complete; else pass it as
+    `cursor`. Fewer than `limit` with a `next` means the page stopped at its bound (a status
+    filter that matches few). A document present for the whole scan is listed at least
+    once; one added or removed meanwhile may or may not be, and one may come twice.
+    Documents indexed before the event log existed are not listed."""
+
+    documents: list[DocumentStatus]
+    next: str | None
 
 
 class DeleteResponse(msgspec.Struct, kw_only=True, omit_defaults=True):

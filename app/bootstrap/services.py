@@ -27,6 +27,7 @@ from app.ports import (
 )
 from app.services.active_index import ActiveIndex
 from app.services.dead_letters import DeadLetters
+from app.services.documents import Documents
 from app.services.ingest import LoggedIngest
 from app.services.projector import Projector
 from app.services.query import Pipeline, PipelineConfig
@@ -49,6 +50,7 @@ class Services(msgspec.Struct, kw_only=True):
     recorder: RetrievalRecorder
     access: Access
     dead_letters: DeadLetters
+    documents: Documents
 
     @property
     def embedder(self) -> Embedder:
@@ -149,6 +151,14 @@ def build_services(settings: Settings) -> Services:
         ),
         access=access,
         dead_letters=_dead_letters(settings, side.event_log, side.status, side.embedder.model_id),
+        documents=Documents(
+            ingest,
+            side.event_log,
+            side.status,
+            side.index,
+            streams=side.streams,
+            index_id=side.embedder.model_id,
+        ),
     )
 
 

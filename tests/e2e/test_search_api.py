@@ -131,12 +131,15 @@ def test_update_replaces_old_chunks_and_delete_removes(http: httpx.Client) -> No
     first = response.json()["documents"][0]
     assert first["status"] == "indexed" and first["chunks"] == 2
     status = http.get("/api/v1/documents/temp").json()
+    assert status.pop("accepted_at") > 0
     assert status == {
         "doc_id": "temp",
         "status": "indexed",
         "version": first["version"],
         "chunks": 2,
         "event_id": first["event_id"],
+        "title": "Savanna",
+        "metadata": {},
     }
 
     doc["text"] = "Only zebras now."

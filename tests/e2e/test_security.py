@@ -68,6 +68,8 @@ CANARY = [
 CANARY_IDS = {d["id"] for d in CANARY}
 ENDPOINTS = [
     ("POST", "/api/v1/search", {"query": "x"}),
+    ("POST", "/api/v1/search/batch", {"searches": [{"query": "x"}]}),
+    ("GET", "/api/v1/documents", None),
     ("POST", "/api/v1/ingest", {"documents": [{"id": "x", "text": "x"}]}),
     ("GET", "/api/v1/documents/x", None),
     ("DELETE", "/api/v1/documents/x", None),
@@ -198,6 +200,26 @@ def test_another_tenant_cannot_read_or_delete_the_documents(
         assert tenant_b.get(f"/api/v1/documents/{doc_id}").status_code == 404
         assert tenant_b.delete(f"/api/v1/documents/{doc_id}?wait=true").status_code == 404
         assert tenant_a.get(f"/api/v1/documents/{doc_id}").json()["status"] == "indexed"
+
+
+def test_another_tenant_cannot_list_or_batch_search_the_documents(
+    tenant_a: httpx.Client, tenant_b: httpx.Client
+) -> None:
+    mine = tenant_a.get("/api/v1/documents", params={"limit": 100}).json()["documents"]
+    assert {d["doc_id"] for d in mine} >= CANARY_IDS
+    theirs = tenant_b.get("/api/v1/documents", params={"limit": 100})
+    assert theirs.status_code == 200, theirs.text
+    assert not CANARY_IDS & {d["doc_id"] for d in theirs.json()["documents"]}
+    for doc_id in CANARY_IDS:
+        read = tenant_b.get(f"/api/v1/documents/{doc_id}", params={"include": "text,chunks"})
+        assert read.status_code == 404 and "Vantablack" not in read.text
+    batch = tenant_b.post(
+        "/api/v1/search/batch", json={"searches": [{"query": d["text"]} for d in CANARY]}
+    )
+    assert batch.status_code == 200, batch.text
+    assert all(
+        not CANARY_IDS & {r["doc_id"] for r in one["results"]} for one in batch.json()["responses"]
+    )
 
 
 def test_erasure_needs_admin_and_stays_within_the_tenant(

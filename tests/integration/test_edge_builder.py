@@ -60,6 +60,7 @@ async def test_a_built_generation_equals_one_written_in_process(tmp_path: Path) 
         assert await builder.delete_document("t", "d5") == 1
         assert await plain.delete_document("t", "d5") == 1
         assert (await builder.stats()).points == 599
+        assert await builder.chunks("t", "d7") == await plain.chunks("t", "d7") != []
         await catalog.activate(generation)
         built = catalog.current()
 

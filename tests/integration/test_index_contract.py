@@ -443,6 +443,47 @@ def test_hydrate_vectors_and_signatures(play: Callable[..., None]) -> None:
     play(scenario)
 
 
+def test_a_documents_chunks_read_back_in_write_order(play: Callable[..., None]) -> None:
+    """What GET /api/v1/documents/{id}?include=chunks shows: every point of the document and
+    no other's, oldest event first (numeric id order), each by position, without vectors,
+    across more than one scroll page."""
+    rng = np.random.default_rng(12)
+    new = [
+        indexed(
+            make_chunk(
+                "a", "doc/1", i, f"part {i}", version="v2", event_id="10-0", section=["Top"]
+            ),
+            unit(rng)[0],
+        )
+        for i in reversed(range(300))
+    ]
+    old = [indexed(make_chunk("a", "doc/1", 0, "was", event_id="9-9"), unit(rng)[0])]
+    others = [
+        indexed(make_chunk("b", "doc/1", 0, "other tenant"), unit(rng)[0]),
+        indexed(make_chunk("a", "doc/10", 0, "other doc"), unit(rng)[0]),
+    ]
+
+    async def scenario(index: Index) -> None:
+        assert await index.chunks("a", "doc/1") == []
+        await index.upsert(new + old + others)
+        chunks = await index.chunks("a", "doc/1")
+        assert [(c.event_id, c.chunk_index) for c in chunks] == [("9-9", 0)] + [
+            ("10-0", i) for i in range(300)
+        ]
+        first = chunks[1]
+        assert first.chunk_id == new[-1].chunk.chunk_id
+        assert (first.version, first.title, first.section, first.text) == (
+            "v2",
+            "Doc/1",
+            ["Top"],
+            "part 0",
+        )
+        assert first.embed_text == "doc/1\npart 0"
+        assert first.metadata == {}
+
+    play(scenario)
+
+
 def test_stats_count_points_and_documents(play: Callable[..., None]) -> None:
     rng = np.random.default_rng(7)
     items = [

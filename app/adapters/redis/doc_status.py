@@ -153,6 +153,26 @@ class RedisDocStatus(DurableStore):
             for w, a in zip(written, applied, strict=True)
         ]
 
+    @client_span(REDIS_STATUS, "redis", "HSCAN")
+    async def scan_written(
+        self, tenant: str, *, cursor: int, count: int
+    ) -> tuple[int, dict[str, Written | None]]:
+        return await self._scan(self.written_key(tenant), cursor, count, Written)
+
+    @client_span(REDIS_STATUS, "redis", "HSCAN")
+    async def scan_applied(
+        self, index_id: str, tenant: str, *, cursor: int, count: int
+    ) -> tuple[int, dict[str, Applied | None]]:
+        return await self._scan(self.applied_key(index_id, tenant), cursor, count, Applied)
+
+    async def _scan(
+        self, key: str, cursor: int, count: int, type_: type[T]
+    ) -> tuple[int, dict[str, T | None]]:
+        with translated(STATUS_STORE, f"HSCAN {key}"):
+            after, found = await self._redis.hscan(key, cursor, count=count)
+        assert isinstance(found, dict)  # a list only with NOVALUES
+        return int(after), {as_text(doc_id): _decode(raw, type_) for doc_id, raw in found.items()}
+
     async def record_written(self, tenant: str, records: Mapping[str, Written]) -> None:
         await self._store(self.written_key(tenant), records)
 
