@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.adapters.embedders.local import LocalEmbedder  # noqa: E402
 from app.cli.corpus import read_beir_corpus  # noqa: E402
-from app.client import Client, send_batches  # noqa: E402
+from app.client import AsyncClient, send_batches  # noqa: E402
 from app.domain.records import ChunkingParams, DocumentIn  # noqa: E402
 from app.services.indexing import Indexer, document_version  # noqa: E402
 from app.settings import Settings  # noqa: E402
@@ -88,7 +88,7 @@ def ingest_rate(docs: list, warm: list, chunks: int, batch: int) -> float:
         try:
 
             async def send() -> float:
-                async with Client(server.url) as client:
+                async with AsyncClient(server.url) as client:
                     await send_batches(client, warm, batch, in_flight=2)  # warm-up
                     t0 = time.perf_counter()
                     await send_batches(client, docs, batch, in_flight=2)

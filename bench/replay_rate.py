@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from app.api.schemas import DocumentInput  # noqa: E402
 from app.bootstrap import build_index_side, resolve_event_log  # noqa: E402
 from app.cli.corpus import read_beir_corpus  # noqa: E402
-from app.client import Client, send_batches  # noqa: E402
+from app.client import AsyncClient, send_batches  # noqa: E402
 from app.services.replay import ReplayConfig, ReplayProgress  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from tests.conftest import SCIFACT  # noqa: E402
@@ -51,7 +51,7 @@ def load(settings: Settings, docs: list[DocumentInput]) -> None:
     try:
 
         async def send() -> None:
-            async with Client(server.url, timeout=3600) as client:
+            async with AsyncClient(server.url, timeout=3600) as client:
                 await send_batches(client, docs, 64, in_flight=2)
 
         asyncio.run(send())

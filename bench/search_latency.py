@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.cli.corpus import read_beir_queries  # noqa: E402
 from app.cli.evaluation import ensure_corpus  # noqa: E402
-from app.client import Client  # noqa: E402
+from app.client import AsyncClient  # noqa: E402
 from tests.conftest import SCIFACT  # noqa: E402
 from tests.e2e.server import Server  # noqa: E402
 
@@ -136,7 +136,7 @@ def main() -> int:
     try:
 
         async def load() -> None:
-            async with Client(server.url) as client:
+            async with AsyncClient(server.url) as client:
                 await ensure_corpus(client, DATASET)
 
         asyncio.run(load())

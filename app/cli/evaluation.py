@@ -18,7 +18,7 @@ from app.retrieval.metrics import dedupe, mrr_at_k, ndcg_at_k, recall_at_k
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.client import Client
+    from app.client import AsyncClient
 
 log = logging.getLogger("rag_pipeline")
 
@@ -87,16 +87,22 @@ class Scores(msgspec.Struct, frozen=True):
     p50_ms: float
 
 
-async def ensure_corpus(client: Client, dataset: Path, batch: int = 64) -> int:
+async def ensure_corpus(client: AsyncClient, dataset: Path, batch: int = 64) -> int:
     """Ingest the corpus unless the index already holds it (checked on a sample of ids)."""
     from tqdm import tqdm
 
-    from app.client import send_batches
+    from app.client import NotFoundError, send_batches
+
+    async def present(doc_id: str) -> bool:
+        try:
+            await client.document(doc_id)
+        except NotFoundError:
+            return False
+        return True
 
     docs = list(read_beir_corpus(dataset / "corpus.jsonl"))
     sample = docs[:: max(1, len(docs) // 20)]
-    present = await asyncio.gather(*(client.document(d.id) for d in sample))
-    if all(present):
+    if all(await asyncio.gather(*(present(d.id) for d in sample))):
         return 0
     with tqdm(total=len(docs), desc="ingest", unit="doc") as bar:
         await send_batches(
@@ -106,7 +112,7 @@ async def ensure_corpus(client: Client, dataset: Path, batch: int = 64) -> int:
 
 
 async def evaluate(
-    client: Client,
+    client: AsyncClient,
     dataset: Path,
     variants: Sequence[Variant] = DEFAULT_VARIANTS,
     *,

@@ -10,7 +10,7 @@ from app.errors import SettingsError
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.client import Client
+    from app.client import AsyncClient
 
 DATA_DIR_HELP = "data directory (default RAG_DATA_DIR, ./rag-data)"
 SERVER_URL_HELP = "server URL (default http://RAG_HOST:RAG_PORT)"
@@ -60,8 +60,8 @@ def server_url(args: argparse.Namespace, settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
-def connect(args: argparse.Namespace, settings: Settings) -> Client:
+def connect(args: argparse.Namespace, settings: Settings) -> AsyncClient:
     """A client of the server --url names, sending --api-key-file's key."""
-    from app.client import Client
+    from app.client import AsyncClient
 
-    return Client(server_url(args, settings), api_key=api_key(args))
+    return AsyncClient(server_url(args, settings), api_key=api_key(args))

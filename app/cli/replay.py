@@ -116,10 +116,10 @@ def _replay_remote(url: str, held: str, api_key: str | None) -> int:
     import httpx
     from tqdm import tqdm
 
-    from app.client import ApiError, Client
+    from app.client import ApiError, AsyncClient
 
     async def run() -> int:
-        async with Client(url, api_key=api_key) as client:
+        async with AsyncClient(url, api_key=api_key) as client:
             try:
                 job = await client.reindex()
             except (ApiError, httpx.HTTPError) as exc:
