@@ -260,8 +260,16 @@ class DocumentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
 class DocumentQuery(_Strict):
     """GET /api/v1/documents/{doc_id} query parameters."""
 
-    # What to add to the status, title and metadata: `text`, `chunks` or both, comma-separated.
-    include: Annotated[str, Meta(pattern=r"^(text|chunks)(,(text|chunks))*$")] | None = None
+    include: (
+        Annotated[
+            str,
+            Meta(
+                pattern=r"^(text|chunks)(,(text|chunks))*$",
+                description="What to add: `text`, `chunks` or both, comma-separated",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class DocumentListQuery(_Strict):
@@ -270,7 +278,16 @@ class DocumentListQuery(_Strict):
 
     status: Literal["pending", "indexed", "deleted", "failed"] | None = None
     limit: Annotated[int, Meta(ge=1, le=100)] = 20
-    cursor: Annotated[str, Meta(pattern=CURSOR_PATTERN)] | None = None
+    cursor: (
+        Annotated[
+            str,
+            Meta(
+                pattern=CURSOR_PATTERN,
+                description="The previous page's `next`, as it was; absent for the first page",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class DocumentList(msgspec.Struct, kw_only=True):
