@@ -1,5 +1,5 @@
 """The `rag-pipeline` command: serve | worker | replay | ingest | eval | keys | dead-letters |
-copy-redis."""
+copy-redis | export | import."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from app.cli import copy_redis, dead_letters, evaluation, ingest, keys, replay, serve
+from app.cli import backup, copy_redis, dead_letters, evaluation, ingest, keys, replay, serve
 from app.errors import RagError, SettingsError
 from app.settings import Settings
 
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag-pipeline", description=__doc__)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     # In the order `--help` lists them.
-    for command in (serve, replay, ingest, keys, evaluation, dead_letters, copy_redis):
+    for command in (serve, replay, ingest, keys, evaluation, dead_letters, copy_redis, backup):
         command.register(sub)
     return parser
 
