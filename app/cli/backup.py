@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.cli.options import DATA_DIR_HELP
+from app.errors import SettingsError
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run_export(args: argparse.Namespace, settings: Settings) -> int:
     from app.bootstrap import hosted_event_log
 
+    if args.file == "-" and sys.stdout.isatty():
+        raise SettingsError("export -: standard output is a terminal; redirect it to a file")
     if args.data_dir is not None:
         settings = settings.replace(data_dir=args.data_dir)
     with hosted_event_log(settings) as host:

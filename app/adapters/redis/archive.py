@@ -43,7 +43,7 @@ from app.adapters.redis.client import RedisClient, RedisTarget, as_text, transla
 from app.adapters.redis.doc_status import written_key
 from app.adapters.redis.replication import run_replicated
 from app.adapters.redis.streams import EVENT_FIELD, EVENT_LOG, entries_of
-from app.domain.document_log import newest_per_document, written_record
+from app.domain.document_log import DocKey, newest_per_document, written_record
 from app.domain.events import DocumentDeleted, DocumentUpserted, Streams, decode_event
 from app.domain.records import id_key
 from app.errors import BackupFileError, DependencyUnavailable, EventDecodeError, EventLogError
@@ -216,7 +216,7 @@ async def export_log(
         Header(created_at=created_at, build=build, prefix=streams.prefix, streams=dict(cut))
     )
     # Pass 1: each document's newest entry id, and whether it is a deletion.
-    newest: dict[tuple[str, str], tuple[str, bool]] = {}
+    newest: dict[DocKey, tuple[str, bool]] = {}
     folded = 0
     async for rows in _pages(client, streams.documents, cut["documents"].last_id):
         for key, entry in newest_per_document(entries_of(rows)).items():
