@@ -4,11 +4,11 @@ and only app/bootstrap/ knows which adapter stands behind each."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
-from app.domain.events import ConsumerInfo, Entry, Event, GroupInfo
+from app.domain.events import ConsumerInfo, Entry, Event, GroupInfo, StoreMemory
 from app.domain.records import (
     Chunk,
     DocumentState,
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     # Records owned by the domain and services that exchange them, which import this module.
     from app.domain.doc_status import Applied, Written
     from app.services.dead_letters import RequeueCommand, RequeueReply
-    from app.services.replay_jobs import StoredReplayJob
+    from app.services.erasure import Erasure
 
 
 class Embedder(Protocol):
@@ -195,6 +195,31 @@ class EventLog(Protocol):
         """Entries in the stream (0 if it does not exist)."""
         ...
 
+    async def trim_to_length(self, stream: str, max_entries: int) -> int:
+        """Delete the oldest entries until at most `max_entries` remain (exactly, not
+        approximately); returns how many were deleted."""
+        ...
+
+    async def trim_before(self, stream: str, entry_id: str) -> int:
+        """Delete every entry whose id is below `entry_id`; returns how many."""
+        ...
+
+    async def clock_ms(self) -> int:
+        """The log's own clock, epoch ms: it stamps entry ids, and the app host's clock may
+        be skewed against it."""
+        ...
+
+    async def memory_usage(self, stream: str) -> int:
+        """Bytes the stream takes in the log's memory, counted over all of it (0 if it does
+        not exist). Costs the server time in proportion to the stream's size (bench/
+        stream_memory_cost.py): the caller decides how often to ask."""
+        ...
+
+    async def memory(self, stream: str) -> StoreMemory:
+        """Memory in use and the limit of the server holding `stream` (every key of it
+        counted, not only the log's)."""
+        ...
+
     async def group_info(self, stream: str, group: str) -> GroupInfo | None:
         """The group's pending count, lag and position; None if stream or group is missing."""
         ...
@@ -251,6 +276,11 @@ class EmbeddingCache(Protocol):
     async def put_many(
         self, tenant: str, model_id: str, texts: Sequence[str], items: Sequence[CachedEmbedding]
     ) -> None: ...
+
+    async def forget_many(self, tenant: str, model_id: str, texts: Sequence[str]) -> int:
+        """Remove these texts' embeddings (an erasure); returns how many were there. Unlike
+        the rest, this raises DependencyUnavailable when the store cannot be reached."""
+        ...
 
     def stats(self) -> CacheStats: ...
 
@@ -345,6 +375,14 @@ class DocStatusStore(Protocol):
         """Forget `index_id`'s applied records of these tenants (an aborted replay's)."""
         ...
 
+    async def forget(
+        self, index_ids: Sequence[str], tenant: str, records: Mapping[str, str]
+    ) -> int:
+        """Remove the written record, and the applied records of these indexes, of each
+        document (doc id -> entry id) that are for exactly that entry: the document is then
+        unknown, unless a later change was recorded meanwhile. Returns the records removed."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -373,13 +411,80 @@ class DeadLetterStore(Protocol):
     async def close(self) -> None: ...
 
 
-class ReplayJobStore(Protocol):
-    """Where replay job records outlive the process that ran them
-    (app/services/replay_jobs.py)."""
+class ErasureRecords(Protocol):
+    """Where erasure requests and their progress are kept (app/services/erasure.py), readable
+    by every process. Unreachable storage raises DependencyUnavailable."""
 
-    async def save(self, job: StoredReplayJob) -> None: ...
+    async def save(self, erasure: Erasure) -> None: ...
 
-    async def load(self, job_id: str) -> StoredReplayJob | None: ...
+    async def load(self, erasure_id: str) -> Erasure | None: ...
+
+    async def open_ones(self) -> list[Erasure]:
+        """Every request not yet complete, oldest first."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# What a stream rewrite does with one entry: keep it as it is, drop it, or store these
+# encoded event bytes under its id instead.
+Decision = Literal["keep", "drop"] | bytes
+
+
+class RewriteReport(msgspec.Struct, kw_only=True):
+    """What one stream rewrite did; filled in as it goes."""
+
+    stream: str
+    read: int = 0  # entries read (those appended during the rewrite included)
+    kept: int = 0
+    dropped: int = 0
+    replaced: int = 0
+    groups: int = 0  # consumer groups carried over
+    pending_carried: int = 0  # pending entries recreated on their consumers
+    pending_dropped: int = 0  # pending entries not recreated: the entry was dropped
+    seconds: float = 0.0
+
+
+class LogRewriter(Protocol):
+    """Rewrites a stream in place (app/adapters/redis/rewrite.py): entries keep their ids,
+    consumer groups their positions and consumers their pending entries, and appends go on
+    throughout. Only one rewrite of a stream runs at a time (InvalidRequest 409 otherwise).
+    Unreachable storage raises DependencyUnavailable."""
+
+    async def rewrite(
+        self,
+        stream: str,
+        choose: Callable[[Entry], Decision],
+        *,
+        upto: str,
+        on_page: Callable[[RewriteReport], None] | None = None,
+    ) -> RewriteReport:
+        """Apply `choose` to every entry with id <= `upto` (later ones are kept), then swap the
+        rewritten stream in, atomically; `on_page` sees the report after each page copied."""
+        ...
+
+    async def rewrite_persistence(self) -> str:
+        """Have the server rewrite its append-only file, so that what rewrites removed leaves
+        its disk too (the old file still holds every command); says what happened."""
+        ...
+
+    async def settled_below(self, stream: str) -> str:
+        """The lowest id some consumer group of the stream may still need: every entry below
+        it is acknowledged by every group. "0-0" when the stream has no group."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Lease(Protocol):
+    """Named claims that expire, shared by every process of a deployment, so that a periodic
+    job on shared state (retention trimming) runs in one process at a time rather than in
+    each. Unreachable storage raises DependencyUnavailable."""
+
+    async def take(self, name: str, *, holder: str, ttl_ms: int) -> bool:
+        """Claim `name` for `ttl_ms` as `holder` if nobody holds it now; whether it was
+        claimed. A claim is never released early: it ends when it expires."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -88,6 +88,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     event_redact_queries: bool = msgspec.field(default=False, name="RAG_EVENT_REDACT_QUERIES")
     retrieval_retention: str = msgspec.field(default="7d", name="RAG_RETRIEVAL_RETENTION")
     record_retrievals: bool = msgspec.field(default=True, name="RAG_RECORD_RETRIEVALS")
+    feedback_retention: str = msgspec.field(default="90d", name="RAG_FEEDBACK_RETENTION")
+    feedback_max_entries: Annotated[int, Meta(ge=0, le=1_000_000_000)] = msgspec.field(
+        default=1_000_000, name="RAG_FEEDBACK_MAX_ENTRIES"
+    )
+    dead_letter_retention: str = msgspec.field(default="30d", name="RAG_DEAD_LETTER_RETENTION")
+    dead_letter_max_entries: Annotated[int, Meta(ge=0, le=1_000_000_000)] = msgspec.field(
+        default=100_000, name="RAG_DEAD_LETTER_MAX_ENTRIES"
+    )
     projector_max_deliveries: Annotated[int, Meta(ge=1, le=1000)] = msgspec.field(
         default=5, name="RAG_PROJECTOR_MAX_DELIVERIES"
     )
@@ -183,8 +191,21 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         default=1_000_000, name="RAG_MAX_TEXT_CHARS"
     )
     cors_origins: str = msgspec.field(default="", name="RAG_CORS_ORIGINS")
+    trace_url_template: str = msgspec.field(default="", name="RAG_TRACE_URL_TEMPLATE")
     replay_batch: Annotated[int, Meta(ge=1, le=10_000)] = msgspec.field(
         default=512, name="RAG_REPLAY_BATCH"
+    )
+    tombstone_retention_hours: Annotated[float, Meta(ge=0, le=87_600)] = msgspec.field(
+        default=24.0, name="RAG_TOMBSTONE_RETENTION_HOURS"
+    )
+    compact_min_entries: Annotated[int, Meta(ge=0, le=1_000_000_000)] = msgspec.field(
+        default=10_000, name="RAG_COMPACT_MIN_ENTRIES"
+    )
+    compact_growth: Annotated[float, Meta(ge=1.1, le=1000)] = msgspec.field(
+        default=2.0, name="RAG_COMPACT_GROWTH"
+    )
+    compact_check_seconds: Annotated[float, Meta(ge=1, le=86_400)] = msgspec.field(
+        default=60.0, name="RAG_COMPACT_CHECK_SECONDS"
     )
 
     @property
@@ -199,6 +220,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
     def retrieval_retention_seconds(self) -> int:
         """`RAG_RETRIEVAL_RETENTION` in seconds."""
         return _parse_duration("RAG_RETRIEVAL_RETENTION", self.retrieval_retention)
+
+    @property
+    def feedback_retention_seconds(self) -> int:
+        """`RAG_FEEDBACK_RETENTION` in seconds."""
+        return _parse_duration("RAG_FEEDBACK_RETENTION", self.feedback_retention)
+
+    @property
+    def dead_letter_retention_seconds(self) -> int:
+        """`RAG_DEAD_LETTER_RETENTION` in seconds."""
+        return _parse_duration("RAG_DEAD_LETTER_RETENTION", self.dead_letter_retention)
 
     def resource_attributes(self) -> dict[str, str]:
         """`OTEL_RESOURCE_ATTRIBUTES` parsed: `key=value` pairs, percent-encoded values."""
@@ -234,6 +265,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
             raise SettingsError(_name_the_variable(str(exc))) from exc
         _parse_metadata_indexes(settings.metadata_indexes)
         _parse_duration("RAG_RETRIEVAL_RETENTION", settings.retrieval_retention)
+        _parse_duration("RAG_FEEDBACK_RETENTION", settings.feedback_retention)
+        _parse_duration("RAG_DEAD_LETTER_RETENTION", settings.dead_letter_retention)
         _check_redis_url(settings.redis_url)
         _check_redis_topology(settings)
         _check_qdrant_url(settings.qdrant_url)
@@ -241,6 +274,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         _check_otlp_endpoint(settings.otel_exporter_otlp_endpoint)
         _parse_resource_attributes(settings.otel_resource_attributes)
         _parse_origins(settings.cors_origins)
+        _check_trace_url_template(settings.trace_url_template)
         if settings.chunk_overlap >= settings.chunk_size:
             raise SettingsError(
                 f"RAG_CHUNK_OVERLAP ({settings.chunk_overlap}) must be smaller than "
@@ -292,6 +326,16 @@ def _parse_origins(spec: str) -> list[str]:
                 f"host, optional port; no path) separated by commas, or *, got {origin!r}"
             )
     return origins
+
+
+def _check_trace_url_template(template: str) -> None:
+    if template and (
+        "{trace_id}" not in template or not template.startswith(("http://", "https://"))
+    ):
+        raise SettingsError(
+            "RAG_TRACE_URL_TEMPLATE: expected an http(s) URL holding {trace_id}, e.g. "
+            f"http://jaeger:16686/trace/{{trace_id}}, got {template!r}"
+        )
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -500,6 +544,18 @@ SETTINGS_DOC: dict[str, str] = {
     "`false` stops recording: `GET /api/v1/retrievals/{id}` and feedback then answer 404 for "
     "new searches, and `/api/v1/quality` has nothing new to count (for benchmarks, or where "
     "no query may be kept even hashed).",
+    "RAG_FEEDBACK_RETENTION": "Age after which feedback events are trimmed (as "
+    "`RAG_RETRIEVAL_RETENTION`). Longer than the retrievals' by default: judgements outlive "
+    "the quality window as evaluation data.",
+    "RAG_FEEDBACK_MAX_ENTRIES": "Most feedback events kept; the oldest beyond it are trimmed "
+    "(exactly). 0: no bound but age.",
+    "RAG_DEAD_LETTER_RETENTION": "Age after which dead letters are trimmed, looked at or not "
+    "(each one trimmed is logged with its tenant and document, and counted in "
+    "`rag_stream_trimmed_total`); its document stays `failed` until sent again or replayed. "
+    "Keep it longer than anyone takes to answer the `RAGDeadLetters` alert.",
+    "RAG_DEAD_LETTER_MAX_ENTRIES": "Most dead letters kept (a backstop against a storm of "
+    "failures filling Redis: each holds its event whole); the oldest beyond it are trimmed "
+    "and logged as by age. 0: no bound but age.",
     "RAG_PROJECTOR_MAX_DELIVERIES": "Strikes against a document event before it is moved to "
     "the dead-letter stream: a strike is an attempt to apply the event on its own that failed, "
     "or during which the process died. A batch's death, a restart or a takeover is never one.",
@@ -584,6 +640,17 @@ SETTINGS_DOC: dict[str, str] = {
     "Empty: no CORS headers, so browsers refuse cross-origin calls.",
     "RAG_REPLAY_BATCH": "Documents a replay (`rag-pipeline replay`, `POST /api/v1/reindex`) "
     "applies at a time; their chunks are embedded (or read from the cache) and written together.",
+    "RAG_TRACE_URL_TEMPLATE": "Where the console links a search's trace: an http(s) URL with "
+    "`{trace_id}` in it (e.g. `http://jaeger:16686/trace/{trace_id}`); empty: no link.",
+    "RAG_TOMBSTONE_RETENTION_HOURS": "How long compaction keeps a deleted document's delete "
+    "event (it holds no text): once every consumer group has acknowledged it and it is this "
+    "old, it goes too.",
+    "RAG_COMPACT_MIN_ENTRIES": "Automatic compaction of the document stream: not below this "
+    "many entries; 0 turns it off (`rag-pipeline compact` and `POST /api/v1/compact` still work).",
+    "RAG_COMPACT_GROWTH": "Automatic compaction runs once the document stream holds this many "
+    "times the entries the last compaction left.",
+    "RAG_COMPACT_CHECK_SECONDS": "How often the process that projects checks the document "
+    "stream's length for automatic compaction.",
 }
 
 if set(SETTINGS_DOC) != set(ENV_NAMES):  # pragma: no cover - caught at import in every test run

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,11 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.api import metrics, reindex, system
+from app.api import console, metrics, system
 from app.api.codec import error_response, response_for
-from app.api.guard import guard
 from app.api.memory_budget import MemoryBudget, MemoryBudgetMiddleware
-from app.api.routes import routes
+from app.api.routes import routes, worker_routes
 from app.bootstrap import IndexSide, Services, build_access, build_services
 from app.errors import RagError
 from app.services.projector import Projector
@@ -46,7 +46,12 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         stop_recording = asyncio.Event()
         recording = asyncio.create_task(built.recorder.run(stop_recording), name="recorder")
         try:
-            async with _projecting(app, built.projector, settings):
+            # The process that projects also keeps the log: compaction, erasures.
+            keepers = _keepers(built.index_side) if built.projector is not None else []
+            async with (
+                _projecting(app, built.projector, settings, keepers),
+                _retaining(built.index_side),
+            ):
                 yield
         finally:
             # Buffered retrieval events are flushed before the event log closes.
@@ -67,7 +72,16 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             )
         )
     return Starlette(
-        routes=[*routes(), Route("/metrics", metrics.scrape, methods=["GET"])],
+        routes=[
+            *routes(),
+            Route("/metrics", metrics.scrape, methods=["GET"]),
+            # The browser console and the API reference (app/console/).
+            Route("/", console.page, methods=["GET"]),
+            Route("/console/config.json", console.config, methods=["GET"]),
+            Route("/console/{name}", console.asset, methods=["GET"]),
+            Route("/docs", console.docs, methods=["GET"]),
+            Route("/docs/{name}", console.docs_asset, methods=["GET"]),
+        ],
         lifespan=lifespan,
         exception_handlers=_handlers(),
         middleware=middleware,
@@ -104,10 +118,13 @@ def create_worker_app(settings: Settings, index_side: IndexSide) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.index_side = index_side
-        # Replays are admin work: the worker checks keys as the API does.
+        # Replays are operator work: the worker checks keys as the API does.
         app.state.access = access = build_access(settings)
         try:
-            async with _projecting(app, index_side.projector, settings):
+            async with (
+                _projecting(app, index_side.projector, settings, _keepers(index_side)),
+                _retaining(index_side),
+            ):
                 yield
         finally:
             await access.limiter.close()
@@ -117,9 +134,8 @@ def create_worker_app(settings: Settings, index_side: IndexSide) -> Starlette:
             Route("/health", system.health, methods=["GET"]),
             Route("/ready", system.ready, methods=["GET"]),
             Route("/metrics", metrics.scrape, methods=["GET"]),
-            # The worker holds the index, so replays run here (`rag-pipeline replay` asks).
-            Route("/api/v1/reindex", guard(reindex.start, "admin"), methods=["POST"]),
-            Route("/api/v1/reindex/{job_id}", guard(reindex.status, "admin"), methods=["GET"]),
+            # The worker holds the index, so replays and compactions run here (the CLI asks).
+            *worker_routes(),
         ],
         lifespan=lifespan,
         exception_handlers=_handlers(),
@@ -128,19 +144,52 @@ def create_worker_app(settings: Settings, index_side: IndexSide) -> Starlette:
 
 @asynccontextmanager
 async def _projecting(
-    app: Starlette, projector: Projector | None, settings: Settings
+    app: Starlette,
+    projector: Projector | None,
+    settings: Settings,
+    keepers: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
 ) -> AsyncIterator[None]:
-    """Run the projector as a task for as long as the app runs."""
+    """Run the projector, and what keeps the log beside it, as tasks while the app runs."""
     stop = asyncio.Event()
     task = None
     if projector is not None:
         task = asyncio.create_task(projector.run(stop), name="projector")
     app.state.projector_task = task
+    keeping = [asyncio.create_task(keep(stop)) for keep in keepers]
     try:
         yield
     finally:
+        stop.set()
+        for keeper in keeping:
+            # Work under way (a compaction, an erasure's replay) is cancelled when the
+            # index side closes; a round of checks ends now, to be done again next start.
+            keeper.cancel()
+            with contextlib.suppress(BaseException):
+                await keeper
         if task is not None:
             await _stop_projector(task, stop, settings.graceful_timeout_seconds)
+
+
+@asynccontextmanager
+async def _retaining(side: IndexSide) -> AsyncIterator[None]:
+    """Trim the feedback and dead-letter streams for as long as the app runs (in whichever
+    process holds the retention lease at the time: app/services/retention.py)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(side.retention.run(stop), name="retention")
+    try:
+        yield
+    finally:
+        # A trim cut short is harmless: what it removed is logged already, the rest waits.
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _keepers(side: IndexSide) -> list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]]:
+    """What keeps the log, run by the process that projects: automatic compaction, and the
+    erasures (whose deletes its projector applies and whose index purge it replays)."""
+    return [side.auto_compaction.run, side.eraser.run]
 
 
 def _handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:

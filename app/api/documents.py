@@ -1,4 +1,5 @@
-"""Document resources: POST /api/v1/ingest, GET and DELETE /api/v1/documents/{id}."""
+"""Document resources: POST /api/v1/ingest, GET and DELETE /api/v1/documents/{id}, and the
+erasures DELETE ...?erase=true starts (GET /api/v1/erasures/{id})."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.codec import decode, json_response, read_body
-from app.api.guard import tenant_of
+from app.api.guard import has_scope, tenant_of
 from app.api.schemas import (
     MAX_METADATA_DEPTH,
     DeleteResponse,
@@ -19,7 +20,7 @@ from app.api.schemas import (
 )
 from app.bootstrap import Services
 from app.domain.records import ChunkingParams, DocumentIn
-from app.errors import InvalidRequest, NotFound
+from app.errors import Forbidden, InvalidRequest, NotFound
 from app.services.ingest import Accepted
 from app.telemetry.tracing import current_traceparent
 
@@ -110,6 +111,8 @@ async def get_document(request: Request) -> Response:
 async def delete_document(request: Request) -> Response:
     services: Services = request.app.state.services
     doc_id = request.path_params["doc_id"]
+    if _flag(request, "erase"):
+        return await _erase(request, services, doc_id)
     accepted = await services.ingest.delete(
         tenant_of(request), doc_id, traceparent=_traceparent(request), wait=_wait(request)
     )
@@ -124,10 +127,45 @@ async def delete_document(request: Request) -> Response:
     )
 
 
+async def _erase(request: Request, services: Services, doc_id: str) -> Response:
+    """Delete the document now, and record the erasure the projecting process carries out."""
+    if not has_scope(request, "admin"):
+        raise Forbidden("erasing a document needs the `admin` scope")
+    tenant = tenant_of(request)
+    try:
+        accepted = await services.ingest.delete(tenant, doc_id, traceparent=_traceparent(request))
+        event_id, status = accepted.event_id, accepted.status
+    except NotFound:
+        # Deleted already (or its delete is pending): erasure still has to remove its past.
+        view = await services.ingest.status(tenant, doc_id)
+        if view is None or view.event_id is None:
+            raise
+        event_id, status = view.event_id, "deleted" if view.status == "deleted" else "pending"
+    erasure = await services.index_side.eraser.request(tenant, doc_id, delete_event=event_id)
+    return json_response(
+        DeleteResponse(doc_id=doc_id, event_id=event_id or "", status=status, erasure=erasure),
+        202,
+        headers={"Location": f"/api/v1/erasures/{erasure.erasure_id}"},
+    )
+
+
+async def get_erasure(request: Request) -> Response:
+    services: Services = request.app.state.services
+    erasure_id = request.path_params["erasure_id"]
+    erasure = await services.index_side.eraser.get(erasure_id)
+    if erasure is None or erasure.tenant != tenant_of(request):
+        raise NotFound(f"erasure {erasure_id!r} is not known")
+    return json_response(erasure)
+
+
 def _wait(request: Request) -> bool:
-    raw = request.query_params.get("wait", "false").lower()
+    return _flag(request, "wait")
+
+
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "false").lower()
     if raw not in ("true", "false", "1", "0"):
-        raise InvalidRequest("wait must be true or false", field="wait")
+        raise InvalidRequest(f"{name} must be true or false", field=name)
     return raw in ("true", "1")
 
 

@@ -41,3 +41,9 @@ def tenant_of(request: Request) -> str:
     if principal is None:  # pragma: no cover - an endpoint reading a tenant must name a scope
         raise RuntimeError(f"{request.url.path} reads a tenant but its Endpoint has no scope")
     return principal.tenant
+
+
+def has_scope(request: Request, scope: str) -> bool:
+    """Whether the caller's key also has `scope`, for an endpoint that shows more to it."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    return principal is not None and scope in principal.scopes

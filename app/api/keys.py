@@ -26,8 +26,10 @@ from app.errors import SettingsError
 
 log = logging.getLogger(__name__)
 
-Scope = Literal["search", "ingest", "admin"]
-SCOPES: tuple[Scope, ...] = ("search", "ingest", "admin")
+# `admin` acts on its own tenant's operations (dead letters, quality, stats); `operator` on
+# the whole deployment (replay, and what else touches every tenant): app/api/routes.py.
+Scope = Literal["search", "ingest", "admin", "operator"]
+SCOPES: tuple[Scope, ...] = ("search", "ingest", "admin", "operator")
 Tenant = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 # Keys this module makes: 32 random bytes, URL-safe base64, after a recognisable prefix
 # (so secret scanners can find a leaked one). Any other string also works as a key.

@@ -33,11 +33,12 @@ async def scrape(request: Request) -> Response:
 
 async def _refresh(side: IndexSide) -> None:
     streams, events = side.streams, side.event_log
-    length, group, stats, dead = await asyncio.gather(
+    length, group, stats, dead, usage = await asyncio.gather(
         events.length(streams.documents),
         events.group_info(streams.documents, GROUP),
         side.index.stats(),
         events.length(streams.dead_letter),
+        side.usage.read(),
     )
     metrics.set_queue(
         0 if group is None else group.pending,
@@ -47,3 +48,6 @@ async def _refresh(side: IndexSide) -> None:
     )
     metrics.set_index_points(stats.points)
     metrics.set_dead_letters(dead)
+    for size in usage.streams:
+        metrics.set_stream(size.stream, size.entries, size.memory_bytes)
+    metrics.set_redis_memory(usage.memory.used_bytes, usage.memory.max_bytes)

@@ -118,7 +118,9 @@ def openapi_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "An API key from RAG_API_KEYS_FILE (docs/security.md); "
-                    "not needed when the server runs without one",
+                    "not needed when the server runs without one. Its scopes: `search`, "
+                    "`ingest`, `admin` (its tenant's operations) and `operator` (the "
+                    "deployment's: replay)",
                 }
             },
         },
@@ -135,10 +137,16 @@ _RATE_HEADERS = {
 }
 
 
+# What a scope means beyond its name, where the name alone could mislead.
+_SCOPE_NOTES = {
+    "operator": " Deployment-wide: it acts on every tenant, so a tenant's `admin` key cannot.",
+}
+
+
 def _secure(op: dict[str, Any], scope: str) -> None:
     """An endpoint behind an API key: what it needs, and the 401/403/429 it may answer."""
     op["security"] = [{"bearer": []}]
-    op["description"] = f"Needs an API key with the `{scope}` scope."
+    op["description"] = f"Needs an API key with the `{scope}` scope." + _SCOPE_NOTES.get(scope, "")
     error = {"application/json": {"schema": _ref(ErrorBody)}}
     for answer in op["responses"].values():
         answer["headers"] = dict(_RATE_HEADERS)

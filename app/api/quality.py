@@ -1,4 +1,4 @@
-"""GET /api/v1/quality: the default tenant's search quality over the last `hours` hours."""
+"""GET /api/v1/quality: the caller's tenant's search quality over the last `hours` hours."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.codec import json_response, parse_query
+from app.api.guard import tenant_of
 from app.api.schemas import QualityQuery
 from app.bootstrap import Services
-from app.domain.records import DEFAULT_TENANT
 from app.services.quality_window import window_report
 
 
@@ -21,7 +21,7 @@ async def quality(request: Request) -> Response:
     report = await window_report(
         services.event_log,
         services.streams,
-        tenant=DEFAULT_TENANT,
+        tenant=tenant_of(request),
         since=until - params.hours * 3600,
         until=until,
         k=params.k,

@@ -10,15 +10,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.api import dead_letters, documents, quality, reindex, retrievals, search, system
+from app.api import (
+    compaction,
+    dead_letters,
+    documents,
+    quality,
+    reindex,
+    retrievals,
+    search,
+    system,
+)
 from app.api.codec import json_response
 from app.api.guard import guard
 from app.api.keys import Scope
 from app.api.openapi import openapi_spec
 from app.api.schemas import (
+    CompactionJob,
     DeadLetterDetail,
     DeadLetterList,
     DeadLetterQuery,
+    DeleteQuery,
     DeleteResponse,
     DocumentStatus,
     DroppedDeadLetter,
@@ -37,6 +48,7 @@ from app.api.schemas import (
     Stats,
 )
 from app.domain.events import RetrievalRecorded
+from app.services.erasure import Erasure
 from app.services.quality import QualityReport
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -63,7 +75,8 @@ class Endpoint:
         self.handler = handler
         self.summary = summary
         # The API-key scope a caller needs (app/api/guard.py enforces it, and adds 401/403/429
-        # to the OpenAPI responses); None: open to anyone, and no tenant to act for.
+        # to the OpenAPI responses); None: open to anyone, and no tenant to act for. "admin"
+        # acts on the caller's tenant only; "operator" on every tenant at once (replay, compaction).
         self.scope = scope
         self.responses = returns | dict.fromkeys(errors, ErrorBody)
         self.request = request
@@ -127,10 +140,21 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "DELETE /api/v1/documents/{doc_id:path}",
         documents.delete_document,
         "Delete a document: 202 once the delete is in the log, or with ?wait=true 200 once its "
-        "chunks are gone",
+        "chunks are gone. With ?erase=true (admin scope) erase it: every stored trace of its "
+        "text and metadata is removed; 202 with the erasure to follow",
         scope="ingest",
+        query=DeleteQuery,
         returns={200: DeleteResponse, 202: DeleteResponse},
-        errors=(404, 422, 503),
+        errors=(403, 404, 422, 503),
+    ),
+    Endpoint(
+        "GET /api/v1/erasures/{erasure_id}",
+        documents.get_erasure,
+        "An erasure and how far it got: deleting, scrubbing (the streams, the embedding "
+        "cache), purging (the index rebuilt without it), complete (with the time)",
+        scope="admin",
+        returns={200: Erasure},
+        errors=(404, 503),
     ),
     Endpoint(
         "GET /api/v1/retrievals/{retrieval_id}",
@@ -152,7 +176,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET /api/v1/stats",
         system.stats,
-        "Index, event log and embedding cache figures",
+        "Index, event log and embedding cache figures; with the `operator` scope too, each "
+        "stream's entries and memory and the Redis memory in use and its limit",
         scope="admin",
         returns={200: Stats},
         errors=(503,),
@@ -161,8 +186,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "POST /api/v1/reindex",
         reindex.start,
         "Replay: rebuild the index from the document stream into a new generation, then switch "
-        "to it; 202 with the job, 409 while one runs",
-        scope="admin",
+        "to it; 202 with the job, 409 while one runs (deployment-wide: every tenant's index)",
+        scope="operator",
         returns={202: ReindexJob},
         errors=(409, 503),
     ),
@@ -170,8 +195,26 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "GET /api/v1/reindex/{job_id}",
         reindex.status,
         "A replay's phase and progress (records kept a week)",
-        scope="admin",
+        scope="operator",
         returns={200: ReindexJob},
+        errors=(404,),
+    ),
+    Endpoint(
+        "POST /api/v1/compact",
+        compaction.start,
+        "Compact the document stream: keep each document's newest event (and deletes until "
+        "they are settled and RAG_TOMBSTONE_RETENTION_HOURS old), online; 202 with the job, "
+        "409 while one runs (deployment-wide: every tenant's documents)",
+        scope="operator",
+        returns={202: CompactionJob},
+        errors=(409, 503),
+    ),
+    Endpoint(
+        "GET /api/v1/compact/{job_id}",
+        compaction.status,
+        "A compaction's phase and progress (records kept a week)",
+        scope="operator",
+        returns={200: CompactionJob},
         errors=(404,),
     ),
     Endpoint(
@@ -263,6 +306,25 @@ def _by_method(handlers: dict[str, Handler]) -> Handler:
         return await handlers[method](request)
 
     return dispatch
+
+
+# What the worker serves besides probes and metrics: it holds the index, so replays run there,
+# and compactions with them.
+WORKER_HANDLERS: tuple[Handler, ...] = (
+    reindex.start,
+    reindex.status,
+    compaction.start,
+    compaction.status,
+)
+
+
+def worker_routes() -> list[Route]:
+    """The worker's API routes, guarded by the scopes ENDPOINTS declares for them."""
+    return [
+        Route(e.path, _handler(e), methods=[e.method])
+        for e in ENDPOINTS
+        if e.handler in WORKER_HANDLERS
+    ]
 
 
 def routes() -> list[Route]:

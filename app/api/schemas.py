@@ -9,6 +9,7 @@ from msgspec import Meta
 
 from app.domain.doc_status import Outcome
 from app.domain.records import SearchMode
+from app.services.erasure import Erasure
 
 DocId = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$")]
 # Somewhere a character that is not whitespace, so the published schema rejects what the
@@ -209,12 +210,23 @@ class DocumentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class DeleteResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """202 with status pending, or (with ?wait=true, once applied) 200 with status deleted."""
+    """202 with status pending, or (with ?wait=true, once applied) 200 with status deleted.
+    With ?erase=true, always 202, with the erasure request to follow at
+    /api/v1/erasures/{erasure_id} (also in the Location header)."""
 
     doc_id: str
     event_id: str
     status: Outcome
     error: str | None = None
+    erasure: Erasure | None = None
+
+
+class DeleteQuery(msgspec.Struct, kw_only=True):
+    """Query parameters of DELETE /api/v1/documents/{doc_id} besides `wait`."""
+
+    # Erase rather than delete: every stored trace of the document's text and metadata
+    # goes (admin scope; see Erasure).
+    erase: bool = False
 
 
 class IndexInfo(msgspec.Struct, kw_only=True):
@@ -254,11 +266,29 @@ class RecorderInfo(msgspec.Struct, kw_only=True):
     dropped: int  # lost because the buffer was full (the log slow or away)
 
 
+class StreamStorage(msgspec.Struct, kw_only=True):
+    entries: int
+    memory_bytes: int | None  # MEMORY USAGE; null until this process first sampled it
+    memory_sampled_at: float | None  # epoch seconds of that sample (taken at most once a minute)
+
+
+class StorageInfo(msgspec.Struct, kw_only=True):
+    """Deployment-wide, so only for keys with the `operator` scope: each stream's size and
+    the memory of the Redis holding them (every key counted, the embedding cache too)."""
+
+    streams: dict[str, StreamStorage]  # by stream key, e.g. "rag:documents"
+    redis_used_bytes: int
+    redis_max_bytes: int  # maxmemory; 0: no limit
+    redis_used_ratio: float | None  # used / max; null without a limit
+    redis_maxmemory_policy: str
+
+
 class Stats(msgspec.Struct, kw_only=True):
     index: IndexInfo
     events: EventsInfo
     cache: CacheInfo
     recorder: RecorderInfo
+    storage: StorageInfo | None = None  # null unless the key has the `operator` scope
 
 
 class QualityQuery(_Strict):
@@ -328,6 +358,28 @@ class ReindexJob(msgspec.Struct, kw_only=True):
     caught_up: int  # entries applied after the rebuild pass
     chunks: int  # chunks written to the new generation
     failed: int  # entries that could not be applied
+    seconds: float
+    started_at: float
+    finished_at: float | None = None
+    error: str | None = None
+
+
+class CompactionJob(msgspec.Struct, kw_only=True):
+    """A compaction of the document stream (POST /api/v1/compact) and how far it got. phase:
+    reading (each document's newest entry), rewriting (copying what is kept beside the
+    stream, then switching the two in one step), then done or failed (the stream is then as
+    it was; see `error`)."""
+
+    job_id: str
+    phase: Literal["reading", "rewriting", "done", "failed"]
+    entries_before: int  # entries in the stream when it began
+    documents: int  # documents with an entry, deleted ones included
+    read: int  # entries the rewrite read (appends during it included)
+    kept: int
+    superseded: int  # dropped: a later entry for the same document exists
+    tombstones: int  # dropped: acknowledged deletes past RAG_TOMBSTONE_RETENTION_HOURS
+    pending_carried: int  # pending entries carried over to their consumers
+    entries_after: int
     seconds: float
     started_at: float
     finished_at: float | None = None

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.codec import json_response
-from app.api.guard import tenant_of
+from app.api.guard import has_scope, tenant_of
 from app.api.schemas import (
     CacheInfo,
     EventsInfo,
@@ -17,6 +17,8 @@ from app.api.schemas import (
     Readiness,
     RecorderInfo,
     Stats,
+    StorageInfo,
+    StreamStorage,
 )
 from app.bootstrap import IndexSide, Services, held_index_side
 from app.services.projector import GROUP
@@ -56,6 +58,7 @@ async def stats(request: Request) -> Response:
         log.length(streams.retrievals),
         log.length(streams.feedback),
     )
+    storage = await _storage(services) if has_scope(request, "operator") else None
     cache = services.cache_stats()
     recorder = services.recorder
     lookups = cache.hits + cache.misses
@@ -89,5 +92,25 @@ async def stats(request: Request) -> Response:
             recorder=RecorderInfo(
                 appended=recorder.appended, buffered=recorder.buffered, dropped=recorder.dropped
             ),
+            storage=storage,
         )
+    )
+
+
+async def _storage(services: Services) -> StorageInfo:
+    usage = await services.index_side.usage.read()
+    memory = usage.memory
+    return StorageInfo(
+        streams={
+            size.stream: StreamStorage(
+                entries=size.entries,
+                memory_bytes=size.memory_bytes,
+                memory_sampled_at=size.memory_sampled_at,
+            )
+            for size in usage.streams
+        },
+        redis_used_bytes=memory.used_bytes,
+        redis_max_bytes=memory.max_bytes,
+        redis_used_ratio=memory.used_bytes / memory.max_bytes if memory.max_bytes else None,
+        redis_maxmemory_policy=memory.policy,
     )

@@ -22,7 +22,10 @@ from app.adapters.qdrant.remote_catalog import QdrantCatalog
 from app.adapters.qdrant.remote_index import QdrantIndex
 from app.adapters.redis.cache import RedisEmbeddingCache
 from app.adapters.redis.doc_status import RedisDocStatus
-from app.adapters.redis.replay_jobs import RedisReplayJobs
+from app.adapters.redis.erasures import RedisErasureRecords
+from app.adapters.redis.jobs import RedisJobStore, RedisReplayJobs
+from app.adapters.redis.lease import RedisLease
+from app.adapters.redis.rewrite import RedisLogRewriter
 from app.adapters.redis.streams import RedisEventLog
 from app.bootstrap.event_log import check_data_dir, check_redis_url, redis_target
 from app.domain.events import Streams
@@ -34,12 +37,19 @@ from app.ports import (
     EmbeddingCache,
     EventLog,
     IndexCatalog,
+    LogRewriter,
 )
 from app.services.active_index import ActiveIndex
+from app.services.auto_compaction import AutoCompaction
+from app.services.compaction import Compaction, CompactionProgress
+from app.services.erasure import Eraser
 from app.services.indexing import Indexer
+from app.services.jobs import Jobs
 from app.services.projector import Projector, ProjectorConfig
 from app.services.replay import Replay, ReplayConfig, ReplayProgress
 from app.services.replay_jobs import ReplayJobs
+from app.services.retention import Bound, Retention
+from app.services.stream_usage import StreamUsage
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -68,6 +78,12 @@ class IndexSide(msgspec.Struct, kw_only=True):
     projector: Projector
     replays: ReplayJobs  # POST /api/v1/reindex: replays run where the index is held
     replay_config: ReplayConfig
+    # Compaction of the document stream (POST /api/v1/compact, and automatic once it grew).
+    compactions: Jobs[CompactionProgress]
+    auto_compaction: AutoCompaction
+    eraser: Eraser  # DELETE /api/v1/documents/{id}?erase=true, `rag-pipeline erase`
+    retention: Retention  # trims feedback and dead letters (serve and worker run it)
+    usage: StreamUsage  # stream sizes and Redis memory, for /metrics and /api/v1/stats
     closing: contextlib.AsyncExitStack
 
     @property
@@ -193,6 +209,8 @@ def _open_index_side(
     event_log = RedisEventLog(redis_target(settings), pool_size=settings.redis_pool_size)
     closing.push_async_callback(event_log.close)
     indexer = Indexer(embedder, index)
+    lease = RedisLease(redis_target(settings), prefix=settings.stream_prefix)
+    closing.push_async_callback(lease.close)
     projector = Projector(
         event_log,
         indexer,
@@ -213,6 +231,19 @@ def _open_index_side(
         pause=pause,
     )
     log.info("index %s at %s", embedder.model_id, where)
+    rewriter = RedisLogRewriter(redis_target(settings))
+    closing.push_async_callback(rewriter.close)
+    compactions, compaction_store = compaction_jobs(
+        settings, event_log, status, embedder.model_id, rewriter, closing
+    )
+    replays = ReplayJobs(
+        lambda: index_side.replay(),
+        store=RedisReplayJobs(redis_target(settings), prefix=settings.stream_prefix),
+    )
+    erasures = RedisErasureRecords(
+        redis_target(settings), prefix=settings.stream_prefix, pool_size=2
+    )
+    closing.push_async_callback(erasures.close)
     index_side = IndexSide(
         embedder=embedder,
         catalog=catalog,
@@ -223,16 +254,89 @@ def _open_index_side(
         status=status,
         indexer=indexer,
         projector=projector,
-        replays=ReplayJobs(
-            lambda: index_side.replay(),
-            store=RedisReplayJobs(redis_target(settings), prefix=settings.stream_prefix),
-        ),
+        replays=replays,
         replay_config=ReplayConfig(batch=settings.replay_batch),
+        compactions=compactions,
+        auto_compaction=AutoCompaction(
+            compactions,
+            compaction_store,
+            event_log,
+            Streams(settings.stream_prefix),
+            min_entries=settings.compact_min_entries,
+            growth=settings.compact_growth,
+            every=settings.compact_check_seconds,
+        ),
+        eraser=Eraser(
+            records=erasures,
+            event_log=event_log,
+            rewriter=rewriter,
+            status=status,
+            cache=cache,
+            planner=indexer,
+            index_id=embedder.model_id,
+            streams=Streams(settings.stream_prefix),
+            replays=replays,
+        ),
+        retention=_retention(settings, event_log, lease),
+        usage=StreamUsage(event_log, Streams(settings.stream_prefix)),
         closing=closing,
     )
     # First to close: a running replay is cancelled before what it writes to goes.
     closing.push_async_callback(index_side.replays.aclose)
     return index_side
+
+
+def compaction_jobs(
+    settings: Settings,
+    event_log: EventLog,
+    status: DocStatusStore,
+    index_id: str,
+    rewriter: LogRewriter,
+    closing: contextlib.AsyncExitStack,
+) -> tuple[Jobs[CompactionProgress], RedisJobStore[CompactionProgress]]:
+    """Compactions of the document stream as jobs, and where their records are kept."""
+    store = RedisJobStore(
+        redis_target(settings),
+        kind="compaction",
+        progress=CompactionProgress,
+        prefix=settings.stream_prefix,
+    )
+    jobs = Jobs(
+        "compaction",
+        lambda: Compaction(
+            event_log=event_log,
+            rewriter=rewriter,
+            status=status,
+            index_id=index_id,
+            streams=Streams(settings.stream_prefix),
+            tombstone_retention_seconds=settings.tombstone_retention_hours * 3600,
+        ),
+        store=store,
+        interrupted="(the stream is as it was: a compaction switches it in one step at its end)",
+    )
+    # Closed in reverse: the job is cancelled (jobs.aclose closes the store) before the
+    # rewriter and the event log it uses.
+    closing.push_async_callback(jobs.aclose)
+    return jobs, store
+
+
+def _retention(settings: Settings, event_log: EventLog, lease: RedisLease) -> Retention:
+    streams = Streams(settings.stream_prefix)
+    return Retention(
+        event_log,
+        lease,
+        feedback=Bound(
+            stream=streams.feedback,
+            max_age_seconds=settings.feedback_retention_seconds,
+            max_entries=settings.feedback_max_entries,
+        ),
+        dead_letter=Bound(
+            stream=streams.dead_letter,
+            max_age_seconds=settings.dead_letter_retention_seconds,
+            max_entries=settings.dead_letter_max_entries,
+        ),
+        holder=consumer_name(),
+    )
 
 
 def _open_embedder(

@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--scope",
         action="append",
         required=True,
-        choices=["search", "ingest", "admin"],
-        help="a scope the key has (repeatable)",
+        choices=["search", "ingest", "admin", "operator"],
+        help="a scope the key has (repeatable); admin acts on the key's tenant, operator on "
+        "the whole deployment (replay)",
     )
     new.add_argument("--name", default="", help="who holds the key (shown in logs)")
     new.set_defaults(run=_new)

@@ -1,5 +1,5 @@
 """The `rag-pipeline` command: serve | worker | replay | ingest | eval | keys | dead-letters |
-copy-redis | export | import."""
+copy-redis | compact | erase | export | import."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ import argparse
 import logging
 import sys
 
-from app.cli import backup, copy_redis, dead_letters, evaluation, ingest, keys, replay, serve
+from app.cli import (
+    backup,
+    compact,
+    copy_redis,
+    dead_letters,
+    erase,
+    evaluation,
+    ingest,
+    keys,
+    replay,
+    serve,
+)
 from app.errors import RagError, SettingsError
 from app.settings import Settings
 
@@ -50,7 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag-pipeline", description=__doc__)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     # In the order `--help` lists them.
-    for command in (serve, replay, ingest, keys, evaluation, dead_letters, copy_redis, backup):
+    for command in (
+        serve,
+        replay,
+        ingest,
+        keys,
+        evaluation,
+        dead_letters,
+        copy_redis,
+        compact,
+        erase,
+        backup,
+    ):
         command.register(sub)
     return parser
 

@@ -166,6 +166,14 @@ class ConsumerInfo(msgspec.Struct, frozen=True, kw_only=True):
     idle_ms: int  # since its last read (or attempt, on Redis >= 7.2)
 
 
+class StoreMemory(msgspec.Struct, frozen=True, kw_only=True):
+    """The memory of the server holding the log (Redis INFO memory), every key of it counted."""
+
+    used_bytes: int  # used_memory
+    max_bytes: int  # maxmemory; 0 when the server has no limit (it grows until the host is full)
+    policy: str  # maxmemory-policy: what the server does at the limit
+
+
 class Streams(msgspec.Struct, frozen=True):
     """The stream names under one prefix (`RAG_STREAM_PREFIX`)."""
 

@@ -31,6 +31,9 @@ async def window_report(
         log, streams.retrievals, start, RetrievalRecorded, MAX_EVENTS
     )
     feedback, f_cut = await read_window(log, streams.feedback, start, FeedbackGiven, MAX_EVENTS)
+    window_start, feedback_start = [
+        await oldest(log, s) for s in (streams.retrievals, streams.feedback)
+    ]
     cut = min((c for c in (r_cut, f_cut) if c is not None), default=None)
     if cut is not None:
         # Report only the span both streams were read over: retrievals later than the cut
@@ -45,7 +48,15 @@ async def window_report(
         k=k,
         truncated=cut is not None,
         read_until=until if cut is None else cut,
+        window_start=window_start,
+        feedback_start=feedback_start,
     )
+
+
+async def oldest(log: EventLog, stream: str) -> float | None:
+    """When the oldest entry still in `stream` was appended (epoch s); None if it is empty."""
+    first = await log.range(stream, count=1)
+    return first[0].timestamp_ms / 1000 if first else None
 
 
 async def read_window(

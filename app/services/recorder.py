@@ -140,7 +140,8 @@ class RetrievalRecorder:
             return
         self._last_trim = now
         try:
-            await self.event_log.trim_older_than(self.stream, self.retention_seconds)
+            trimmed = await self.event_log.trim_older_than(self.stream, self.retention_seconds)
+            metrics.stream_trimmed(self.stream, "age", trimmed)
         except RagError as exc:
             log.warning("retrieval retention trim failed: %s", exc)
 

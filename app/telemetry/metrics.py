@@ -49,6 +49,11 @@ _dead_letters = _counter(schema.DEAD_LETTERS)
 # even when a scrape cannot reach Redis.
 _dead_letters_waiting = _gauge(schema.DEAD_LETTERS_WAITING)
 _index_points = _gauge(schema.INDEX_POINTS)
+_stream_entries = _gauge(schema.STREAM_ENTRIES)
+_stream_memory = _gauge(schema.STREAM_MEMORY)
+_stream_trimmed = _counter(schema.STREAM_TRIMMED)
+_redis_memory_used = _gauge(schema.REDIS_MEMORY_USED)
+_redis_maxmemory = _gauge(schema.REDIS_MAXMEMORY)
 
 # Label-less counters and the gauges' label sets are exported from the first scrape on, at
 # 0, so a rate() or an alert over them has a series before the first event.
@@ -133,6 +138,31 @@ def set_queue(pending: int, lag: int) -> None:
 
 def set_index_points(points: int) -> None:
     _index_points.set(points)
+
+
+def stream_trimmed(stream: str, reason: str, count: int) -> None:
+    """Entries retention removed from `stream` (reason: age or length)."""
+    if _enabled and count:
+        _child(_stream_trimmed, stream, reason).inc(count)
+
+
+def declare_trimmed(stream: str) -> None:
+    """Export `stream`'s trim counters at 0 before anything is trimmed (an increase() over
+    them then has a series from the start)."""
+    for reason in ("age", "length"):
+        _child(_stream_trimmed, stream, reason)
+
+
+def set_stream(stream: str, entries: int, memory_bytes: int | None) -> None:
+    """A stream's length and, when sampled, its memory (None: no sample yet)."""
+    _stream_entries.labels(stream).set(entries)
+    if memory_bytes is not None:
+        _stream_memory.labels(stream).set(memory_bytes)
+
+
+def set_redis_memory(used_bytes: int, max_bytes: int) -> None:
+    _redis_memory_used.set(used_bytes)
+    _redis_maxmemory.set(max_bytes)
 
 
 def exposition(accept: str) -> tuple[bytes, str]:

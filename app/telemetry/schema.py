@@ -168,6 +168,11 @@ EVENTS_DROPPED = "rag_events_dropped_total"
 DEAD_LETTERS = "rag_projector_dead_letters_total"
 DEAD_LETTERS_WAITING = "rag_dead_letters"
 INDEX_POINTS = "rag_index_points"
+STREAM_ENTRIES = "rag_stream_entries"
+STREAM_MEMORY = "rag_stream_memory_bytes"
+STREAM_TRIMMED = "rag_stream_trimmed_total"
+REDIS_MEMORY_USED = "rag_redis_memory_used_bytes"
+REDIS_MAXMEMORY = "rag_redis_maxmemory_bytes"
 
 # 1 ms to 10 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -214,6 +219,32 @@ METRICS: dict[str, MetricSpec] = {
         "on that nobody has requeued or dropped yet (XLEN, read at scrape).",
     ),
     INDEX_POINTS: MetricSpec(type="gauge", doc="Points (chunks) in the index, all tenants."),
+    STREAM_ENTRIES: MetricSpec(
+        type="gauge",
+        doc="Entries in each event stream now, all tenants (XLEN, read at scrape).",
+        labels=("stream",),
+    ),
+    STREAM_MEMORY: MetricSpec(
+        type="gauge",
+        doc="Bytes each event stream takes in Redis (MEMORY USAGE, every node counted); sampled "
+        "at most once a minute per process, less often for a stream whose count takes long.",
+        labels=("stream",),
+    ),
+    STREAM_TRIMMED: MetricSpec(
+        type="counter",
+        doc="Entries removed from a stream by retention, by the bound that removed them "
+        "(reason: age or length); counted by the process that trimmed.",
+        labels=("stream", "reason"),
+    ),
+    REDIS_MEMORY_USED: MetricSpec(
+        type="gauge",
+        doc="Memory the Redis holding the streams uses, every key counted (INFO used_memory, "
+        "read at scrape).",
+    ),
+    REDIS_MAXMEMORY: MetricSpec(
+        type="gauge",
+        doc="That Redis's memory limit (INFO maxmemory); 0 when it has none.",
+    ),
 }
 
 # Stage labels of rag_stage_latency_seconds, each the span of the same name with "rag.".

@@ -47,7 +47,7 @@ pytestmark = pytest.mark.slow
 OTHER_IMAGES = {"dev": {"jaeger": "Jaeger's own image: the dev overlay's trace store"}}
 READY_WITHIN_SECONDS = 60.0
 API_KEYS_SECRET = "rag-pipeline-api-keys"
-# The fixture's admin key, made the way `rag-pipeline keys new` makes one.
+# The fixture's admin and operator key, made the way `rag-pipeline keys new` makes one.
 ADMIN_KEY = new_key()
 # The Secret's REDIS_URL with Sentinels: only the data nodes' database (and user and password,
 # which the test's nodes do not have) counts; its host is ignored.
@@ -98,7 +98,10 @@ def sentinel_redis(
 def secrets(event_log_url: str) -> dict[str, dict[str, str]]:
     """The Secrets docs/deploy.md tells the operator to create (they are never rendered)."""
     entry = KeyEntry(
-        sha256=digest(ADMIN_KEY), tenant="deploy-test", scopes=["admin"], name="manifest test"
+        sha256=digest(ADMIN_KEY),
+        tenant="deploy-test",
+        scopes=["admin", "operator"],
+        name="manifest test",
     )
     return {
         SECRET: {
@@ -247,7 +250,7 @@ def _check_running(run: Started) -> None:
             path = run.probe_path(probe)
             answer = http.get(run.url(path))
             assert answer.status_code == 200, f"{run.where}: {probe} GET {path}: {answer.text}"
-        # An admin route both commands serve: an unknown job is 404 once the key passes.
+        # An operator route both commands serve: an unknown job is 404 once the key passes.
         job = run.url(f"/api/v1/reindex/{uuid.uuid4().hex}")
         keys = bool(Settings.from_env(run.container.env).api_keys_file)
         anonymous = http.get(job).status_code

@@ -48,6 +48,9 @@ def test_dashboard_covers_what_the_issue_asks() -> None:
         "rag_embedding_cache_hits_total",  # cache hit ratio
         "rag_embedding_queue_size",
         'status=~"5.."',
+        "rag_redis_memory_used_bytes",  # Redis memory against maxmemory
+        "rag_redis_maxmemory_bytes",
+        "rag_stream_memory_bytes",
     ):
         assert needle in exprs, needle
     latency = [p for p in _dashboard()["panels"] if "atency" in p["title"]]

@@ -34,9 +34,18 @@ APP_COUNTERS = {
     "rag_events_appended_total",
     "rag_events_dropped_total",
     "rag_projector_dead_letters_total",
+    "rag_stream_trimmed_total",
 }
 APP_HISTOGRAMS = {"rag_latency_seconds", "rag_stage_latency_seconds"}
-APP_GAUGES = {"rag_embedding_queue_size", "rag_index_points", "rag_dead_letters"}
+APP_GAUGES = {
+    "rag_embedding_queue_size",
+    "rag_index_points",
+    "rag_dead_letters",
+    "rag_stream_entries",
+    "rag_stream_memory_bytes",
+    "rag_redis_memory_used_bytes",
+    "rag_redis_maxmemory_bytes",
+}
 APP_METRICS = (
     APP_COUNTERS
     | APP_GAUGES
@@ -66,6 +75,7 @@ def _recorded() -> set[str]:
 def test_the_guides_alerts_and_the_autoscalers_recording_rule_exist() -> None:
     alerts = {rule["alert"] for rule in _rules() if "alert" in rule}
     assert {"RAGHighLatency", "RAGHighErrorRate", "RAGPodCrashLooping"} <= alerts
+    assert {"RAGRedisMemoryHigh", "RAGRedisMemoryFullWithinADay"} <= alerts
     assert "rag_requests_per_second" in _recorded()
     for rule in _rules():
         if "alert" in rule:

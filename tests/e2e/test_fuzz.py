@@ -51,7 +51,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                     {
                         "sha256": hashlib.sha256(FUZZ_KEY.encode()).hexdigest(),
                         "tenant": "fuzz",
-                        "scopes": ["search", "ingest", "admin"],
+                        "scopes": ["search", "ingest", "admin", "operator"],
                         # The fuzzer is not what the rate limit is tested with.
                         "rate_per_second": 1_000_000,
                         "burst": 1_000_000,

@@ -28,11 +28,13 @@ from tests.e2e.test_dead_letters import redis_of
 
 A_KEY, B_KEY, SEARCH_ONLY, SLOW, ROTATED = (new_key() for _ in range(5))
 WRONG = new_key()
+INGEST_ONLY = new_key()
 ALL = ["search", "ingest", "admin"]
 KEYS = [
     {"sha256": digest(A_KEY), "tenant": "tenant-a", "scopes": ALL, "name": "a"},
     {"sha256": digest(B_KEY), "tenant": "tenant-b", "scopes": ALL, "name": "b"},
     {"sha256": digest(SEARCH_ONLY), "tenant": "tenant-a", "scopes": ["search"]},
+    {"sha256": digest(INGEST_ONLY), "tenant": "tenant-a", "scopes": ["search", "ingest"]},
     # Two requests at once, then one every 20 s: the 429 tests.
     {
         "sha256": digest(SLOW),
@@ -79,6 +81,9 @@ ENDPOINTS = [
     ("GET", "/api/v1/dead-letters/1-0", None),
     ("POST", "/api/v1/dead-letters/1-0/requeue", None),
     ("DELETE", "/api/v1/dead-letters/1-0", None),
+    ("POST", "/api/v1/compact", None),
+    ("GET", "/api/v1/compact/0190d3a0-0000-7000-8000-000000000000", None),
+    ("GET", "/api/v1/erasures/0190d3a00000700080000000000000", None),
 ]
 
 
@@ -193,6 +198,25 @@ def test_another_tenant_cannot_read_or_delete_the_documents(
         assert tenant_b.get(f"/api/v1/documents/{doc_id}").status_code == 404
         assert tenant_b.delete(f"/api/v1/documents/{doc_id}?wait=true").status_code == 404
         assert tenant_a.get(f"/api/v1/documents/{doc_id}").json()["status"] == "indexed"
+
+
+def test_erasure_needs_admin_and_stays_within_the_tenant(
+    secured: Server, tenant_a: httpx.Client, tenant_b: httpx.Client
+) -> None:
+    tenant_a.post(
+        "/api/v1/ingest?wait=true", json={"documents": [{"id": "to-erase", "text": "Kelp."}]}
+    ).raise_for_status()
+    # Another tenant's admin finds no such document; a key without `admin` may not erase.
+    assert tenant_b.delete("/api/v1/documents/to-erase?erase=true").status_code == 404
+    with client(secured, INGEST_ONLY) as ingest_only:
+        refused = ingest_only.delete("/api/v1/documents/to-erase?erase=true")
+        assert refused.status_code == 403 and "admin" in refused.text
+        assert ingest_only.get("/api/v1/documents/to-erase").json()["status"] == "indexed"
+    erased = tenant_a.delete("/api/v1/documents/to-erase?erase=true")
+    assert erased.status_code == 202, erased.text
+    location = erased.headers["location"]
+    assert tenant_a.get(location).json()["doc_id"] == "to-erase"
+    assert tenant_b.get(location).status_code == 404  # not another tenant's to see
 
 
 def test_the_same_document_id_in_two_tenants_is_two_documents(
@@ -393,7 +417,7 @@ def test_keys_made_by_the_cli_work_for_the_cli(
     candidate = tmp_path / "candidate.json"
     write_keys(candidate, [*KEYS, entry])
     checked = rag("keys", "check", str(candidate))
-    assert checked.returncode == 0 and "5 keys" in checked.stdout, checked.stderr
+    assert checked.returncode == 0 and f"{len(KEYS) + 1} keys" in checked.stdout, checked.stderr
     bad = rag("keys", "new", "--tenant", "no spaces", "--scope", "search")
     assert bad.returncode == 1 and "tenant" in bad.stderr
 

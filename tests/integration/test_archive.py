@@ -4,6 +4,8 @@ racing either side is noticed, a non-empty target is refused, an interrupted imp
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,11 +18,13 @@ from app.adapters.redis import archive
 from app.adapters.redis.archive import ExportProgress, ImportProgress, export_log, import_log
 from app.adapters.redis.client import RedisClient, RedisTarget, close_client, durable_client
 from app.adapters.redis.doc_status import RedisDocStatus
+from app.adapters.redis.rewrite import RedisLogRewriter
 from app.adapters.redis.streams import EVENT_FIELD, RedisEventLog
 from app.domain.document_log import newest_per_document
 from app.domain.events import DocumentUpserted, FeedbackGiven, Streams, encode_event
 from app.domain.records import ChunkingParams, DocumentIn, id_key
 from app.errors import EventLogError
+from app.services.compaction import Compaction
 from app.services.ingest import LoggedIngest
 from tests.integration.redis_fixtures import ALL_BACKENDS, delete_prefixed, sync_client
 
@@ -229,6 +233,50 @@ async def test_entries_deleted_under_the_export_fail_it_and_leave_no_file(
     finally:
         raw.close()
     assert list(tmp_path.iterdir()) == []
+
+
+async def compact(target: RedisTarget, prefix: str) -> None:
+    """The service's own compaction of the document stream, run to the end."""
+    log = RedisEventLog(target, pool_size=2)
+    rewriter = RedisLogRewriter(target)
+    status = RedisDocStatus(target, prefix=prefix, pool_size=2)
+    try:
+        await Compaction(
+            event_log=log,
+            rewriter=rewriter,
+            status=status,
+            index_id="m",
+            streams=Streams(prefix),
+            tombstone_retention_seconds=3600,
+        ).run()
+    finally:
+        await rewriter.close()
+        await status.close()
+        await log.close()
+
+
+async def test_a_compaction_between_the_passes_fails_the_export_and_a_rerun_succeeds(
+    redis_target: RedisTarget, client: RedisClient, prefix: str, tmp_path: Path
+) -> None:
+    """The real compaction (a rewrite switched in with RENAME) between the fold and the copy:
+    superseded entries the fold counted are gone, so the export refuses; run again after it,
+    the export holds the same documents as a compacted log should."""
+    await fill(redis_target, prefix)
+    ran: list[bool] = []
+
+    def compact_between(progress: ExportProgress) -> None:
+        if progress.phase == "writing" and not ran:
+            ran.append(True)
+            # The callback is synchronous: the compaction runs to its end on a loop of its own.
+            worker = threading.Thread(target=asyncio.run, args=(compact(redis_target, prefix),))
+            worker.start()
+            worker.join()
+
+    with pytest.raises(EventLogError, match="changed under the export"):
+        await export(client, prefix, tmp_path / "x.ragbak", on_progress=compact_between)
+    assert ran and list(tmp_path.iterdir()) == []
+    done = await export(client, prefix, tmp_path / "x.ragbak")
+    assert (done.documents, done.tombstones) == (9, 1)
 
 
 async def test_a_target_that_holds_entries_is_refused_untouched(

@@ -19,8 +19,8 @@ import redis
 from app.adapters.redis.cache import RedisEmbeddingCache
 from app.adapters.redis.client import RedisTarget
 from app.adapters.redis.doc_status import RedisDocStatus
+from app.adapters.redis.jobs import RedisReplayJobs
 from app.adapters.redis.rate_limit import RedisRateLimiter
-from app.adapters.redis.replay_jobs import RedisReplayJobs
 from app.adapters.redis.streams import RedisEventLog
 from app.domain.doc_status import Written
 from app.domain.events import DocumentDeleted

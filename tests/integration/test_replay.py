@@ -22,7 +22,7 @@ from app.adapters.qdrant.remote_index import QdrantIndex
 from app.adapters.redis.cache import RedisEmbeddingCache
 from app.adapters.redis.client import RedisTarget
 from app.adapters.redis.doc_status import RedisDocStatus
-from app.adapters.redis.replay_jobs import RedisReplayJobs
+from app.adapters.redis.jobs import RedisReplayJobs
 from app.adapters.redis.streams import EVENT_FIELD, RedisEventLog
 from app.domain.events import DocumentDeleted, DocumentUpserted, Streams
 from app.domain.records import Chunk, IndexedChunk

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.api.keys import KeyRing, digest, new_key, parse
+from app.api.keys import OPEN, SCOPES, KeyRing, digest, new_key, parse
 from app.errors import SettingsError
 
 
@@ -43,6 +43,19 @@ def test_a_key_finds_its_tenant_and_scopes(tmp_path: Path) -> None:
     assert ring.authenticate(a + "x") is None
     assert ring.authenticate("") is None
     assert ring.authenticate(digest(a)) is None  # the digest is not a key
+
+
+def test_the_operator_scope_is_a_scope_of_its_own(tmp_path: Path) -> None:
+    """`operator` (deployment-wide work) neither implies nor is implied by `admin`; open mode,
+    having no keys, has every scope."""
+    path = tmp_path / "keys.json"
+    ops, admin = new_key(), new_key()
+    write(path, entry(ops, "ops", ["operator"]), entry(admin, "acme", ["admin"]))
+    ring = KeyRing(path)
+    found_ops, found_admin = ring.authenticate(ops), ring.authenticate(admin)
+    assert found_ops is not None and found_ops.scopes == frozenset({"operator"})
+    assert found_admin is not None and "operator" not in found_admin.scopes
+    assert {"search", "ingest", "admin", "operator"} == OPEN.scopes == set(SCOPES)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import msgspec
 from redis.exceptions import RedisError
 
-from app.adapters.redis.client import RedisTarget, close_client, fast_client
+from app.adapters.redis.client import RedisTarget, close_client, fast_client, translated
 from app.ports import CachedEmbedding, CacheStats
 from app.telemetry import metrics
 from app.telemetry.schema import (
@@ -104,6 +104,13 @@ class RedisEmbeddingCache:
             self._failed("write", exc)
             return
         self._writes += len(texts)
+
+    async def forget_many(self, tenant: str, model_id: str, texts: Sequence[str]) -> int:
+        if not texts:
+            return 0
+        # Erasure must not be skipped quietly, unlike a lookup: errors reach the caller.
+        with translated("embedding cache", f"DEL x{len(texts)}"):
+            return int(await self._redis.delete(*{self.key(tenant, model_id, t) for t in texts}))
 
     def stats(self) -> CacheStats:
         return CacheStats(

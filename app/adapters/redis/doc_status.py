@@ -64,6 +64,24 @@ end
 return stored
 """
 
+# Removes a document's record from each hash, if the record is for exactly the given entry.
+# KEYS: the hashes; ARGV: doc id, entry id, ...; returns how many records it removed.
+_FORGET = """
+local removed = 0
+for _, key in ipairs(KEYS) do
+  for i = 1, #ARGV, 2 do
+    local current = redis.call('HGET', key, ARGV[i])
+    if current then
+      local ok, decoded = pcall(cjson.decode, current)
+      if ok and type(decoded) == 'table' and decoded['event_id'] == ARGV[i + 1] then
+        removed = removed + redis.call('HDEL', key, ARGV[i])
+      end
+    end
+  end
+end
+return removed
+"""
+
 _ENCODER = msgspec.json.Encoder()
 STATUS_STORE = "status store"  # how errors name this store
 
@@ -158,6 +176,16 @@ class RedisDocStatus(DurableStore):
                     pipe.copy(self.applied_key(source, tenant), self.applied_key(index_id, tenant))
                     pipe.delete(self.applied_key(source, tenant))
                 await pipe.execute()
+
+    async def forget(
+        self, index_ids: Sequence[str], tenant: str, records: Mapping[str, str]
+    ) -> int:
+        if not records:
+            return 0
+        keys = [self.written_key(tenant), *(self.applied_key(i, tenant) for i in index_ids)]
+        args = [part for doc_id, event_id in records.items() for part in (doc_id, event_id)]
+        with translated(STATUS_STORE, f"forget {len(records)} documents"):
+            return int(await self._redis.eval(_FORGET, len(keys), *keys, *args))
 
     async def drop_applied(self, index_id: str, tenants: Sequence[str]) -> None:
         if not tenants:

@@ -25,7 +25,15 @@ from app.adapters.redis.client import (
     translated,
 )
 from app.adapters.redis.replication import run_replicated
-from app.domain.events import ConsumerInfo, Entry, Event, GroupInfo, decode_event, encode_event
+from app.domain.events import (
+    ConsumerInfo,
+    Entry,
+    Event,
+    GroupInfo,
+    StoreMemory,
+    decode_event,
+    encode_event,
+)
 from app.errors import DependencyUnavailable, EventDecodeError, EventLogError
 from app.telemetry import metrics
 from app.telemetry.schema import (
@@ -107,6 +115,10 @@ for i = 2, #ARGV do
 end
 return ids
 """
+
+
+# INFO from a script: the script's key routes it (see RedisEventLog.memory).
+_INFO_MEMORY = "return redis.call('INFO', 'memory')"
 
 
 class RedisEventLog:
@@ -301,6 +313,40 @@ class RedisEventLog:
     async def length(self, stream: str) -> int:
         with translated(EVENT_LOG, f"XLEN {stream}"):
             return int(await self._redis.xlen(stream))
+
+    async def trim_to_length(self, stream: str, max_entries: int) -> int:
+        with translated(EVENT_LOG, f"XTRIM {stream} MAXLEN"):
+            # Exact (`=`), not `~`: the approximate form only drops whole nodes and so keeps
+            # up to a node's worth (stream-node-max-entries, 100) more than the bound says.
+            return int(await self._redis.xtrim(stream, maxlen=max_entries, approximate=False))
+
+    async def trim_before(self, stream: str, entry_id: str) -> int:
+        with translated(EVENT_LOG, f"XTRIM {stream} MINID"):
+            return int(await self._redis.xtrim(stream, minid=entry_id, approximate=False))
+
+    async def clock_ms(self) -> int:
+        with translated(EVENT_LOG, "TIME"):
+            seconds, micros = await self._redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def memory_usage(self, stream: str) -> int:
+        with translated(EVENT_LOG, f"MEMORY USAGE {stream}"):
+            # SAMPLES 0: every node counted. The default (5) extrapolates from the oldest
+            # few nodes, which says little about a stream whose entries vary in size.
+            used = await self._redis.memory_usage(stream, samples=0)
+        return 0 if used is None else int(used)
+
+    async def memory(self, stream: str) -> StoreMemory:
+        with translated(EVENT_LOG, "INFO memory"):
+            # Through a script that names the stream, so that on a cluster the answer is that
+            # of the shard holding it (a plain INFO would go to every node).
+            raw = await self._redis.eval(_INFO_MEMORY, 1, stream)
+        fields = dict(line.split(":", 1) for line in as_text(raw).splitlines() if ":" in line)
+        return StoreMemory(
+            used_bytes=int(fields["used_memory"]),
+            max_bytes=int(fields.get("maxmemory", "0")),
+            policy=fields.get("maxmemory_policy", "unknown"),
+        )
 
     async def group_info(self, stream: str, group: str) -> GroupInfo | None:
         with translated(EVENT_LOG, f"XINFO GROUPS {stream}"):
