@@ -92,3 +92,8 @@ class RateLimited(RagError):
     def __init__(self, message: str, *, headers: dict[str, str]) -> None:
         super().__init__(message)
         self.headers = headers
+
+
+class BackupFileError(RagError):
+    """A backup file this build will not load (corrupt, truncated, not a backup, written by a
+    newer build), or cannot write; refused before anything is written to Redis."""

@@ -194,6 +194,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         default=1_000_000, name="RAG_MAX_TEXT_CHARS"
     )
     cors_origins: str = msgspec.field(default="", name="RAG_CORS_ORIGINS")
+    trace_url_template: str = msgspec.field(default="", name="RAG_TRACE_URL_TEMPLATE")
     replay_batch: Annotated[int, Meta(ge=1, le=10_000)] = msgspec.field(
         default=512, name="RAG_REPLAY_BATCH"
     )
@@ -276,6 +277,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only
         _check_otlp_endpoint(settings.otel_exporter_otlp_endpoint)
         _parse_resource_attributes(settings.otel_resource_attributes)
         _parse_origins(settings.cors_origins)
+        _check_trace_url_template(settings.trace_url_template)
         if settings.chunk_overlap >= settings.chunk_size:
             raise SettingsError(
                 f"RAG_CHUNK_OVERLAP ({settings.chunk_overlap}) must be smaller than "
@@ -327,6 +329,16 @@ def _parse_origins(spec: str) -> list[str]:
                 f"host, optional port; no path) separated by commas, or *, got {origin!r}"
             )
     return origins
+
+
+def _check_trace_url_template(template: str) -> None:
+    if template and (
+        "{trace_id}" not in template or not template.startswith(("http://", "https://"))
+    ):
+        raise SettingsError(
+            "RAG_TRACE_URL_TEMPLATE: expected an http(s) URL holding {trace_id}, e.g. "
+            f"http://jaeger:16686/trace/{{trace_id}}, got {template!r}"
+        )
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -634,6 +646,8 @@ SETTINGS_DOC: dict[str, str] = {
     "Empty: no CORS headers, so browsers refuse cross-origin calls.",
     "RAG_REPLAY_BATCH": "Documents a replay (`rag-pipeline replay`, `POST /api/v1/reindex`) "
     "applies at a time; their chunks are embedded (or read from the cache) and written together.",
+    "RAG_TRACE_URL_TEMPLATE": "Where the console links a search's trace: an http(s) URL with "
+    "`{trace_id}` in it (e.g. `http://jaeger:16686/trace/{trace_id}`); empty: no link.",
     "RAG_TOMBSTONE_RETENTION_HOURS": "How long compaction keeps a deleted document's delete "
     "event (it holds no text): once every consumer group has acknowledged it and it is this "
     "old, it goes too.",

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.api import metrics, system
+from app.api import console, metrics, system
 from app.api.codec import error_response, response_for
 from app.api.memory_budget import MemoryBudget, MemoryBudgetMiddleware
 from app.api.routes import routes, worker_routes
@@ -72,7 +72,16 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             )
         )
     return Starlette(
-        routes=[*routes(), Route("/metrics", metrics.scrape, methods=["GET"])],
+        routes=[
+            *routes(),
+            Route("/metrics", metrics.scrape, methods=["GET"]),
+            # The browser console and the API reference (app/console/).
+            Route("/", console.page, methods=["GET"]),
+            Route("/console/config.json", console.config, methods=["GET"]),
+            Route("/console/{name}", console.asset, methods=["GET"]),
+            Route("/docs", console.docs, methods=["GET"]),
+            Route("/docs/{name}", console.docs_asset, methods=["GET"]),
+        ],
         lifespan=lifespan,
         exception_handlers=_handlers(),
         middleware=middleware,

@@ -1,5 +1,5 @@
 """The `rag-pipeline` command: serve | worker | replay | ingest | eval | keys | dead-letters |
-copy-redis | compact | erase."""
+copy-redis | compact | erase | export | import."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import sys
 
 from app.cli import (
+    backup,
     compact,
     copy_redis,
     dead_letters,
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         copy_redis,
         compact,
         erase,
+        backup,
     ):
         command.register(sub)
     return parser

@@ -14,11 +14,19 @@ _HOUR = 3600
 
 
 class HourCount(msgspec.Struct, kw_only=True):
-    """Retrievals answered in one UTC hour of the window (by the event's `at`)."""
+    """Retrievals answered in one UTC hour of the window (by the event's `at`), with that
+    hour's total latency and feedback quality (the figures over time the console plots)."""
 
     hour: str  # the hour's start, ISO 8601 UTC: "2026-11-26T11:00:00Z"
     retrievals: int
     zero_results: int
+    # The "total" stage's percentiles over the hour's retrievals; null when it had none.
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    # As FeedbackQuality, over the hour's judged retrievals; null when none was judged.
+    judged_retrievals: int = 0
+    precision_at_k: float | None = None
+    mrr: float | None = None
 
 
 class Percentiles(msgspec.Struct, kw_only=True):
@@ -97,14 +105,17 @@ def quality_report(
         raise ValueError("k must be at least 1")
     window = [r for r in retrievals if r.tenant == tenant and since <= r.at <= until]
     by_id = {r.retrieval_id: r for r in window}
+    feedback = [f for f in feedback if f.tenant == tenant]
 
     first_hour = int(since // _HOUR) * _HOUR
     hours: dict[int, list[int]] = {
         start: [0, 0] for start in range(first_hour, int(until) + 1, _HOUR)
     }
     timings: dict[str, list[float]] = defaultdict(list)
+    in_hour: dict[int, list[RetrievalRecorded]] = defaultdict(list)
     zero = 0
     for r in window:
+        in_hour[int(r.at // _HOUR) * _HOUR].append(r)
         bucket = hours[int(r.at // _HOUR) * _HOUR]
         bucket[0] += 1
         if not r.results:
@@ -120,7 +131,7 @@ def quality_report(
         zero_results=zero,
         zero_result_rate=zero / len(window) if window else None,
         per_hour=[
-            HourCount(hour=_iso_hour(start), retrievals=n, zero_results=z)
+            _hour(start, n, z, in_hour.get(start, []), feedback, tenant=tenant, k=k)
             for start, (n, z) in hours.items()
         ],
         latency_ms={stage: percentiles(values) for stage, values in sorted(timings.items())},
@@ -130,6 +141,30 @@ def quality_report(
         window_start=window_start,
         feedback_start=feedback_start,
         hours_exceed_window=window_start is None or since < window_start,
+    )
+
+
+def _hour(
+    start: int,
+    retrievals: int,
+    zero: int,
+    window: list[RetrievalRecorded],
+    feedback: list[FeedbackGiven],
+    *,
+    tenant: str,
+    k: int,
+) -> HourCount:
+    totals = sorted(r.timings_ms["total"] for r in window if "total" in r.timings_ms)
+    judged = _feedback_quality({r.retrieval_id: r for r in window}, feedback, tenant=tenant, k=k)
+    return HourCount(
+        hour=_iso_hour(start),
+        retrievals=retrievals,
+        zero_results=zero,
+        latency_p50_ms=nearest_rank(totals, 50) if totals else None,
+        latency_p95_ms=nearest_rank(totals, 95) if totals else None,
+        judged_retrievals=judged.judged_retrievals,
+        precision_at_k=judged.precision_at_k,
+        mrr=judged.mrr,
     )
 
 

@@ -34,6 +34,7 @@ from typing import Literal
 
 import msgspec
 
+from app.domain.document_log import DocKey, newest_per_document
 from app.domain.events import DocumentDeleted, DocumentUpserted, Entry, Streams
 from app.domain.records import Chunk
 from app.errors import DependencyUnavailable
@@ -162,7 +163,7 @@ class Replay:
     async def _read(self) -> tuple[list[Entry], str]:
         """Fold the stream to each document's newest entry; returns those and the id of the
         last entry read (the head when reading started)."""
-        newest: dict[tuple[str, str], Entry] = {}
+        newest: dict[DocKey, Entry] = {}
         last = "0-0"
         while True:
             page = await self.event_log.range(
@@ -170,9 +171,7 @@ class Replay:
             )
             if not page:
                 break
-            for entry in page:
-                if isinstance(entry.event, DocumentUpserted | DocumentDeleted):
-                    newest[(entry.event.tenant, entry.event.doc_id)] = entry
+            newest.update(newest_per_document(page))
             last = page[-1].id
             self._set(entries=self.progress.entries + len(page))
         self._tenants.update(tenant for tenant, _ in newest)

@@ -1,4 +1,4 @@
-"""The Containerfile: linted by hadolint (it cannot be built here: no container engine)."""
+"""The Containerfile: linted by hadolint (test_image.py builds and runs it with podman)."""
 
 from __future__ import annotations
 

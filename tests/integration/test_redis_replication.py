@@ -22,7 +22,7 @@ from app.adapters.redis.doc_status import RedisDocStatus
 from app.adapters.redis.jobs import RedisReplayJobs
 from app.adapters.redis.rate_limit import RedisRateLimiter
 from app.adapters.redis.streams import RedisEventLog
-from app.domain.doc_status import Written
+from app.domain.doc_status import Applied, Written
 from app.domain.events import DocumentDeleted
 from app.errors import DependencyUnavailable, NotReplicated
 from app.ports import CachedEmbedding
@@ -114,6 +114,30 @@ async def test_a_replica_that_does_not_confirm_fails_the_append_on_every_connect
         with sentinel_setup.primary().client() as conn:
             assert conn.xlen("s") == 8 + 6
     assert await replicated_log.append("s", deleted("after")) is not None
+
+
+@pytest.mark.anyio
+async def test_status_records_wait_for_the_replica_too(sentinel_setup: SentinelSetup) -> None:
+    """A projector's applied record must not outlive a switchover only on the old primary
+    while the entry's XACK went to the new one: the document would read "pending" for ever."""
+    status = RedisDocStatus(
+        sentinel_target(sentinel_setup, min_replicas=1, replica_timeout_ms=300), prefix="st:"
+    )
+    try:
+        record = Applied(event_id="1-1", status="deleted", at=0.0)
+        assert await status.record_applied("m", "t", {"a": record}) == {"a"}
+        (replica,) = sentinel_setup.replica_ports()
+        with paused(sentinel_setup.node(replica)):
+            with pytest.raises(NotReplicated):
+                await status.record_applied(
+                    "m", "t", {"b": Applied(event_id="1-2", status="deleted", at=0.0)}
+                )
+            with pytest.raises(NotReplicated):
+                await status.record_written(
+                    "t", {"b": Written(event_id="1-2", op="delete", version=None, at=0.0)}
+                )
+    finally:
+        await status.close()
 
 
 @pytest.mark.anyio

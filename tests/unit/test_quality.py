@@ -165,3 +165,32 @@ def test_the_window_retention_left_is_reported() -> None:
     assert beyond.hours_exceed_window and beyond.feedback_start == T0 + 30
     # Nothing held at all: nothing of the window can be seen.
     assert quality_report([], [], tenant=TENANT, since=T0, until=T0 + 1, k=1).hours_exceed_window
+
+
+def test_each_hour_has_its_latency_and_feedback_quality() -> None:
+    first = [
+        retrieval(f"a{i}", T0 + i, [("c1", "d1"), ("c2", "d2")], total=float(i))
+        for i in (1, 2, 3, 4)
+    ]
+    second = [retrieval("b1", T0 + 3600 + 1, [("c3", "d3"), ("c1", "d1")], total=50.0)]
+    feedback = [judge("a1", 1, doc="d1"), judge("a2", 1, doc="d2"), judge("b1", 1, doc="d1")]
+    report = quality_report(
+        first + second, feedback, tenant=TENANT, since=T0, until=T0 + 2 * 3600 + 1, k=1
+    )
+    h0, h1, h2 = report.per_hour
+    # Nearest rank over 1, 2, 3, 4 ms: p50 the 2nd value, p95 the 4th.
+    assert (h0.latency_p50_ms, h0.latency_p95_ms) == (2.0, 4.0)
+    # a1: relevant at rank 1 (P@1 1, RR 1); a2: at rank 2 (P@1 0, RR 1/2).
+    assert (h0.judged_retrievals, h0.precision_at_k, h0.mrr) == (2, 0.5, 0.75)
+    assert (h1.latency_p50_ms, h1.judged_retrievals, h1.precision_at_k, h1.mrr) == (
+        50.0,
+        1,
+        0.0,
+        0.5,
+    )
+    assert (h2.latency_p50_ms, h2.judged_retrievals, h2.precision_at_k, h2.mrr) == (
+        None,
+        0,
+        None,
+        None,
+    )

@@ -8,13 +8,12 @@ Values are JSON, readable with `redis-cli HGET` during an incident.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import cached_property
 from typing import Any, TypeVar
 
 import msgspec
-from redis.commands.core import AsyncScript
 
 from app.adapters.redis.client import DurableStore, as_text, translated
+from app.adapters.redis.replication import run_replicated
 from app.domain.doc_status import Applied, Written
 from app.telemetry.schema import (
     REDIS_STATUS,
@@ -108,10 +107,6 @@ def _decode(raw: bytes | str | None, type_: type[T]) -> T | None:
 
 class RedisDocStatus(DurableStore):
     """The two per-document records in Redis hashes; see app/domain/doc_status.py."""
-
-    @cached_property
-    def _set_if_newer(self) -> AsyncScript:
-        return self._redis.register_script(_SET_IF_NEWER)
 
     def written_key(self, tenant: str) -> str:
         return written_key(self._prefix, tenant)
@@ -227,5 +222,9 @@ class RedisDocStatus(DurableStore):
         for doc_id, record in records.items():
             args += [doc_id, record.event_id, expect.get(doc_id, ""), _ENCODER.encode(record)]
         with translated(STATUS_STORE, f"set-if-newer {key}"):
-            stored = await self._set_if_newer(keys=[key], args=args)
+            # Replicated like the events (RAG_REDIS_MIN_REPLICAS): during a switchover the old
+            # primary takes writes for a few seconds more and then drops them, so an applied
+            # record stored there while the entry's XACK went to the new primary would leave
+            # the document "pending" for ever (tests/e2e/test_redis_failover.py found it).
+            stored = await run_replicated(self._redis, self._target, _SET_IF_NEWER, [key], args)
         return {as_text(field) for field in stored or []}

@@ -52,7 +52,7 @@ _PAGE = 250
 # Catch-up rounds before the switch; the switch script copies whatever is still left.
 _CATCH_UP_ROUNDS = 5
 _CATCH_UP_DONE = 200  # entries a round may leave for the switch
-_LOCK_MS = 120_000
+_LOCK_MS = 15_000
 _AOF_REWRITE_SECONDS = 120
 
 _SWITCH = """
