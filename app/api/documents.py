@@ -110,7 +110,7 @@ async def get_document(request: Request) -> Response:
     document.title, document.metadata = read.title, read.metadata
     document.accepted_at, document.text = read.accepted_at, read.text
     if read.chunks is not None:
-        document.indexed_chunks = [
+        document.chunks_indexed = [
             DocumentChunk(
                 chunk_id=c.chunk_id,
                 chunk_index=c.chunk_index,

@@ -240,7 +240,7 @@ class DocumentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     `title`, `metadata` and `accepted_at` are those of `version` (while pending, the version
     waiting), absent for a deleted document. `text` (with ?include=text) is that version's
     text as ingested, absent when its event is no longer in the stream (documents indexed
-    before the event log existed). `indexed_chunks` (with ?include=chunks) is what the
+    before the event log existed). `chunks_indexed` (with ?include=chunks) is what the
     index holds for the document now, oldest event first, then by position: while a change
     is pending, the previous version's chunks."""
 
@@ -254,7 +254,7 @@ class DocumentStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     metadata: dict[str, Any] | None = None
     accepted_at: float | None = None  # epoch seconds
     text: str | None = None
-    indexed_chunks: list[DocumentChunk] | None = None
+    chunks_indexed: list[DocumentChunk] | None = None
 
 
 class DocumentQuery(_Strict):

@@ -63,7 +63,7 @@ def test_every_document_endpoint_with_odd_ids(server: Server) -> None:
             read = rag.document(doc_id, text=True, chunks=True)
             assert (read.doc_id, read.title, read.text) == (doc_id, f"T{i}", f"Quokka note {i}.")
             assert read.metadata == {"n": i}
-            assert read.indexed_chunks is not None and len(read.indexed_chunks) == 1
+            assert read.chunks_indexed is not None and len(read.chunks_indexed) == 1
         assert {d.doc_id for d in rag.iter_documents(page_size=3)} >= set(ODD_IDS)
         first = rag.documents(limit=2)
         assert len(first.documents) == 2 and first.next is not None

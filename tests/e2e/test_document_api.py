@@ -41,11 +41,11 @@ def test_a_document_reads_back_with_its_text_and_chunks(http: httpx.Client) -> N
         guide["metadata"],
     )
     assert body["chunks"] == 3 and body["accepted_at"] > 0
-    assert "text" not in body and "indexed_chunks" not in body
+    assert "text" not in body and "chunks_indexed" not in body
 
     full = http.get("/api/v1/documents/guide.md", params={"include": "text,chunks"}).json()
     assert full["text"] == guide["text"]
-    chunks = full["indexed_chunks"]
+    chunks = full["chunks_indexed"]
     assert [c["chunk_index"] for c in chunks] == [0, 1, 2]
     assert [c["section"] for c in chunks] == [["Install"], ["Install", "Linux"], ["Backup"]]
     assert {c["version"] for c in chunks} == {full["version"]}
@@ -59,9 +59,9 @@ def test_a_document_reads_back_with_its_text_and_chunks(http: httpx.Client) -> N
     assert hits[0]["chunk_id"] == chunks[2]["chunk_id"]
 
     only_chunks = http.get("/api/v1/documents/guide.md", params={"include": "chunks"}).json()
-    assert "text" not in only_chunks and len(only_chunks["indexed_chunks"]) == 3
+    assert "text" not in only_chunks and len(only_chunks["chunks_indexed"]) == 3
     only_text = http.get("/api/v1/documents/guide.md", params={"include": "text"}).json()
-    assert "indexed_chunks" not in only_text and only_text["text"] == guide["text"]
+    assert "chunks_indexed" not in only_text and only_text["text"] == guide["text"]
 
     missing = http.get("/api/v1/documents/never-there", params={"include": "text"})
     assert missing.status_code == 404
@@ -109,7 +109,7 @@ def test_an_id_twice_in_one_request_the_last_one_wins(http: httpx.Client) -> Non
         "The second draft about pelicans.",
         last["version"],
     )
-    assert len(read["indexed_chunks"]) == 1
+    assert len(read["chunks_indexed"]) == 1
     walruses = http.post("/api/v1/search", json={"query": "walruses", "mode": "bm25"}).json()
     assert all(r["doc_id"] != "twice" for r in walruses["results"])
 
@@ -235,7 +235,7 @@ def test_a_pending_document_shows_the_version_waiting(paused: Server) -> None:
         assert accepted.status_code == 202, accepted.text
         read = http.get("/api/v1/documents/p3", params={"include": "text,chunks"}).json()
         assert (read["status"], read["title"], read["text"]) == ("pending", "P3", "Pending text 3.")
-        assert read["indexed_chunks"] == [] and "chunks" not in read
+        assert read["chunks_indexed"] == [] and "chunks" not in read
         assert read["version"] == accepted.json()["documents"][3]["version"]
         pending = listed(http, limit=4, status="pending")
         assert sorted(d["doc_id"] for d in pending) == sorted(d["id"] for d in docs)
