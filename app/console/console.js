@@ -53,6 +53,11 @@ function fmt(value, digits = 3) {
   return String(value);
 }
 
+// A document id as one path segment: "." and ".." too, which URL parsing would collapse.
+function segment(id) {
+  return encodeURIComponent(id).replace(/\./g, "%2E");
+}
+
 function when(epochSeconds) {
   return epochSeconds ? new Date(epochSeconds * 1000).toISOString().replace(".000", "") : "–";
 }
@@ -345,7 +350,7 @@ async function documentsPage(rest, params) {
   }
   output.append(h("p", {}, "Loading…"));
   try {
-    const doc = await api(`/api/v1/documents/${encodeURIComponent(rest)}?include=text,chunks`);
+    const doc = await api(`/api/v1/documents/${segment(rest)}?include=text,chunks`);
     output.replaceChildren(...renderDocument(doc));
   } catch (err) {
     output.replaceChildren(problem(err));

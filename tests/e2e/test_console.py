@@ -156,6 +156,9 @@ def test_search_feedback_document_and_system_pages(
     first.locator(".meta a").click()
     p.wait_for_selector("#document dl.facts")  # type: ignore[attr-defined]
     assert "indexed" in p.locator("#document dl.facts").inner_text()  # type: ignore[attr-defined]
+    # Its text and the chunks the index holds.
+    assert p.locator("#document .doc-text").inner_text().strip()  # type: ignore[attr-defined]
+    assert p.locator("#document ol.chunks li").count() >= 1  # type: ignore[attr-defined]
     assert doc_id in p.url  # type: ignore[attr-defined]
 
     # The system page counts the feedback (once the recorder has flushed the retrieval).
