@@ -24,18 +24,17 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-import msgspec
-
 from app.domain.events import DocumentDeleted, DocumentUpserted, Entry, Streams
 from app.domain.records import id_key
 from app.ports import Decision, DocStatusStore, EventLog, LogRewriter, RewriteReport
+from app.services.jobs import JobProgress
 
 log = logging.getLogger(__name__)
 
 Phase = Literal["reading", "rewriting", "done", "failed"]
 
 
-class CompactionProgress(msgspec.Struct, kw_only=True):
+class CompactionProgress(JobProgress, kw_only=True):
     """Where a compaction is; updated as it goes."""
 
     phase: Phase = "reading"
@@ -47,14 +46,6 @@ class CompactionProgress(msgspec.Struct, kw_only=True):
     tombstones: int = 0  # dropped: settled deletes past their retention
     pending_carried: int = 0  # pending entries carried over to their consumers
     entries_after: int = 0
-    started_at: float = 0.0
-    finished_at: float | None = None
-    error: str | None = None
-
-    @property
-    def seconds(self) -> float:
-        end = self.finished_at if self.finished_at is not None else time.time()
-        return max(0.0, end - self.started_at)
 
 
 class Compaction:

@@ -25,6 +25,19 @@ P = TypeVar("P", bound=msgspec.Struct)
 P_co = TypeVar("P_co", bound=msgspec.Struct, covariant=True)
 
 
+class JobProgress(msgspec.Struct, kw_only=True):
+    """When a job started and ended, and why it failed: the part every job's progress shares."""
+
+    started_at: float = 0.0
+    finished_at: float | None = None
+    error: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        end = self.finished_at if self.finished_at is not None else time.time()
+        return max(0.0, end - self.started_at)
+
+
 class Runnable(Protocol[P_co]):
     """What a job runs: an operation that reports its progress as it goes (a struct with
     `phase` ending "done" or "failed", `finished_at` and `error`)."""

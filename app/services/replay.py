@@ -40,6 +40,7 @@ from app.domain.records import Chunk
 from app.errors import DependencyUnavailable
 from app.ports import DocStatusStore, Embedder, EmbeddingCache, EventLog, IndexCatalog
 from app.services.indexing import Indexer
+from app.services.jobs import JobProgress
 from app.services.projector import Projector, ProjectorConfig
 from app.services.projector.apply import Applier
 
@@ -63,7 +64,7 @@ class ReplayConfig(msgspec.Struct, frozen=True, kw_only=True):
     catch_up_rounds: int = 5
 
 
-class ReplayProgress(msgspec.Struct, kw_only=True):
+class ReplayProgress(JobProgress, kw_only=True):
     """Where a replay is; updated as it goes."""
 
     phase: Phase = "reading"
@@ -74,14 +75,6 @@ class ReplayProgress(msgspec.Struct, kw_only=True):
     caught_up: int = 0  # entries applied after the bulk pass
     chunks: int = 0  # chunks written to the new generation
     failed: int = 0  # entries that could not be applied (recorded failed)
-    started_at: float = 0.0
-    finished_at: float | None = None
-    error: str | None = None
-
-    @property
-    def seconds(self) -> float:
-        end = self.finished_at if self.finished_at is not None else time.time()
-        return max(0.0, end - self.started_at)
 
 
 class Replay:
