@@ -243,7 +243,11 @@ function renderAnswer(answer, query) {
       h("code", { class: "rid" }, answer.retrieval_id),
       answer.trace_id ? [" · trace ", h("code", {}, answer.trace_id), " ", traceLink(answer.trace_id)] : null),
     answer.rerank_skipped ? h("p", { class: "hint" }, `Rerank skipped: ${answer.rerank_skipped}`) : null,
-    waterfall(answer.timings_ms));
+    waterfall(answer.timings_ms),
+    h("details", { class: "legend-scores" }, h("summary", {}, "What the scores mean"),
+      h("p", {}, "score: the final rank score in [0, 1], comparable only within this answer. "
+        + "Each bar is that stage's score, scaled to the highest in this answer:"),
+      h("dl", { class: "facts" }, Object.entries(STAGE_NOTES).map(([stage, note]) => [h("dt", {}, stage), h("dd", {}, note)]))));
   const maxima = {};
   for (const r of answer.results) {
     for (const [stage, value] of Object.entries(r.scores)) {
