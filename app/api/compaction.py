@@ -5,31 +5,22 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.codec import json_response
+from app.api.jobs import followed, held_jobs, started
 from app.api.schemas import CompactionJob
-from app.bootstrap import held_index_side
-from app.errors import DependencyUnavailable, NotFound
+from app.bootstrap import IndexSide
 from app.services.compaction import CompactionProgress
 from app.services.jobs import Job, Jobs
 
 
 async def start(request: Request) -> Response:
-    job = _jobs(request).start()
-    return json_response(_wire(job), 202, headers={"Location": f"/api/v1/compact/{job.job_id}"})
+    return started(held_jobs(request, _compactions), "/api/v1/compact", _wire)
 
 
 async def status(request: Request) -> Response:
-    job_id = request.path_params["job_id"]
-    job = await _jobs(request).get(job_id)
-    if job is None:
-        raise NotFound(f"compaction {job_id!r} is not known (job records are kept for a week)")
-    return json_response(_wire(job))
+    return await followed(held_jobs(request, _compactions), request.path_params["job_id"], _wire)
 
 
-def _jobs(request: Request) -> Jobs[CompactionProgress]:
-    side = held_index_side(request.app.state)
-    if side is None:
-        raise DependencyUnavailable("this process does not hold the index", retry_after=5.0)
+def _compactions(side: IndexSide) -> Jobs[CompactionProgress]:
     return side.compactions
 
 

@@ -5,31 +5,21 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.codec import json_response
+from app.api.jobs import followed, held_jobs, started
 from app.api.schemas import ReindexJob
-from app.bootstrap import held_index_side
-from app.errors import DependencyUnavailable, NotFound
+from app.bootstrap import IndexSide
 from app.services.replay_jobs import ReplayJob, ReplayJobs
 
 
 async def start(request: Request) -> Response:
-    job = _jobs(request).start()
-    return json_response(_wire(job), 202, headers={"Location": f"/api/v1/reindex/{job.job_id}"})
+    return started(held_jobs(request, _replays), "/api/v1/reindex", _wire)
 
 
 async def status(request: Request) -> Response:
-    job_id = request.path_params["job_id"]
-    job = await _jobs(request).get(job_id)
-    if job is None:
-        raise NotFound(f"replay {job_id!r} is not known (job records are kept for a week)")
-    return json_response(_wire(job))
+    return await followed(held_jobs(request, _replays), request.path_params["job_id"], _wire)
 
 
-def _jobs(request: Request) -> ReplayJobs:
-    side = held_index_side(request.app.state)
-    if side is None:
-        # Replays run in the process that holds the index: it alone may write it.
-        raise DependencyUnavailable("this process does not hold the index", retry_after=5.0)
+def _replays(side: IndexSide) -> ReplayJobs:
     return side.replays
 
 
