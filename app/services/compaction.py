@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
+from app.domain.document_log import newest_per_document
 from app.domain.events import DocumentDeleted, DocumentUpserted, Entry, Streams
 from app.domain.records import id_key
 from app.ports import Decision, DocStatusStore, EventLog, LogRewriter, RewriteReport
@@ -143,9 +144,7 @@ class Compaction:
                 start="-" if last is None else f"({last}",
                 count=self.page,
             )
-            for entry in page:
-                if isinstance(entry.event, DocumentUpserted | DocumentDeleted):
-                    newest[(entry.event.tenant, entry.event.doc_id)] = entry.id
+            newest.update({key: e.id for key, e in newest_per_document(page).items()})
             if page:
                 last = page[-1].id
                 self._set(entries_before=self.progress.entries_before + len(page))
