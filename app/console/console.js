@@ -374,7 +374,7 @@ async function documentList(output, params) {
     const rows = (page.documents || []).map((d) => h("tr", {},
       h("td", {}, h("a", { href: `#/documents/${encodeURIComponent(d.doc_id)}` }, d.doc_id)),
       h("td", {}, d.title || ""), h("td", {}, d.status), h("td", {}, fmt(d.chunks)), h("td", {}, h("code", {}, d.version || ""))));
-    const next = page.next_cursor || page.cursor || page.next;
+    const next = page.next;
     output.replaceChildren(filter,
       rows.length ? h("table", {}, h("thead", {}, h("tr", {}, ["id", "title", "status", "chunks", "version"].map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, rows))
         : h("p", { class: "hint" }, "No documents here yet. Ingest some (README, \"Use it\")."),
@@ -387,17 +387,17 @@ async function documentList(output, params) {
 function renderDocument(doc) {
   const facts = [["status", doc.status], ["version", doc.version], ["event", doc.event_id], ["chunks", doc.chunks], ["error", doc.error]]
     .filter(([, v]) => v !== undefined && v !== null);
-  const chunks = doc.chunks_indexed || (Array.isArray(doc.chunks) ? doc.chunks : null) || doc.chunk_list || [];
+  const chunks = doc.chunks_indexed || [];
   return [
     h("h2", {}, doc.title || doc.doc_id),
-    h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, Array.isArray(v) ? v.length : fmt(v))])),
+    h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, fmt(v))])),
     doc.metadata && Object.keys(doc.metadata).length
       ? h("section", {}, h("h3", {}, "Metadata"), h("pre", { class: "json" }, JSON.stringify(doc.metadata, null, 2)))
       : null,
     doc.text ? h("section", {}, h("h3", {}, "Text"), h("p", { class: "doc-text" }, doc.text)) : null,
     chunks.length ? h("section", {}, h("h3", {}, `Chunks (${chunks.length})`), h("ol", { class: "chunks", start: 0 },
       chunks.map((c) => h("li", {},
-        h("p", { class: "meta" }, `chunk ${c.chunk_index ?? c.index ?? ""}`, c.section && c.section.length ? ` · ${c.section.join(" › ")}` : "", c.chunk_id ? [" · ", h("code", {}, c.chunk_id)] : null),
+        h("p", { class: "meta" }, `chunk ${c.chunk_index}`, c.section && c.section.length ? ` · ${c.section.join(" › ")}` : "", c.chunk_id ? [" · ", h("code", {}, c.chunk_id)] : null),
         h("p", { class: "text" }, c.text))))) : null,
   ];
 }
