@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from app.adapters.qdrant.edge_index import EdgeIndex
+from app.adapters.qdrant.edge_index import EdgeIndex, Write
 from app.domain.records import (
     DocumentState,
     Hit,
@@ -57,9 +57,12 @@ _FORWARDED = frozenset(
         "stats",
         "ready",
         "all_points",
+        "optimize",
     }
 )
 _FINISH = "finish"
+_APPLY = "apply"
+_WRITES = frozenset({"upsert", "delete_document"})
 _STOP = "stop"
 
 
@@ -172,11 +175,27 @@ class EdgeBuilder:
 
     # --- the build's end ------------------------------------------------------------------
 
+    async def optimize(self) -> None:
+        """Build HNSW for what the shard holds so far (the child's GIL, not ours)."""
+        await self._call("optimize")
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        """Make `writes` (EdgeIndex.writes_since_copy) on the shard, in order."""
+        if writes:
+            await self._call(_APPLY, list(writes))
+
     async def finish(self) -> None:
         """Flush, build HNSW and close the shard in the child, which then exits: the
         directory is a complete shard, ready to be opened."""
-        await self._call(_FINISH)
-        await asyncio.to_thread(self._process.wait, 30)
+        await asyncio.to_thread(self.finish_now)
+
+    def finish_now(self, *, writes: Sequence[Write] = (), optimize: bool = True) -> None:
+        """finish(), blocking, after making `writes`; `optimize=False` skips the HNSW build
+        (for a copy already optimized, whose last few writes can wait for the next one)."""
+        if writes:
+            self._roundtrip(_APPLY, (list(writes),), {})
+        self._roundtrip(_FINISH, (optimize,), {})
+        self._process.wait(30)
 
     def close(self) -> None:
         """Stop the child without finishing: the shard is left as it is (to be removed)."""
@@ -254,17 +273,24 @@ def _serve(
                 raise opened or RuntimeError("the shard did not open")
             if op == _FINISH:
                 started = time.perf_counter()
-                loop.run_until_complete(index.optimize())
+                if args[0]:
+                    loop.run_until_complete(index.optimize())
                 index.close()
                 index = None
                 seconds = time.perf_counter() - started
                 log.info("generation at %s built (HNSW in %.2fs)", path, seconds)
                 conn.send((True, None))
                 break
-            if op == "hydrate_copy":
+            if op == _APPLY:
+                for name, write_args, write_kwargs in args[0]:
+                    if name not in _WRITES:
+                        raise ValueError(f"unknown write {name!r}")
+                    loop.run_until_complete(getattr(index, name)(*write_args, **write_kwargs))
+                result: Any = None
+            elif op == "hydrate_copy":
                 hits = args[0]
                 loop.run_until_complete(index.hydrate(hits))
-                result: Any = hits
+                result = hits
             elif op in _FORWARDED:
                 result = loop.run_until_complete(getattr(index, op)(*args, **kwargs))
             else:

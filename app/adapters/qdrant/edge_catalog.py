@@ -15,6 +15,14 @@ A new generation is built by a child process (app/adapters/qdrant/edge_builder.p
 the GIL through every write and through the HNSW build, which in this process would stall
 everything it serves meanwhile. `activate` has the child finish the shard (flush, HNSW,
 close), then opens it here.
+
+For the same reason the serving generation's own HNSW is never built here. Once enough points
+wait unindexed, the generation is copied (flushed, writes held for the copy), a child builds
+HNSW on the copy while this process goes on serving and writing the original, keeping each
+write; the child makes the kept writes, and at the hand-over (writes held again) the copy
+becomes the next generation: the child makes the last kept writes and closes the shard, this
+process opens it, records it as active and swaps, and writes that waited meanwhile go to it.
+Searches stop only for the engine's open of the finished shard.
 """
 
 from __future__ import annotations
@@ -31,13 +39,20 @@ from pathlib import Path
 import msgspec
 
 from app.adapters.qdrant.edge_builder import EdgeBuilder
-from app.adapters.qdrant.edge_index import EdgeIndex
+from app.adapters.qdrant.edge_index import EdgeIndex, Write
 from app.domain.records import Chunk
 from app.errors import DependencyUnavailable, RagError
 
 log = logging.getLogger(__name__)
 
 LEGACY = "0"
+
+# After a failed background optimize, the next try waits this long (the search works on
+# unindexed segments meanwhile, only slower).
+RETRY_OPTIMIZE_SECONDS = 60.0
+# Kept writes are sent to the optimizing child until fewer than this remain, so the
+# hand-over, during which writes wait, has little to send.
+HAND_OVER_WRITES = 8
 
 
 class ActiveRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,6 +82,16 @@ class EdgeCatalog:
         self._record = self.root / f"{model_id}.active"
         self._lock = threading.Lock()
         self._building: dict[str, EdgeBuilder] = {}
+        # The background optimize of the serving generation (module doc), if one runs.
+        self._optimizing: asyncio.Task[None] | None = None
+        self._optimizing_generation: str | None = None
+        self._optimizer: EdgeBuilder | None = None
+        self._optimize_after = 0.0
+        # Replays starting: no background optimize begins meanwhile, and one running is
+        # abandoned (the replay's generation gets HNSW anyway, and replaces this one).
+        self._replays_starting = 0
+        self._abandoned = False
+        self._closed = False
         self.root.mkdir(parents=True, exist_ok=True)
         self._active = self._read_record()
         self._remove_others(keep={self._active})
@@ -89,22 +114,16 @@ class EdgeCatalog:
     ) -> tuple[str, EdgeBuilder]:
         # `corpus` is not read: the shard's text index computes its BM25 statistics (the
         # mean length too) from what it holds, as it goes.
-        with self._lock:
-            taken = [int(self._active), *map(int, self._building), *self._on_disk()]
-            generation = str(max(taken) + 1)
-            path = self.path(generation)
-            if path.exists():  # a leftover: nothing refers to it
-                shutil.rmtree(path)
-        builder = EdgeBuilder(
-            path, model_id=self.model_id, dim=self._dim, metadata_indexes=self._metadata_indexes
-        )
+        self._replays_starting += 1
         try:
-            await builder.started()
-        except BaseException:
-            await asyncio.to_thread(self._drop_build, builder)
-            raise
-        self._building[generation] = builder
-        log.info("building index generation %s at %s", generation, path)
+            await self._abandon_optimize()
+            with self._lock:
+                generation = self._next_generation()
+            builder = await self._builder(self.path(generation))
+            self._building[generation] = builder
+        finally:
+            self._replays_starting -= 1
+        log.info("building index generation %s at %s", generation, builder.path)
         return generation, builder
 
     async def activate(self, generation: str) -> None:
@@ -133,7 +152,8 @@ class EdgeCatalog:
         # Swapped on the event loop, between two operations: every one that starts from now
         # on resolves the new generation; those already running finish on the old one,
         # which close() waits for.
-        previous, self._index, self._active = self._index, index, generation
+        with self._lock:
+            previous, self._index, self._active = self._index, index, generation
         log.info("index generation %s is active; dropping %s", generation, previous.path)
         await asyncio.to_thread(self._drop, previous)
 
@@ -143,14 +163,138 @@ class EdgeCatalog:
             await asyncio.to_thread(self._drop_build, builder)
 
     def close(self) -> None:
+        self._closed = True
         for generation in list(self._building):
             self._drop_build(self._building.pop(generation))
+        if self._optimizer is not None:
+            self._drop_build(self._optimizer)
         self._index.close()
+
+    # --- the serving generation's HNSW, built elsewhere (module doc) ----------------------
+
+    def _optimize_soon(self) -> None:
+        """Start a background optimize of the serving generation unless one runs, a replay
+        builds (its generation gets HNSW anyway), or the last try failed recently."""
+        if (
+            self._optimizing is not None
+            or self._building
+            or self._replays_starting
+            or self._closed
+            or time.monotonic() < self._optimize_after
+        ):
+            return
+        self._abandoned = False
+        self._optimizing = asyncio.get_running_loop().create_task(self._optimize_elsewhere())
+
+    async def _abandon_optimize(self) -> None:
+        running = self._optimizing
+        if running is None:
+            return
+        self._abandoned = True
+        if self._optimizer is not None:  # its HNSW build can take many seconds
+            await asyncio.to_thread(self._optimizer.close)
+        await asyncio.wait([running])
+
+    def _check_not_abandoned(self) -> None:
+        if self._abandoned:
+            raise RagError("the background optimize was abandoned for a replay")
+
+    async def _optimize_elsewhere(self) -> None:
+        source = self._index
+        with self._lock:
+            generation = self._optimizing_generation = self._next_generation()
+        path = self.path(generation)
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(source.copy_to, path)
+            copied = time.perf_counter()
+            self._check_not_abandoned()
+            builder = self._optimizer = await self._builder(path)
+            self._check_not_abandoned()
+            await builder.optimize()
+            optimized = time.perf_counter()
+            while (
+                len(writes := await asyncio.to_thread(source.writes_since_copy)) >= HAND_OVER_WRITES
+            ):
+                await builder.apply(writes)
+            await builder.apply(writes)
+
+            def successor(last: list[Write]) -> EdgeIndex:
+                self._check_not_abandoned()
+                builder.finish_now(writes=last, optimize=False)
+                opening = time.perf_counter()
+                index = self._open(generation)
+                log.info(
+                    "optimized index generation %s opened in %.3fs",
+                    generation,
+                    time.perf_counter() - opening,
+                )
+                try:
+                    self._write_record(generation)
+                except OSError as exc:
+                    self._drop(index)
+                    raise DependencyUnavailable(f"cannot record the active index: {exc}") from exc
+                with self._lock:
+                    self._index, self._active = index, generation
+                return index
+
+            await asyncio.to_thread(source.hand_over, successor)
+            log.info(
+                "index generation %s replaces %s with HNSW built elsewhere: copied in %.2fs, "
+                "optimized in %.2fs, handed over after %.2fs",
+                generation,
+                source.path.name,
+                copied - started,
+                optimized - copied,
+                time.perf_counter() - started,
+            )
+            await asyncio.to_thread(self._drop, source)
+        except Exception:
+            if self._abandoned:
+                log.info("background optimize of %s abandoned for a replay", source.path)
+            else:
+                log.exception(
+                    "background optimize of %s failed; searches go on unindexed points",
+                    source.path,
+                )
+                self._optimize_after = time.monotonic() + RETRY_OPTIMIZE_SECONDS
+            source.stop_copying()
+            if self._optimizer is not None:
+                await asyncio.to_thread(self._drop_build, self._optimizer)
+            else:
+                await asyncio.to_thread(shutil.rmtree, path, True)
+        finally:
+            self._optimizer = None
+            self._optimizing_generation = None
+            self._optimizing = None
 
     # --- files ---------------------------------------------------------------------------
 
+    def _next_generation(self) -> str:
+        """A generation number nothing uses; the caller holds self._lock."""
+        taken = [int(self._active), *map(int, self._building), *self._on_disk()]
+        if self._optimizing_generation is not None:
+            taken.append(int(self._optimizing_generation))
+        generation = str(max(taken) + 1)
+        path = self.path(generation)
+        if path.exists():  # a leftover: nothing refers to it
+            shutil.rmtree(path)
+        return generation
+
+    async def _builder(self, path: Path) -> EdgeBuilder:
+        """A child process owning the shard at `path` (created, or loaded if it is a copy)."""
+        builder = EdgeBuilder(
+            path, model_id=self.model_id, dim=self._dim, metadata_indexes=self._metadata_indexes
+        )
+        try:
+            await builder.started()
+        except BaseException:
+            await asyncio.to_thread(self._drop_build, builder)
+            raise
+        return builder
+
     def _open(self, generation: str) -> EdgeIndex:
-        return EdgeIndex(
+        index = EdgeIndex(
             self._data_dir,
             model_id=self.model_id,
             dim=self._dim,
@@ -158,6 +302,8 @@ class EdgeCatalog:
             search_threads=self._search_threads,
             path=self.path(generation),
         )
+        index.on_unindexed = self._optimize_soon
+        return index
 
     @staticmethod
     def _drop(index: EdgeIndex) -> None:
