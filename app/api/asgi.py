@@ -23,6 +23,7 @@ from app.api.memory_budget import MemoryBudget, MemoryBudgetMiddleware
 from app.api.routes import routes, worker_routes
 from app.bootstrap import IndexSide, Services, build_access, build_services
 from app.errors import RagError
+from app.heap import HeapTrimmer
 from app.services.projector import Projector
 from app.settings import Settings
 from app.telemetry.http import TelemetryMiddleware
@@ -51,6 +52,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             async with (
                 _projecting(app, built.projector, settings, keepers),
                 _retaining(built.index_side),
+                _trimming(),
             ):
                 yield
         finally:
@@ -124,6 +126,7 @@ def create_worker_app(settings: Settings, index_side: IndexSide) -> Starlette:
             async with (
                 _projecting(app, index_side.projector, settings, _keepers(index_side)),
                 _retaining(index_side),
+                _trimming(),
             ):
                 yield
         finally:
@@ -184,6 +187,18 @@ async def _retaining(side: IndexSide) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@asynccontextmanager
+async def _trimming() -> AsyncIterator[None]:
+    """Give back to the OS the heap that bulk work (ingest, replay) freed (app/heap.py)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(HeapTrimmer().run(stop), name="heap-trimmer")
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
 
 
 def _keepers(side: IndexSide) -> list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]]:

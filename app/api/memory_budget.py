@@ -3,13 +3,13 @@ resident memory plus what the requests already in may still allocate leaves room
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.codec import error_response
+from app.heap import resident_bytes
 
 # What one request may allocate beyond its body, as a multiple of the body: the bytes, the
 # decoded structs, the chunk texts and the events encoded from them (ingest), or the
@@ -21,15 +21,6 @@ MIN_REQUEST_BYTES = 256 * 1024
 _RSS_EVERY_SECONDS = 0.05
 # Probes and metrics must answer even when the budget is spent.
 _ALWAYS = frozenset({"/health", "/ready", "/metrics"})
-
-
-def resident_bytes() -> int:
-    """This process's resident set size (Linux /proc), 0 where it cannot be read."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 class MemoryBudget:

@@ -27,7 +27,7 @@ async def settled(catalog: EdgeCatalog, timeout: float = 120.0) -> None:
 @pytest.mark.anyio
 async def test_writes_during_the_optimize_reach_the_next_generation(tmp_path: Path) -> None:
     items = chunks(OPTIMIZE_AFTER_UNINDEXED + 1500)
-    first, later = items[: OPTIMIZE_AFTER_UNINDEXED], items[OPTIMIZE_AFTER_UNINDEXED :]
+    first, later = items[:OPTIMIZE_AFTER_UNINDEXED], items[OPTIMIZE_AFTER_UNINDEXED:]
     catalog = EdgeCatalog(tmp_path, model_id="m", dim=DIM)
     try:
         for start in range(0, len(first), 500):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from app.api.memory_budget import EXPANSION, MIN_REQUEST_BYTES, MemoryBudget, resident_bytes
+from app.api.memory_budget import EXPANSION, MIN_REQUEST_BYTES, MemoryBudget
+from app.heap import resident_bytes
 
 MB = 1024 * 1024
 
