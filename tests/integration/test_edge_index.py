@@ -160,3 +160,36 @@ def test_closed_index_is_unavailable(tmp_path: Path) -> None:
     assert run(idx.ready()) is False
     with pytest.raises(DependencyUnavailable):
         run(idx.stats())
+
+
+def test_acknowledged_writes_survive_a_kill(tmp_path: Path) -> None:
+    """Writes are made durable by the WAL's fsync, not by a flush of the segments: a process
+    killed right after its writes returned leaves them to the WAL, replayed at open."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        from pathlib import Path
+        import numpy as np
+        from app.adapters.qdrant.edge_index import EdgeIndex
+        from tests.integration.test_index_contract import indexed, make_chunk, unit
+        index = EdgeIndex(Path({str(tmp_path)!r}), model_id="m", dim={DIM})
+        vectors = unit(np.random.default_rng(3), 300)
+        items = [indexed(make_chunk("a", f"d{{i}}", 0, "alpha"), vectors[i]) for i in range(300)]
+        asyncio.run(index.upsert(items))
+        assert asyncio.run(index.delete_document("a", "d7")) == 1
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
+    assert done.returncode == -9
+    reopened = EdgeIndex(tmp_path, model_id="m", dim=DIM)
+    try:
+        assert run(reopened.stats()).points == 299
+        assert run(reopened.document("a", "d7")) is None
+        assert run(reopened.document("a", "d8")) is not None
+    finally:
+        reopened.close()

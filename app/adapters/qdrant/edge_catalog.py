@@ -307,7 +307,7 @@ class EdgeCatalog:
 
     @staticmethod
     def _drop(index: EdgeIndex) -> None:
-        index.close()
+        index.close(flush=False)
         shutil.rmtree(index.path, ignore_errors=True)
 
     @staticmethod
