@@ -7,6 +7,11 @@ and key prefix are kept, so later runs start warm. Each replay then runs in this
 stream, swapped in. Reported: chunks/s per replay and the median.
 
     REDIS_URL=redis://127.0.0.1:6379/0 python bench/replay_rate.py [--runs 3]
+
+Or from a copy of a data directory that holds the corpus already (ingested on the embedded
+defaults, so its Valkey carries the stream and the warm cache; REDIS_URL empty):
+
+    python bench/replay_rate.py --copy-from /path/to/scifact-data --data-dir /tmp/x --prefix rag:
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -59,18 +65,21 @@ def load(settings: Settings, docs: list[DocumentInput]) -> None:
         server.stop()
 
 
-def cpu_seconds() -> float:
+def cpu_seconds() -> tuple[float, float]:
     """This process's CPU time (every thread) and that of its finished children: the index
-    builder child (app/adapters/qdrant/edge_builder.py) is waited for before the swap."""
+    builder child (app/adapters/qdrant/edge_builder.py) is waited for before the swap (an
+    embedded Valkey is a child too, but runs until the end)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
-def replay_once(settings: Settings, batch: int) -> tuple[ReplayProgress, float, float]:
-    """One replay: its progress, the CPU seconds it took (the swap included, opening
-    excluded) and the seconds until the swap began (the rebuild and catch-up, before the
-    new generation's HNSW build)."""
+def replay_once(
+    settings: Settings, batch: int
+) -> tuple[ReplayProgress, tuple[float, float], float]:
+    """One replay: its progress, the CPU seconds it took in this process and in the builder
+    child (the swap included, opening excluded) and the seconds until the swap began (the
+    rebuild and catch-up, before the new generation's HNSW build)."""
     projection = build_index_side(settings, "replay")
     swap_began: list[float] = []
 
@@ -78,11 +87,12 @@ def replay_once(settings: Settings, batch: int) -> tuple[ReplayProgress, float, 
         if progress.phase == "swapping" and not swap_began:
             swap_began.append(time.time() - progress.started_at)
 
-    async def run() -> tuple[ReplayProgress, float, float]:
+    async def run() -> tuple[ReplayProgress, tuple[float, float], float]:
         try:
-            before = cpu_seconds()
+            own, children = cpu_seconds()
             done = await projection.replay(ReplayConfig(batch=batch), on_progress=watch).run()
-            return done, cpu_seconds() - before, swap_began[0]
+            own_after, children_after = cpu_seconds()
+            return done, (own_after - own, children_after - children), swap_began[0]
         finally:
             await projection.aclose()
 
@@ -96,29 +106,44 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=None, help="RAG_REPLAY_BATCH")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/rag-bench-replay"))
     parser.add_argument("--prefix", default="bench:replay:", help="key prefix on Redis")
+    parser.add_argument(
+        "--copy-from",
+        type=Path,
+        default=None,
+        help="a data directory holding the corpus already: copied to --data-dir (if that is "
+        "absent) and replayed there, never opened itself",
+    )
     args = parser.parse_args()
+    if args.copy_from is not None and not args.data_dir.exists():
+        shutil.copytree(args.copy_from, args.data_dir, symlinks=True)
     settings = Settings.from_env().replace(data_dir=str(args.data_dir), stream_prefix=args.prefix)
     url, embedded = resolve_event_log(settings)
     settings = settings.replace(redis_url=url)
     try:
         docs = list(read_beir_corpus(DATASET / "corpus.jsonl"))[: args.docs]
         load(settings, docs)
-        rates, per_cpu, rebuild_rates = [], [], []
+        rates, per_cpu, rebuild_rates, parent_cpu, child_cpu = [], [], [], [], []
         for run in range(args.runs):
-            done, cpu, rebuilt = replay_once(settings, args.batch or settings.replay_batch)
+            done, (own, child), rebuilt = replay_once(settings, args.batch or settings.replay_batch)
+            cpu = own + child
             rates.append(done.chunks / done.seconds)
             per_cpu.append(done.chunks / cpu)
+            parent_cpu.append(own)
+            child_cpu.append(child)
             rebuild_rates.append(done.chunks / rebuilt)
             print(
                 f"replay {run + 1}: {done.documents} documents, {done.chunks} chunks in "
                 f"{done.seconds:.2f} s = {rates[-1]:.0f} chunks/s (rebuilt in {rebuilt:.2f} s = "
-                f"{rebuild_rates[-1]:.0f} chunks/s, then HNSW and swap); {cpu:.2f} CPU s = "
+                f"{rebuild_rates[-1]:.0f} chunks/s, then HNSW and swap); {cpu:.2f} CPU s (parent "
+                f"{own:.2f}, builder child {child:.2f}) = "
                 f"{per_cpu[-1]:.0f} chunks per CPU second (generation {done.generation})"
             )
         print(
             f"median {statistics.median(rates):.0f} chunks/s end to end, "
             f"{statistics.median(rebuild_rates):.0f} chunks/s until the swap began, "
-            f"{statistics.median(per_cpu):.0f} chunks per CPU second, over {len(rates)} replays"
+            f"{statistics.median(per_cpu):.0f} chunks per CPU second (CPU s parent "
+            f"{statistics.median(parent_cpu):.2f}, child {statistics.median(child_cpu):.2f}), "
+            f"over {len(rates)} replays"
         )
     finally:
         if embedded is not None:

@@ -113,20 +113,34 @@ class Replay:
         swapped = False
         try:
             finals, last = await self._read()
-            # Read first, so that a catalog that must know the corpus before its first write
-            # (the cluster's BM25 length normalisation) can measure what the bulk pass writes.
-            generation, index = await self.catalog.create(corpus=self._planned(finals))
-            self.progress.generation = generation
-            # Unique per attempt, so records left by a crashed replay are never read as ours.
-            scratch = f"{self.embedder.model_id}~replay-{generation}-{uuid.uuid4().hex[:8]}"
-            applier = Applier(
-                Indexer(self.embedder, index),
-                self.cache,
-                self.status,
-                index_id=scratch,
-                config=ProjectorConfig(write_chunks=self.config.write_chunks, fresh_index=True),
+            batches = [
+                finals[start : start + self.config.batch]
+                for start in range(0, len(finals), self.config.batch)
+            ]
+            # Chunking runs ahead of the writes from here on: while the new generation is
+            # created (the Edge builder child starting) and while it writes each batch.
+            ahead = _PlanAhead(
+                Indexer(self.embedder, self.catalog.current()),
+                batches,
+                depth=self.config.in_flight + 1,
             )
-            await self._bulk(applier, finals)
+            async with ahead.running():
+                # Read first, so that a catalog that must know the corpus before its first
+                # write (the cluster's BM25 length normalisation) can measure what the bulk
+                # pass writes.
+                generation, index = await self.catalog.create(corpus=self._planned(finals))
+                self.progress.generation = generation
+                # Unique per attempt, so records left by a crashed replay are never ours.
+                scratch = f"{self.embedder.model_id}~replay-{generation}-{uuid.uuid4().hex[:8]}"
+                applier = Applier(
+                    Indexer(self.embedder, index),
+                    self.cache,
+                    self.status,
+                    index_id=scratch,
+                    config=ProjectorConfig(write_chunks=self.config.write_chunks, fresh_index=True),
+                    planned=ahead.plans,
+                )
+                await self._bulk(applier, batches, ahead)
             self._set(phase="catching_up")
             for _ in range(self.config.catch_up_rounds):
                 last, read = await self._catch_up(applier, last)
@@ -182,20 +196,24 @@ class Replay:
                 _plan_all, planner, upserts[start : start + self.config.batch]
             )
 
-    async def _bulk(self, applier: Applier, finals: list[Entry]) -> None:
+    async def _bulk(self, applier: Applier, batches: list[list[Entry]], ahead: _PlanAhead) -> None:
         """Apply each document's newest entry, `in_flight` batches at a time."""
-        self._set(phase="rebuilding", documents=len(finals))
+        self._set(phase="rebuilding", documents=sum(map(len, batches)))
         gate = asyncio.Semaphore(self.config.in_flight)
 
-        async def one(part: list[Entry]) -> None:
+        async def one(number: int, part: list[Entry]) -> None:
             async with gate:
-                await self._apply(applier, part)
+                await ahead.planned(number)
+                try:
+                    await self._apply(applier, part)
+                finally:
+                    ahead.applied(number, part)
                 self._set(applied=self.progress.applied + len(part))
 
         try:
             async with asyncio.TaskGroup() as group:
-                for start in range(0, len(finals), self.config.batch):
-                    group.create_task(one(finals[start : start + self.config.batch]))
+                for number, part in enumerate(batches):
+                    group.create_task(one(number, part))
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from failed  # the first cause, not the group
 
@@ -266,6 +284,70 @@ class Replay:
             setattr(self.progress, name, value)
         if self._on_progress is not None:
             self._on_progress(self.progress)
+
+
+class _PlanAhead:
+    """Chunks the bulk pass's batches in order, in a thread, at most `depth` batches ahead
+    of those applied: the parent's chunking then overlaps the builder's writes instead of
+    alternating with them. What it plans is in `plans` (by entry id) for the `Applier` to
+    take; an event that does not chunk is left out, for the `Applier` to fail as usual."""
+
+    def __init__(self, planner: Indexer, batches: list[list[Entry]], *, depth: int) -> None:
+        self.plans: dict[str, list[Chunk]] = {}
+        self._planner = planner
+        self._batches = batches
+        self._room = asyncio.Semaphore(depth)
+        self._ready = [asyncio.Event() for _ in batches]
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def planned(self, number: int) -> None:
+        """Wait until batch `number` is planned."""
+        await self._ready[number].wait()
+
+    def applied(self, number: int, batch: list[Entry]) -> None:
+        """Batch `number` is applied: make room for another, and drop what it left."""
+        for entry in batch:
+            self.plans.pop(entry.id, None)
+        self._room.release()
+
+    async def _run(self) -> None:
+        try:
+            for number, batch in enumerate(self._batches):
+                await self._room.acquire()
+                upserts = [
+                    (entry.id, entry.event)
+                    for entry in batch
+                    if isinstance(entry.event, DocumentUpserted)
+                ]
+                self.plans.update(await asyncio.to_thread(_plan_entries, self._planner, upserts))
+                self._ready[number].set()
+        finally:
+            # Stopped early (cancelled, or failed): whatever is not planned yet, the
+            # Applier plans itself.
+            for ready in self._ready:
+                ready.set()
+
+
+def _plan_entries(
+    planner: Indexer, events: list[tuple[str, DocumentUpserted]]
+) -> dict[str, list[Chunk]]:
+    """The chunks of these entries, as `Applier` plans them; those that fail are left out."""
+    out: dict[str, list[Chunk]] = {}
+    for entry_id, event in events:
+        try:
+            out[entry_id] = planner.plan_event(event, entry_id)
+        except Exception:  # the Applier tries again, and records it failed
+            log.debug("replay: %s/%s does not chunk", event.tenant, event.doc_id, exc_info=True)
+    return out
 
 
 def _plan_all(planner: Indexer, events: list[DocumentUpserted]) -> list[Chunk]:

@@ -272,13 +272,22 @@ def _serve(
             if index is None:
                 raise opened or RuntimeError("the shard did not open")
             if op == _FINISH:
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 if args[0]:
                     loop.run_until_complete(index.optimize())
+                optimized, optimized_cpu = time.perf_counter(), time.process_time()
                 index.close()
                 index = None
-                seconds = time.perf_counter() - started
-                log.info("generation at %s built (HNSW in %.2fs)", path, seconds)
+                log.info(
+                    "generation at %s built: HNSW %.2fs (%.2f CPU s), close %.2fs "
+                    "(%.2f CPU s); %.2f CPU s in this process before",
+                    path,
+                    optimized - started,
+                    optimized_cpu - cpu,
+                    time.perf_counter() - optimized,
+                    time.process_time() - optimized_cpu,
+                    cpu,
+                )
                 conn.send((True, None))
                 break
             if op == _APPLY:

@@ -59,8 +59,13 @@ class Applier:
         index_id: str,
         config: ProjectorConfig,
         counts: ProjectorCounts | None = None,
+        planned: dict[str, list[Chunk]] | None = None,
     ) -> None:
         self.indexer = indexer
+        # Chunks planned ahead by entry id (a replay plans its next batches while the
+        # index writes the current one); each is taken once, and entries not in it are
+        # planned here.
+        self.planned = planned if planned is not None else {}
         self.status = status
         # Applied records are per index: one built by another model starts with none, and
         # so does a generation a replay builds (app/services/replay.py names its own index id).
@@ -256,4 +261,9 @@ class Applier:
 
     def _plan(self, events: Sequence[tuple[str, DocumentUpserted]]) -> list[list[Chunk]]:
         # Chunking tokenizes every document: CPU work kept off the event loop.
-        return [self.indexer.plan_event(event, event_id) for event_id, event in events]
+        return [
+            self.planned.pop(event_id)
+            if event_id in self.planned
+            else self.indexer.plan_event(event, event_id)
+            for event_id, event in events
+        ]
