@@ -385,6 +385,10 @@ def main() -> int:
     restrictions = [
         ("no rerank, no siblings", (heads == 0) & (siblings == 0)),
         ("no rerank", heads == 0),
+        (
+            "rerank head <= 15, stored signatures, no siblings",
+            (heads <= 15) & (signature == 0) & (siblings == 0),
+        ),
         ("rerank head <= 15, stored signatures", (heads <= 15) & (signature == 0)),
         ("any, stored signatures", signature == 0),
         ("rerank head <= 15, any signature", heads <= 15),
