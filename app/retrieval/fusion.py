@@ -53,3 +53,36 @@ def stable_order(scores: Sequence[float], keys: Sequence[str]) -> list[int]:
         range(len(scores)),
         key=lambda i: (1, 0.0, keys[i]) if math.isnan(scores[i]) else (0, -scores[i], keys[i]),
     )
+
+
+def reciprocal_ranks(scores: Sequence[float | None], keys: Sequence[str], k: int) -> list[float]:
+    """1 / (k + rank) of each present score, ranks from 1 in `stable_order`; missing ones get 0.0.
+
+    Rank fusion ignores how far apart scores are, only their order: the alternative to `minmax`
+    that does not let one outlying top score squash the rest of a pool.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    present = [i for i, s in enumerate(scores) if s is not None]
+    order = stable_order([scores[i] or 0.0 for i in present], [keys[i] for i in present])
+    out = [0.0] * len(scores)
+    for rank, j in enumerate(order, start=1):
+        out[present[j]] = 1.0 / (k + rank)
+    return out
+
+
+def with_siblings(scores: Sequence[float], groups: Sequence[str], weight: float) -> list[float]:
+    """Each score plus `weight` times the sum of the other scores of its group (its document).
+
+    Results are ranked by a document's best chunk; this lets a document whose other chunks
+    also matched edge past one with a single matching chunk. weight 0 changes nothing.
+    """
+    if len(scores) != len(groups):
+        raise ValueError(f"{len(scores)} scores for {len(groups)} groups")
+    if weight == 0.0:
+        return list(scores)
+    totals: dict[str, list[float]] = {}
+    for s, g in zip(scores, groups, strict=True):
+        totals.setdefault(g, []).append(s)
+    sums = {g: math.fsum(values) for g, values in totals.items()}
+    return [s + weight * (sums[g] - s) for s, g in zip(scores, groups, strict=True)]

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 import msgspec
 import numpy as np
@@ -13,7 +14,13 @@ from opentelemetry.trace import Span
 
 from app.domain.records import EncodedQuery, FieldFilter, Hit, IndexQuery, SearchMode
 from app.ports import Embedder, Reranker, VectorIndex
-from app.retrieval.fusion import minmax, stable_order, weighted_sum
+from app.retrieval.fusion import (
+    minmax,
+    reciprocal_ranks,
+    stable_order,
+    weighted_sum,
+    with_siblings,
+)
 from app.retrieval.mmr import mmr_select
 from app.services.recorder import new_retrieval_id
 from app.telemetry import schema as t
@@ -21,12 +28,18 @@ from app.telemetry import tracing
 
 
 class FusionWeights(msgspec.Struct, frozen=True, kw_only=True):
-    """Convex weights of min-max normalised stage scores; chosen on SciFact (docs/benchmarks.md)."""
+    """How stage scores combine; chosen by cross-validation on SciFact (docs/benchmarks.md)."""
 
     dense: float = 0.5
     bm25: float = 0.5
     # Share of the final score given to late interaction when reranking.
     rerank: float = 0.5
+    # "minmax": convex weights of min-max normalised scores; "rrf": of reciprocal ranks.
+    normalise: Literal["minmax", "rrf"] = "minmax"
+    rrf_k: int = 60
+    # Share of a document's other candidate chunks' fused scores added to each of its chunks
+    # (app.retrieval.fusion.with_siblings); 0 ranks a document by its best chunk alone.
+    siblings: float = 0.0
 
 
 class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -210,17 +223,26 @@ def candidate_pool(top_k: int, rerank: bool, diversity: float, cfg: PipelineConf
 
 def fuse(hits: list[Hit], mode: SearchMode, weights: FusionWeights) -> list[Hit]:
     """Score each candidate from its stage scores and order them; ties go to the chunk id."""
-    dense = [h.dense for h in hits]
+    dense: list[float | None] = [h.dense for h in hits]
     bm25 = [h.bm25 for h in hits]
+    if weights.normalise == "rrf":
+        keys = [h.chunk_id for h in hits]
+        dense_n = reciprocal_ranks(dense, keys, weights.rrf_k)
+        bm25_n = reciprocal_ranks(bm25, keys, weights.rrf_k)
+    else:
+        dense_n, bm25_n = minmax(dense), minmax(bm25)
     if mode == "dense":
-        fused = minmax(dense)
+        fused = dense_n
     elif mode == "bm25":
-        fused = minmax(bm25)
+        fused = bm25_n
     else:
         fused = weighted_sum(
-            {"dense": minmax(dense), "bm25": minmax(bm25)},
+            {"dense": dense_n, "bm25": bm25_n},
             {"dense": weights.dense, "bm25": weights.bm25},
         )
+    if weights.siblings:
+        # A hit whose document is not known yet stands alone.
+        fused = with_siblings(fused, [h.doc_id or h.chunk_id for h in hits], weights.siblings)
     for h, score in zip(hits, fused, strict=True):
         h.scores = {"dense": h.dense, "bm25": h.bm25 or 0.0, "fusion": score}
         h.score = score

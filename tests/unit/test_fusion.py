@@ -1,4 +1,5 @@
-"""Unit tests of score normalisation, weighted and reciprocal-rank fusion, and stable order."""
+"""Unit tests of score normalisation, weighted and reciprocal-rank fusion, sibling chunks and
+stable order."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.retrieval.fusion import minmax, stable_order, weighted_sum
+from app.domain.records import Hit
+from app.retrieval.fusion import (
+    minmax,
+    reciprocal_ranks,
+    stable_order,
+    weighted_sum,
+    with_siblings,
+)
+from app.services.query import FusionWeights, fuse
 
 # --- minmax ----------------------------------------------------------------------------------
 
@@ -116,3 +125,82 @@ def test_stable_order_puts_nan_last() -> None:
 def test_stable_order_rejects_length_mismatch() -> None:
     with pytest.raises(ValueError):
         stable_order([1.0], ["a", "b"])
+
+
+# --- reciprocal_ranks ------------------------------------------------------------------------
+
+
+def test_reciprocal_ranks_follow_score_order_and_skip_missing() -> None:
+    got = reciprocal_ranks([0.2, None, 0.9, 0.5], ["a", "b", "c", "d"], k=10)
+    assert got == [1 / 13, 0.0, 1 / 11, 1 / 12]
+
+
+def test_reciprocal_ranks_break_ties_by_key() -> None:
+    assert reciprocal_ranks([1.0, 1.0], ["b", "a"], k=0) == [1 / 2, 1 / 1]
+
+
+def test_reciprocal_ranks_ignore_the_spread_of_scores() -> None:
+    keys = ["a", "b", "c"]
+    assert reciprocal_ranks([100.0, 1.0, 0.9], keys, 60) == reciprocal_ranks(
+        [0.3, 0.2, 0.1], keys, 60
+    )
+
+
+def test_reciprocal_ranks_edge_inputs() -> None:
+    assert reciprocal_ranks([], [], 60) == []
+    assert reciprocal_ranks([None], ["a"], 60) == [0.0]
+    with pytest.raises(ValueError):
+        reciprocal_ranks([1.0], ["a"], -1)
+
+
+# --- with_siblings ---------------------------------------------------------------------------
+
+
+def test_with_siblings_adds_a_share_of_the_other_chunks_of_the_document() -> None:
+    got = with_siblings([0.9, 0.8, 0.5, 0.4], ["x", "y", "y", "z"], 0.1)
+    assert got == pytest.approx([0.9, 0.85, 0.58, 0.4])
+
+
+def test_with_siblings_lets_a_document_with_two_matches_pass_one_with_one() -> None:
+    scores, docs = [0.9, 0.85, 0.8], ["single", "pair", "pair"]
+    assert stable_order(scores, docs)[0] == 0
+    assert stable_order(with_siblings(scores, docs, 0.1), docs)[0] == 1
+
+
+def test_with_siblings_zero_weight_changes_nothing() -> None:
+    assert with_siblings([0.3, 0.2], ["a", "a"], 0.0) == [0.3, 0.2]
+    with pytest.raises(ValueError):
+        with_siblings([0.3], ["a", "b"], 0.1)
+
+
+# --- fuse ------------------------------------------------------------------------------------
+
+
+def _hits() -> list[Hit]:
+    return [
+        Hit(chunk_id="c1", dense=0.9, bm25=None, doc_id="d1"),
+        Hit(chunk_id="c2", dense=0.5, bm25=12.0, doc_id="d2"),
+        Hit(chunk_id="c3", dense=0.4, bm25=11.0, doc_id="d2"),
+        Hit(chunk_id="c4", dense=0.1, bm25=2.0, doc_id="d3"),
+    ]
+
+
+def test_fuse_by_reciprocal_ranks() -> None:
+    weights = FusionWeights(dense=0.5, bm25=0.5, normalise="rrf", rrf_k=0)
+    fused = {h.chunk_id: h.score for h in fuse(_hits(), "hybrid", weights)}
+    assert fused == pytest.approx(
+        {"c1": 0.5 / 1, "c2": 0.5 / 2 + 0.5 / 1, "c3": 0.5 / 3 + 0.5 / 2, "c4": 0.5 / 4 + 0.5 / 3}
+    )
+
+
+def test_fuse_with_siblings_moves_a_document_with_two_matching_chunks_up() -> None:
+    hits = _hits()
+    hits[0].dense = 0.6  # min-max dense: c1 1.0, c2 0.8, c3 0.6, c4 0.0
+    plain = fuse(hits, "dense", FusionWeights())
+    assert [h.chunk_id for h in plain][:2] == ["c1", "c2"]
+    assert plain[0].score == 1.0
+    together = fuse(hits, "dense", FusionWeights(siblings=0.5))
+    assert [h.chunk_id for h in together][:2] == ["c2", "c1"]
+    c2 = next(h for h in together if h.chunk_id == "c2")
+    assert c2.score == pytest.approx(0.8 + 0.5 * 0.6)
+    assert c2.scores["fusion"] == c2.score
