@@ -1,8 +1,12 @@
-"""Search latency and throughput over HTTP, with the SciFact corpus loaded, plus server RSS.
+"""Search latency, throughput and server CPU per search over HTTP, with SciFact loaded.
 
 Starts `rag-pipeline serve` on a free port over DATA_DIR (ingesting the corpus first if the
-index lacks it), then runs distinct SciFact queries: one client sequentially, then 8
-concurrent clients. Each scenario runs --runs times; the medians are reported.
+index lacks it, or only its first --docs documents), then runs distinct SciFact queries: one
+client sequentially, then 8 concurrent clients. Over the 8-client phase it reads the CPU time
+(utime + stime, /proc/PID/stat) of the server and of its child processes (the embedded Valkey
+that records retrievals), and divides it by the searches served: CPU ms per search, which a
+shared machine's load distorts far less than wall time. Each scenario runs --runs times; the
+medians are reported, with the server's RSS.
 
     python bench/search_latency.py --data-dir /tmp/scifact-data [--runs 5] [--env K=V ...]
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -27,13 +32,45 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.cli.corpus import read_beir_queries  # noqa: E402
+from app.cli.corpus import read_beir_corpus, read_beir_queries  # noqa: E402
 from app.cli.evaluation import ensure_corpus  # noqa: E402
-from app.client import AsyncClient  # noqa: E402
+from app.client import AsyncClient, send_batches  # noqa: E402
 from tests.conftest import SCIFACT  # noqa: E402
 from tests.e2e.server import Server  # noqa: E402
 
 DATASET = SCIFACT
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one live process, in seconds (fields 14 and 15 of /proc/PID/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def children(pid: int) -> list[int]:
+    """Every live descendant of a process."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            direct = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in direct:
+            out += [child, *children(child)]
+    return out
+
+
+def cpu_snapshot(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the server itself and of its child processes together."""
+    kids = 0.0
+    for child in children(pid):
+        with contextlib.suppress(OSError):  # it ended between the listing and the read
+            kids += cpu_seconds(child)
+    return {"server": cpu_seconds(pid), "children": kids}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -71,6 +108,7 @@ async def concurrent(
         await asyncio.gather(*(worker(http) for _ in range(clients)))
         elapsed = time.perf_counter() - t0
     return {
+        "requests": len(latencies),
         "rps": len(latencies) / elapsed,
         "p50_ms": percentile(latencies, 50),
         "p95_ms": percentile(latencies, 95),
@@ -107,6 +145,7 @@ def wrk_concurrent(
     if stats["errors"]:
         raise RuntimeError(f"wrk saw {stats['errors']} errors")
     return {
+        "requests": stats["requests"],
         "rps": stats["requests"] / stats["seconds"],
         "p50_ms": stats["p50_ms"],
         "p95_ms": stats["p95_ms"],
@@ -126,18 +165,31 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--queries", type=int, default=300, help="distinct queries per run")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=15, help="length of a wrk run")
+    parser.add_argument(
+        "--docs",
+        type=int,
+        default=0,
+        help="ingest only the first N corpus documents (a small index, for profiling "
+        "per-request overheads); 0: the whole corpus",
+    )
     parser.add_argument("--params", default="{}", help="JSON merged into every search body")
     parser.add_argument("--env", action="append", default=[], help="K=V for the server")
     args = parser.parse_args()
 
     env = dict(item.split("=", 1) for item in args.env)
     server = Server(args.data_dir, env=env).start(timeout=120)
+    assert server.proc is not None
     params = json.loads(args.params)
     try:
 
         async def load() -> None:
             async with AsyncClient(server.url) as client:
-                await ensure_corpus(client, DATASET)
+                if args.docs:
+                    docs = list(read_beir_corpus(DATASET / "corpus.jsonl"))[: args.docs]
+                    await send_batches(client, docs, 64)
+                else:
+                    await ensure_corpus(client, DATASET)
 
         asyncio.run(load())
         queries = list(read_beir_queries(DATASET / "queries.jsonl").values())
@@ -148,11 +200,20 @@ def main() -> int:
             start = (run * args.queries) % len(queries)
             chunk = (queries * 2)[start : start + args.queries]
             single.append(asyncio.run(one_client(server.url, chunk, params)))
+            before = cpu_snapshot(server.proc.pid)
             if shutil.which("wrk"):
-                multi.append(wrk_concurrent(server.url, chunk, params, args.clients, 15))
+                multi.append(wrk_concurrent(server.url, chunk, params, args.clients, args.seconds))
             else:
                 multi.append(asyncio.run(concurrent(server.url, chunk, params, args.clients)))
-        assert server.proc is not None
+            after = cpu_snapshot(server.proc.pid)
+            served = multi[-1]["requests"]
+            for part in ("server", "children"):
+                spent = after[part] - before[part]
+                multi[-1][f"cpu_ms_per_search_{part}"] = spent * 1000 / served
+            multi[-1]["cpu_ms_per_search"] = (
+                multi[-1]["cpu_ms_per_search_server"] + multi[-1]["cpu_ms_per_search_children"]
+            )
+            print(json.dumps(multi[-1]), file=sys.stderr)
         result = {
             "one_client": {k: statistics.median(r[k] for r in single) for k in single[0]},
             f"{args.clients}_clients": {
@@ -160,6 +221,7 @@ def main() -> int:
             },
             "server_rss_mb": rss_mb(server.proc.pid),
             "load_generator": "wrk -t2" if shutil.which("wrk") else "python httpx",
+            "load_average": os.getloadavg(),
             "runs": args.runs,
             "queries_per_run": args.queries,
             "params": params,
