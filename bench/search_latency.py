@@ -44,11 +44,15 @@ DATASET = SCIFACT
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one live process, in seconds (fields 14 and 15 of /proc/PID/stat)."""
+def cpu_seconds(pid: int, *, waited_children: bool = False) -> float:
+    """utime + stime of one live process, in seconds (fields 14 and 15 of /proc/PID/stat),
+    plus cutime + cstime (16 and 17: its children that ended and were waited for)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if waited_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLOCK_TICKS
 
 
 def children(pid: int) -> list[int]:
@@ -64,13 +68,20 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def cpu_snapshot(pid: int) -> dict[str, float]:
-    """CPU seconds so far of the server itself and of its child processes together."""
-    kids = 0.0
+def cpu_snapshot(pid: int) -> dict[int, float]:
+    """CPU seconds so far of the server (with its ended children) and of each live child."""
+    out = {pid: cpu_seconds(pid, waited_children=True)}
     for child in children(pid):
         with contextlib.suppress(OSError):  # it ended between the listing and the read
-            kids += cpu_seconds(child)
-    return {"server": cpu_seconds(pid), "children": kids}
+            out[child] = cpu_seconds(child)
+    return out
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float], server: int) -> dict[str, float]:
+    """CPU seconds between two snapshots: the server's, and its children's (a child that
+    ended in between is counted in the server's cutime if it was waited for, else lost)."""
+    kids = sum(t - before.get(p, 0.0) for p, t in after.items() if p != server)
+    return {"server": after[server] - before[server], "children": kids}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -207,8 +218,7 @@ def main() -> int:
                 multi.append(asyncio.run(concurrent(server.url, chunk, params, args.clients)))
             after = cpu_snapshot(server.proc.pid)
             served = multi[-1]["requests"]
-            for part in ("server", "children"):
-                spent = after[part] - before[part]
+            for part, spent in cpu_spent(before, after, server.proc.pid).items():
                 multi[-1][f"cpu_ms_per_search_{part}"] = spent * 1000 / served
             multi[-1]["cpu_ms_per_search"] = (
                 multi[-1]["cpu_ms_per_search_server"] + multi[-1]["cpu_ms_per_search_children"]
