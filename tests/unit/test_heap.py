@@ -49,3 +49,20 @@ async def test_trims_only_after_growth_since_the_last_trim() -> None:
     trimmer = HeapTrimmer(growth_bytes=32 * MB, every_seconds=0.001, rss=rss)
     await asyncio.wait_for(trimmer.run(stop), 5)
     assert trimmer.trims == 2 and readings == []
+
+
+@pytest.mark.anyio
+async def test_trims_once_the_work_has_settled() -> None:
+    # start 100; 120: growing; 121: settled 21 over the last trim, trim (105 after it);
+    # 106, 106: within 4 of 105, nothing.
+    readings = [100, 120, 121, 105, 106, 106]
+    stop = asyncio.Event()
+
+    def rss() -> int:
+        if len(readings) == 1:
+            stop.set()
+        return readings.pop(0) * MB
+
+    trimmer = HeapTrimmer(growth_bytes=32 * MB, settled_bytes=4 * MB, every_seconds=0.001, rss=rss)
+    await asyncio.wait_for(trimmer.run(stop), 5)
+    assert trimmer.trims == 1 and readings == []
