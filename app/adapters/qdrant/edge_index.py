@@ -270,12 +270,9 @@ class EdgeIndex:
             return self._successor
 
     def stop_copying(self) -> None:
+        """Keep no more writes (the copy was abandoned)."""
         with self._write_lock:
             self._mirror = None
-
-    @property
-    def unindexed(self) -> int:
-        return self._unindexed
 
     async def optimize(self) -> None:
         """Build HNSW for everything written so far (blocking the caller, not the loop)."""
