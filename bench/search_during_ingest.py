@@ -39,6 +39,7 @@ async def run(url: str, pid: int, docs: int, revision: str) -> dict[str, object]
     corpus = list(read_beir_corpus(SCIFACT / "corpus.jsonl"))[:docs]
     changed = [msgspec.structs.replace(d, text=f"{revision}. {d.text}") for d in corpus]
     latencies: list[float] = []
+    starts: list[float] = []
     rss = {"before": rss_mb(pid), "peak": rss_mb(pid)}
     ingesting = True
 
@@ -51,6 +52,7 @@ async def run(url: str, pid: int, docs: int, revision: str) -> dict[str, object]
         i = 0
         while ingesting:
             t0 = time.perf_counter()
+            starts.append(time.time())
             response = await http.post("/api/v1/search", json={"query": queries[i % len(queries)]})
             latencies.append((time.perf_counter() - t0) * 1000)
             response.raise_for_status()
@@ -78,6 +80,11 @@ async def run(url: str, pid: int, docs: int, revision: str) -> dict[str, object]
         "max_ms": round(max(latencies), 1),
         "over_250_ms": sum(1 for x in latencies if x > 250),
         "rss_mb": {k: round(v) for k, v in rss.items()},
+        # When the slowest searches started, to match against the server's log.
+        "slowest": [
+            (time.strftime("%H:%M:%S", time.localtime(starts[i])), round(latencies[i]))
+            for i in sorted(range(len(latencies)), key=latencies.__getitem__)[-5:]
+        ],
     }
 
 
