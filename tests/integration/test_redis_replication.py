@@ -231,7 +231,12 @@ async def test_on_a_cluster_the_wait_goes_to_the_slot_owner(
     replicated_cluster: ClusterSetup, tmp_path: Path
 ) -> None:
     target = RedisTarget(
-        url=replicated_cluster.url, cluster=True, min_replicas=1, replica_timeout_ms=300
+        # 2 s, not less: a replica of a cluster just built, on a loaded machine, took over 300 ms
+        # to confirm the first write in one CI run.
+        url=replicated_cluster.url,
+        cluster=True,
+        min_replicas=1,
+        replica_timeout_ms=2000,
     )
     log = RedisEventLog(target, pool_size=4)
     stream = f"{{{uuid.uuid4().hex}}}:documents"

@@ -261,11 +261,13 @@ async def test_one_process_a_period_holds_the_lease(
 ) -> None:
     other = RedisLease(redis_target, prefix=prefix)
     try:
-        assert await lease.take("retention", holder="a", ttl_ms=300)
-        assert not await other.take("retention", holder="b", ttl_ms=300)
-        assert not await lease.take("retention", holder="a", ttl_ms=300)
+        # 2 s: the four calls below must fit in one period even on a loaded machine (a 300 ms
+        # period expired before the GET in one CI run on a cluster under load).
+        assert await lease.take("retention", holder="a", ttl_ms=2000)
+        assert not await other.take("retention", holder="b", ttl_ms=2000)
+        assert not await lease.take("retention", holder="a", ttl_ms=2000)
         assert await raw_redis.get(lease.key("retention")) == b"a"
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(2.1)
         assert await other.take("retention", holder="b", ttl_ms=300)
     finally:
         await other.close()
