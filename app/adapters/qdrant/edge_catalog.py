@@ -17,7 +17,7 @@ everything it serves meanwhile. `activate` has the child finish the shard (flush
 close), then opens it here.
 
 For the same reason the serving generation's own HNSW is never built here. Once enough points
-wait unindexed, the generation is copied (flushed, writes held for the copy), a child builds
+wait unindexed, the generation is copied (writes held for the copy), a child builds
 HNSW on the copy while this process goes on serving and writing the original, keeping each
 write; the child makes the kept writes, and at the hand-over (writes held again) the copy
 becomes the next generation: the child makes the last kept writes and closes the shard, this
@@ -144,16 +144,7 @@ class EdgeCatalog:
         except BaseException:
             await asyncio.to_thread(self._drop_build, builder)
             raise
-        try:
-            await asyncio.to_thread(self._write_record, generation)
-        except OSError as exc:
-            await asyncio.to_thread(self._drop, index)
-            raise DependencyUnavailable(f"cannot record the active index: {exc}") from exc
-        # Swapped on the event loop, between two operations: every one that starts from now
-        # on resolves the new generation; those already running finish on the old one,
-        # which close() waits for.
-        with self._lock:
-            previous, self._index, self._active = self._index, index, generation
+        previous = await asyncio.to_thread(self._make_active, generation, index)
         log.info("index generation %s is active; dropping %s", generation, previous.path)
         await asyncio.to_thread(self._drop, previous)
 
@@ -229,13 +220,7 @@ class EdgeCatalog:
                     generation,
                     time.perf_counter() - opening,
                 )
-                try:
-                    self._write_record(generation)
-                except OSError as exc:
-                    self._drop(index)
-                    raise DependencyUnavailable(f"cannot record the active index: {exc}") from exc
-                with self._lock:
-                    self._index, self._active = index, generation
+                self._make_active(generation, index)
                 return index
 
             await asyncio.to_thread(source.hand_over, successor)
@@ -267,6 +252,21 @@ class EdgeCatalog:
             self._optimizer = None
             self._optimizing_generation = None
             self._optimizing = None
+
+    def _make_active(self, generation: str, index: EdgeIndex) -> EdgeIndex:
+        """Record `generation` as active and serve `index` from now on; returns the index it
+        replaces, to be dropped. If the record cannot be written, `index` is dropped and
+        nothing changes."""
+        try:
+            self._write_record(generation)
+        except OSError as exc:
+            self._drop(index)
+            raise DependencyUnavailable(f"cannot record the active index: {exc}") from exc
+        # Every operation that starts from now on resolves the new generation; those already
+        # running finish on the old one, which close() waits for.
+        with self._lock:
+            previous, self._index, self._active = self._index, index, generation
+        return previous
 
     # --- files ---------------------------------------------------------------------------
 
